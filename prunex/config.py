@@ -1,0 +1,85 @@
+"""Typed, versioned configs, saved and loaded as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prunex.errors import PrunexError
+
+# Bumped when the meaning of a saved file changes; files from a newer version are refused.
+FORMAT_VERSION = 1
+
+T = TypeVar("T")
+
+
+@dataclass
+class DCPConfig:
+    """Dynamic Context Pruning hyper-parameters (Anagnostidis & Pavllo, 2023)."""
+
+    interaction_dim: int = 64  # r: width of the per-layer q_int / k_int projections
+    init_bias: float = 5.0  # beta at init: large, so that at first (almost) every token is kept
+    sink_tokens: int = 4  # the first tokens of a sequence are never dropped (attention sinks); 0 = pure DCP
+
+
+@dataclass
+class TrainConfig:
+    """How a pruning checkpoint is trained."""
+
+    method: str = "dcp"  # dcp (decoder KV pruning) | ltp (encoder token pruning)
+    model: str = "smollm2"  # packaged model name or a local Hugging Face model dir
+    text: str = "wikipedia"  # packaged corpus name or a UTF-8 text file
+    steps: int = 200  # optimizer steps
+    batch_size: int = 1  # sequences per step
+    context: int = 512  # tokens per training sequence
+    lr: float = 1e-3  # learning rate of the new pruning parameters
+    base_lr: float = 2e-5  # learning rate of the base model (only with train="all")
+    train: str = "heads"  # heads: only the pruning parameters; all: the whole model
+    sparsity_weight: float = 0.3  # weight of the sparsity loss (mean keep probability)
+    alpha_start: float = 1.0  # alpha-sigmoid alpha at step 0 (1 = sigmoid)
+    alpha_end: float = 8.0  # alpha at the last step (cosine schedule in between)
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass as a JSON-ready dict."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a dataclass from a dict, refusing keys it does not know."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise PrunexError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(names)}")
+    return cls(**data)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a versioned JSON file (the version is added as `format_version`)."""
+    Path(path).write_text(json.dumps({"format_version": FORMAT_VERSION, **data}, indent=2) + "\n")
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """Read a versioned JSON file written by `write_json`, refusing newer formats."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrunexError(f"{what} not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise PrunexError(f"{path} is not valid JSON ({err}); is it a prunex {what}?") from err
+    version = data.pop("format_version", None)
+    if not isinstance(version, int):
+        raise PrunexError(f"{path} has no format_version; it was not written by prunex")
+    if version > FORMAT_VERSION:
+        raise PrunexError(
+            f"{path} is format version {version}, this prunex reads up to {FORMAT_VERSION}: upgrade prunex"
+        )
+    return data
+
+

