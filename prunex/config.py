@@ -23,6 +23,7 @@ class DCPConfig:
     interaction_dim: int = 64  # r: width of the per-layer q_int / k_int projections
     init_bias: float = 5.0  # beta at init: large, so that at first (almost) every token is kept
     sink_tokens: int = 4  # the first tokens of a sequence are never dropped (attention sinks); 0 = pure DCP
+    recent_tokens: int = 0  # a token cannot be dropped by the next `recent_tokens` queries; 0 = pure DCP
 
 
 @dataclass

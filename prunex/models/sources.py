@@ -133,7 +133,7 @@ def resolve_model_dir(name: str) -> Path:
 
 
 def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 over parameter names and bytes (tied weights counted once), as 16 hex digits."""
+    """sha256 over the state dict's names and fp32 bytes, as 16 hex digits."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())

@@ -39,8 +39,8 @@ class DCPPolicy(nn.Module, KeepPolicy):
     def full(self, layer: int, x: Tensor, positions: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
         q_int, k_int = self.q_int[layer](x), self.k_int[layer](x)  # (B, T, r) each
         step_keep = alpha_sigmoid(self.logits(layer, q_int, k_int), alpha)  # (B, T, T)
-        sinks = sink_mask(positions, self.config.sink_tokens)[:, None, :]  # (B, 1, T)
-        step_keep = torch.where(sinks, torch.ones_like(step_keep), step_keep)
+        protected = self.protected(positions[:, :, None], positions[:, None, :])  # (B, T, T)
+        step_keep = torch.where(protected, torch.ones_like(step_keep), step_keep)
         return cumulative_keep(step_keep), k_int
 
     def step(
@@ -48,4 +48,9 @@ class DCPPolicy(nn.Module, KeepPolicy):
     ) -> tuple[Tensor, Tensor]:
         q_int, k_int = self.q_int[layer](x), self.k_int[layer](x)  # (B, 1, r)
         keep = self.logits(layer, q_int, cached_state)[:, 0] > 0  # (B, Tc)
-        return keep | sink_mask(cached_positions, self.config.sink_tokens), k_int
+        return keep | self.protected(position[:, None], cached_positions), k_int
+
+    def protected(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+        """Pairs whose key may not be dropped by that query: sinks, and keys among the recent tokens."""
+        recent = query_positions - key_positions < self.config.recent_tokens
+        return recent | sink_mask(key_positions, self.config.sink_tokens)

@@ -1,0 +1,156 @@
+"""The `prunex` command line: thin commands that parse, build a config and call the API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from prunex.errors import PrunexError
+
+app = typer.Typer(
+    help="prunex: train, export, quantize and run transformers with learned token pruning.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+eval_app = typer.Typer(help="Measure quality: perplexity (decoders).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+def _fresh_out_dir(out: Path, force: bool) -> None:
+    """Refuse to write into an existing non-empty folder unless --force (then it is replaced)."""
+    if out.exists() and not out.is_dir():
+        raise PrunexError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise PrunexError(f"{out} exists and is not empty: choose another --out or pass --force")
+        shutil.rmtree(out)
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="Folder for the pruning checkpoint."),
+    method: str = typer.Option("dcp", help="dcp: KV pruning for decoders (ltp: encoders, not yet available)."),
+    model: str = typer.Option("smollm2", help="Packaged model (smollm2, tiny-llama, tiny-gpt2) or a HF dir."),
+    text: str = typer.Option("wikipedia", help="Training text: wikipedia, bbc, or a UTF-8 text file."),
+    steps: int = typer.Option(200, min=1, help="Optimizer steps."),
+    context: int = typer.Option(512, min=8, help="Tokens per training sequence."),
+    batch_size: int = typer.Option(1, min=1, help="Sequences per step."),
+    sparsity_weight: float = typer.Option(0.3, min=0.0, help="Weight of the sparsity loss (mean keep prob)."),
+    train_what: str = typer.Option("heads", "--train", help="heads: new parameters only; all: whole model."),
+    lr: float = typer.Option(1e-3, help="Learning rate of the pruning parameters."),
+    sinks: int = typer.Option(4, min=0, help="First tokens never dropped (attention sinks); 0 = pure DCP."),
+    recent: int = typer.Option(0, min=0, help="Tokens protected while among the last N (0 = pure DCP)."),
+    init_bias: float = typer.Option(5.0, help="Initial keep-logit bias (large = keep all at first)."),
+    interaction_dim: int = typer.Option(64, min=1, help="Width r of the interaction projections."),
+    threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)."),
+    seed: int = typer.Option(0),
+    force: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """Fine-tune a model so that it learns which tokens to drop; writes pruning.safetensors + pruning.json."""
+    from prunex.config import DCPConfig, TrainConfig
+    from prunex.train.dcp_trainer import train_dcp
+
+    if method != "dcp":
+        raise PrunexError(f"--method {method!r} is not available; use dcp")
+    _fresh_out_dir(out, force)
+    config = TrainConfig(
+        method=method, model=model, text=text, steps=steps, batch_size=batch_size, context=context, lr=lr,
+        train=train_what, sparsity_weight=sparsity_weight, seed=seed, threads=threads,
+    )
+    dcp = DCPConfig(
+        interaction_dim=interaction_dim, init_bias=init_bias, sink_tokens=sinks, recent_tokens=recent
+    )
+    meta = train_dcp(config, dcp, out)
+    figures = meta.training["figures"]["validation"]
+    typer.echo(
+        f"wrote {out}: validation perplexity {figures['perplexity']:.2f}, sparsity {figures['sparsity']:.3f}"
+    )
+
+
+@eval_app.command("ppl")
+def eval_ppl(
+    source: Optional[str] = typer.Argument(None, help="Pruning checkpoint dir or model name; default: built-in."),
+    text_file: Optional[Path] = typer.Option(None, help="A UTF-8 text file to measure on (instead of --text)."),
+    text: str = typer.Option("wikipedia", help="Packaged text: wikipedia or bbc (held-out test split)."),
+    split: str = typer.Option("test", help="train, validation or test."),
+    context: int = typer.Option(1024, min=8, help="Tokens per window."),
+    windows: int = typer.Option(8, min=1, help="Windows to measure (at most)."),
+    window: Optional[int] = typer.Option(None, help="Baseline: keep sinks + this many recent tokens (no training)."),
+    sinks: int = typer.Option(4, min=0, help="Sink tokens of the --window baseline."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Perplexity of SOURCE with pruning, and of its dense base on the same windows, with the sparsity."""
+    from prunex.data.text import split_text, token_windows
+    from prunex.eval.perplexity import evaluate_perplexity
+    from prunex.loading import load_lm
+    from prunex.prune.window import WindowPolicy
+
+    if text_file is not None and not text_file.is_file():
+        raise PrunexError(f"--text-file {text_file} does not exist")
+    lm = load_lm(source)
+    if window is not None:
+        lm.policy = WindowPolicy(window=window, sink_tokens=sinks)
+    lm._check_length(context)
+    corpus = str(text_file) if text_file is not None else text
+    token_ids = token_windows(lm.tokenizer, split_text(corpus, split), context, windows)
+    report = evaluate_perplexity(lm, token_ids, show_progress=not as_json)
+    result = {"source": source or "built-in", "text": corpus, "split": split, **report.to_dict()}
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(
+            f"perplexity {report.perplexity:.3f} (dense {report.dense_perplexity:.3f}, x{report.ppl_ratio:.3f}), "
+            f"sparsity {report.sparsity:.3f}, {report.tokens} tokens in {report.windows} windows of {context}"
+        )
+
+
+@app.command()
+def generate(
+    source: Optional[str] = typer.Argument(None, help="Pruning checkpoint dir or model name; default: built-in."),
+    prompt: list[str] = typer.Option(..., "--prompt", help="Prompt text; repeat for a batch."),
+    max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
+    chat: bool = typer.Option(False, help="Wrap each prompt as a user message in the chat template."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Greedy generation with the K/V cache pruned step by step (PyTorch)."""
+    from prunex.loading import load_lm
+
+    lm = load_lm(source)
+    tokenizer = lm.tokenizer
+    if chat:
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompt
+        ]
+    else:
+        texts = list(prompt)
+    prompts = [tokenizer(t)["input_ids"] for t in texts]
+    result = lm.generate(prompts, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
+    outputs = [tokenizer.decode(ids, skip_special_tokens=True) for ids in result.token_ids]
+    if as_json:
+        rows = [{"prompt": p, "text": o, "token_ids": ids} for p, o, ids in zip(prompt, outputs, result.token_ids)]
+        payload = {**rows[0], "rows": rows} if len(rows) == 1 else {"rows": rows}
+        typer.echo(json.dumps({**payload, "kv_kept_fraction": result.kv_kept_fraction,
+                               "kv_bytes": result.kv_bytes, "dense_kv_bytes": result.dense_kv_bytes}))
+    else:
+        for p, o in zip(prompt, outputs):
+            typer.echo(f"{p}{o}" if not chat else o)
+        typer.echo(
+            f"[kv kept {result.kv_kept_fraction:.3f}: {result.kv_bytes / 2**20:.2f} MiB vs "
+            f"{result.dense_kv_bytes / 2**20:.2f} MiB dense]", err=True,
+        )
+
+
+def main() -> None:
+    """Console entry point: user errors become one clear line and exit code 2, never a traceback."""
+    try:
+        app()
+    except PrunexError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+

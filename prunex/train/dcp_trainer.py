@@ -1,0 +1,103 @@
+"""Training DCP interaction heads (optionally the whole model) with LM loss + sparsity loss."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_model
+
+from prunex.config import DCPConfig, TrainConfig, to_dict
+from prunex.data.text import split_text, token_windows
+from prunex.errors import PrunexError
+from prunex.loading import BASE_WEIGHTS_FILE
+from prunex.models.sources import load_model
+from prunex.prune.dcp import DCPPolicy
+from prunex.prune.lm import PrunedLM
+from prunex.train.checkpoint import CheckpointMeta, save_checkpoint
+from prunex.train.progress import TrainProgress
+
+
+def alpha_at(step: int, config: TrainConfig) -> float:
+    """Cosine schedule of the alpha-sigmoid's alpha from alpha_start (step 0) to alpha_end (last step)."""
+    fraction = step / max(config.steps - 1, 1)
+    return config.alpha_end + (config.alpha_start - config.alpha_end) * (1 + math.cos(math.pi * fraction)) / 2
+
+
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of (B, T, V) logits on (B, T) ids."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def hard_figures(lm: PrunedLM, windows: torch.Tensor) -> dict[str, float]:
+    """Perplexity and sparsity with hard decisions (inference mode) on a few windows."""
+    losses, kept, total = [], 0.0, 0.0
+    for window in windows:
+        result = lm.forward(window[None])
+        losses.append(float(lm_loss(result.logits, window[None])))
+        kept += float(result.kept_entries)
+        total += float(result.causal_entries)
+    return {"perplexity": math.exp(sum(losses) / len(losses)), "sparsity": 1 - kept / total}
+
+
+def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_progress: bool = True) -> CheckpointMeta:
+    """Train DCP on `config.model` and write a checkpoint to `out_dir`; returns its metadata."""
+    if config.train not in ("heads", "all"):
+        raise PrunexError(f"--train must be 'heads' or 'all', not {config.train!r}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    base = load_model(config.model)
+    if base.tokenizer is None:
+        raise PrunexError(f"{config.model} has no tokenizer; prunex trains on text")
+    model_config = base.model.config
+    hidden = getattr(model_config, "hidden_size", None) or model_config.n_embd
+    policy = DCPPolicy(model_config.num_hidden_layers, hidden, dcp)
+    lm = PrunedLM(base, policy)
+    lm._check_length(config.context)
+
+    windows = token_windows(base.tokenizer, split_text(config.text, "train", config.seed), config.context)
+    validation = token_windows(base.tokenizer, split_text(config.text, "validation", config.seed), config.context, 2)
+    base.model.requires_grad_(config.train == "all")
+    groups = [{"params": list(policy.parameters()), "lr": config.lr}]
+    if config.train == "all":
+        base.model.train()
+        groups.append({"params": list(base.model.parameters()), "lr": config.base_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(config.seed))
+
+    started = time.time()
+    history = []
+    with TrainProgress(config.steps, enabled=show_progress) as progress:
+        for step in range(config.steps):
+            alpha = alpha_at(step, config)
+            picks = [order[(step * config.batch_size + i) % len(order)] for i in range(config.batch_size)]
+            batch = windows[torch.stack(picks)]  # (B, context)
+            result = lm.forward(batch, alpha=alpha)
+            loss_lm = lm_loss(result.logits, batch)
+            loss = loss_lm + config.sparsity_weight * result.mean_keep
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            figures = {
+                "step": step + 1, "alpha": alpha, "loss": loss.item(), "perplexity": math.exp(loss_lm.item()),
+                "sparsity": 1 - result.kept_fraction,
+            }
+            history.append(figures)
+            progress.update(figures)
+
+    base.model.eval()
+    policy.eval()
+    figures = {"train_seconds": round(time.time() - started, 1), "validation": hard_figures(lm, validation)}
+    meta = CheckpointMeta(
+        method="dcp", base_model=base.model_id, base_model_hash=base.weights_hash, config=to_dict(dcp),
+        training={"config": to_dict(config), "figures": figures, "last_steps": history[-5:]},
+    )
+    out = save_checkpoint(out_dir, meta, policy.state_dict())
+    if config.train == "all":
+        save_model(base.model, str(out / BASE_WEIGHTS_FILE))  # tied weights stored once
+    return meta

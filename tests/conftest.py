@@ -1,0 +1,55 @@
+"""Shared fixtures: the tiny random models, a DCP policy that really drops tokens, an isolated cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from prunex.config import DCPConfig
+from prunex.models.sources import LoadedModel, load_model
+from prunex.prune.dcp import DCPPolicy
+
+torch.set_num_threads(1)  # the tests are tiny; do not fight other jobs for cores
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prunex_cache(tmp_path_factory):
+    """Point PRUNEX_CACHE at a per-session temp dir so tests never touch the user's cache."""
+    path = tmp_path_factory.mktemp("prunex-cache")
+    old = os.environ.get("PRUNEX_CACHE")
+    os.environ["PRUNEX_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("PRUNEX_CACHE", None)
+    else:
+        os.environ["PRUNEX_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> LoadedModel:
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2() -> LoadedModel:
+    return load_model("tiny-gpt2")
+
+
+def dropping_policy(base: LoadedModel, sink_tokens: int = 1, seed: int = 0) -> DCPPolicy:
+    """A DCP policy for `base` whose random heads make hard decisions that drop a good share of tokens."""
+    torch.manual_seed(seed)
+    config = base.model.config
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    policy = DCPPolicy(config.num_hidden_layers, hidden, DCPConfig(init_bias=0.3, sink_tokens=sink_tokens))
+    with torch.no_grad():
+        for proj in [*policy.q_int, *policy.k_int]:
+            proj.weight.mul_(3)
+    return policy.eval()
+
+
+@pytest.fixture
+def make_dropping_policy():
+    """The `dropping_policy` builder as a fixture (tests call it with a base model)."""
+    return dropping_policy
