@@ -40,6 +40,7 @@ class TrainConfig:
     base_lr: float = 2e-5  # learning rate of the base model (only with train="all")
     train: str = "heads"  # heads: only the pruning parameters; all: the whole model
     sparsity_weight: float = 0.3  # weight of the sparsity loss (mean keep probability)
+    loss: str = "lm"  # lm: next-token cross-entropy; distill: KL from the dense model's next-token distribution
     alpha_start: float = 1.0  # alpha-sigmoid alpha at step 0 (1 = sigmoid)
     alpha_end: float = 8.0  # alpha at the last step (cosine schedule in between)
     seed: int = 0

@@ -16,7 +16,7 @@ app = typer.Typer(
     help="prunex: train, export, quantize and run transformers with learned token pruning.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
-eval_app = typer.Typer(help="Measure quality: perplexity (decoders).", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure quality: perplexity (decoders), accuracy (encoders).", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
@@ -33,7 +33,7 @@ def _fresh_out_dir(out: Path, force: bool) -> None:
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Folder for the pruning checkpoint."),
-    method: str = typer.Option("dcp", help="dcp: KV pruning for decoders (ltp: encoders, not yet available)."),
+    method: str = typer.Option("dcp", help="dcp: KV pruning for decoders; ltp: token pruning for encoder classifiers (--model minilm)."),
     model: str = typer.Option("smollm2", help="Packaged model (smollm2, tiny-llama, tiny-gpt2) or a HF dir."),
     text: str = typer.Option("wikipedia", help="Training text: wikipedia, bbc, or a UTF-8 text file."),
     steps: int = typer.Option(200, min=1, help="Optimizer steps."),
@@ -41,6 +41,7 @@ def train(
     batch_size: int = typer.Option(1, min=1, help="Sequences per step."),
     sparsity_weight: float = typer.Option(0.3, min=0.0, help="Weight of the sparsity loss (mean keep prob)."),
     train_what: str = typer.Option("heads", "--train", help="heads: new parameters only; all: whole model."),
+    loss: str = typer.Option("lm", help="lm: next-token cross-entropy; distill: KL from the dense model."),
     lr: float = typer.Option(1e-3, help="Learning rate of the pruning parameters."),
     sinks: int = typer.Option(4, min=0, help="First tokens never dropped (attention sinks); 0 = pure DCP."),
     recent: int = typer.Option(0, min=0, help="Tokens protected while among the last N (0 = pure DCP)."),
@@ -49,17 +50,28 @@ def train(
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)."),
     seed: int = typer.Option(0),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
+    task: str = typer.Option("bbc", help="ltp: bbc, rotten-tomatoes, or a CSV/JSONL file with text and label."),
+    stage: str = typer.Option("all", help="ltp: base, soft, hard (--model: the previous stage's dir) or all."),
+    lam: Optional[float] = typer.Option(None, "--lambda", min=0.0, help="ltp: weight of the mask loss (0.1)."),
 ) -> None:
     """Fine-tune a model so that it learns which tokens to drop; writes pruning.safetensors + pruning.json."""
     from prunex.config import DCPConfig, TrainConfig
     from prunex.train.dcp_trainer import train_dcp
 
+    if method == "ltp":
+        from prunex.cli.ltp_commands import train_ltp_command
+
+        return train_ltp_command(
+            out=out, model="minilm" if model == "smollm2" else model, task=task, stage=stage, lam=lam, steps=steps,
+            context=context, batch_size=batch_size, lr=lr, threads=threads, seed=seed, force=force,
+            prepare_out=_fresh_out_dir,
+        )
     if method != "dcp":
-        raise PrunexError(f"--method {method!r} is not available; use dcp")
+        raise PrunexError(f"--method {method!r} is not available; use dcp or ltp")
     _fresh_out_dir(out, force)
     config = TrainConfig(
         method=method, model=model, text=text, steps=steps, batch_size=batch_size, context=context, lr=lr,
-        train=train_what, sparsity_weight=sparsity_weight, seed=seed, threads=threads,
+        train=train_what, sparsity_weight=sparsity_weight, loss=loss, seed=seed, threads=threads,
     )
     dcp = DCPConfig(
         interaction_dim=interaction_dim, init_bias=init_bias, sink_tokens=sinks, recent_tokens=recent
@@ -106,6 +118,20 @@ def eval_ppl(
             f"perplexity {report.perplexity:.3f} (dense {report.dense_perplexity:.3f}, x{report.ppl_ratio:.3f}), "
             f"sparsity {report.sparsity:.3f}, {report.tokens} tokens in {report.windows} windows of {context}"
         )
+
+
+@eval_app.command("accuracy")
+def eval_accuracy(
+    source: str = typer.Argument(..., help="LTP checkpoint dir (prunex train --method ltp)."),
+    task: str = typer.Option(..., help="bbc, rotten-tomatoes, or a CSV/JSONL file with text and label."),
+    split: str = typer.Option("test", help="train, validation or test."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Measure only the first N examples of the split."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Accuracy of an LTP classifier with its token pruning, of its dense stage-1 model, and the FLOPs saved."""
+    from prunex.cli.ltp_commands import eval_accuracy_command
+
+    eval_accuracy_command(source, task, split, limit, as_json)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from prunex.errors import PrunexError
 from prunex.loading import BASE_WEIGHTS_FILE
 from prunex.models.sources import load_model
 from prunex.prune.dcp import DCPPolicy
+from prunex.prune.forward import run_full
 from prunex.prune.lm import PrunedLM
 from prunex.train.checkpoint import CheckpointMeta, save_checkpoint
 from prunex.train.progress import TrainProgress
@@ -30,6 +31,15 @@ def alpha_at(step: int, config: TrainConfig) -> float:
 def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy of (B, T, V) logits on (B, T) ids."""
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1))
+
+
+def distill_loss(logits: torch.Tensor, dense_logits: torch.Tensor) -> torch.Tensor:
+    """Mean per-token KL(dense || pruned) of (B, T, V) logits: what pruning changed, without the text's noise."""
+    vocab = logits.shape[-1]
+    return F.kl_div(
+        F.log_softmax(logits.reshape(-1, vocab), -1), F.log_softmax(dense_logits.reshape(-1, vocab), -1),
+        log_target=True, reduction="batchmean",
+    )
 
 
 @torch.no_grad()
@@ -48,6 +58,8 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
     """Train DCP on `config.model` and write a checkpoint to `out_dir`; returns its metadata."""
     if config.train not in ("heads", "all"):
         raise PrunexError(f"--train must be 'heads' or 'all', not {config.train!r}")
+    if config.loss not in ("lm", "distill"):
+        raise PrunexError(f"--loss must be 'lm' or 'distill', not {config.loss!r}")
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -79,7 +91,13 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
             batch = windows[torch.stack(picks)]  # (B, context)
             result = lm.forward(batch, alpha=alpha)
             loss_lm = lm_loss(result.logits, batch)
-            loss = loss_lm + config.sparsity_weight * result.mean_keep
+            if config.loss == "distill":
+                with torch.no_grad():
+                    dense_logits = run_full(lm.adapter, None, batch).logits
+                quality = distill_loss(result.logits, dense_logits)
+            else:
+                quality = loss_lm
+            loss = quality + config.sparsity_weight * result.mean_keep
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,38 @@
+"""Tokenized classification examples and right-padded batches of them."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from prunex.errors import PrunexError
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text ([CLS] first, [SEP] last), truncated to `max_length`."""
+    if max_length < 2:
+        raise PrunexError(f"max length {max_length} is too short: [CLS] and [SEP] alone take 2 tokens")
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    if encoded and encoded[0][0] != tokenizer.cls_token_id:
+        raise PrunexError("the tokenizer does not put a [CLS] token first; LTP keeps [CLS] at index 0")
+    return encoded
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad id lists to (B, T) input_ids and a (B, T) long attention mask, T = longest row."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):  # per row, not per token: builds the batch once
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def length_sorted_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `encoded` in batches of similar length (longest first), for evaluation with little padding."""
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]

@@ -1,0 +1,157 @@
+"""The layer loop of an encoder classifier under token pruning, with real removal of tokens.
+
+Modes:
+- `dense`: no pruning (the plain classifier).
+- `soft`: every token stays; after each layer its output is multiplied by the pruner's soft mask (training).
+- `hard`: tokens below the pruner's decision are removed physically: the kept tokens of each row are packed
+  in their original order (`pack_kept`), rows keep their own lengths in a (B, W) layout with a new validity
+  mask, and later layers run on W <= n tokens. This is what inference runs.
+- `masked`: the same decisions as `hard`, but every tensor keeps its full length and removed tokens are only
+  excluded through the attention mask (as a key and from the importance rows). A static-shape reference:
+  `hard` and `masked` give the same logits.
+
+Where a token is removed: the decision of layer l comes from layer l's attention probabilities, so it is known
+before the attended values are computed. A removed token's attention output, out projection and FFN at layer
+l would only feed its own (discarded) output, so `hard` skips them: layer l runs Q/K/V and the scores on the
+n_in tokens it receives and everything after on the n_out tokens it keeps. The result is the same as removing
+the token from layer l's output ("between layers"), at lower cost.
+
+Rules: the [CLS] token (index 0 of every row) is never removed; padding is never a key, never counted in the
+importance and never kept. B batch, T input tokens, n tokens at a layer, W packed width, d hidden, H heads,
+D head dim, C labels, L layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from prunex.errors import PrunexError
+from prunex.models.encoder_adapters import EncoderAdapter
+from prunex.prune.kv_cache import pack_kept
+
+MODES = ("dense", "soft", "hard", "masked")
+
+
+class TokenPruner(Protocol):
+    """What a token-pruning method provides to the layer loop (see `prunex.prune.ltp.LTPThresholds`)."""
+
+    def score(self, layer: int, probs: Tensor, alive: Tensor) -> Tensor:
+        """(B, H, n, n) attention probabilities, (B, n) bool present tokens -> (B, n) importance."""
+
+    def soft_mask(self, layer: int, scores: Tensor) -> Tensor:
+        """(B, n) importance -> (B, n) keep weight in (0, 1), differentiable."""
+
+    def keep(self, layer: int, scores: Tensor) -> Tensor:
+        """(B, n) importance -> (B, n) bool hard decision."""
+
+
+@dataclass
+class EncoderResult:
+    logits: Tensor  # (B, C)
+    lengths: Tensor  # (B,) real input tokens per row
+    kept: Tensor  # (B, L) tokens of each row still present after each layer (soft: with mask > 0.5)
+    flops: Tensor  # (B,) float64 FLOPs (2 x multiply-adds) of the layers, as run, per row
+    mask_loss: Tensor  # () soft mode: sum over layers of the mean soft mask over real tokens; else 0
+    positions: Tensor  # (B, W) original positions of the tokens left after the last layer (-1: none)
+
+
+def layer_flops(d: int, d_ff: int, n_in: Tensor, n_out: Tensor) -> Tensor:
+    """FLOPs of one post-norm encoder layer that receives n_in tokens and keeps n_out (per row, float64).
+
+    Q/K/V projections 3*n_in*d^2, scores n_in^2*d, attended values n_out*n_in*d, out projection n_out*d^2,
+    FFN 2*n_out*d*d_ff multiply-adds, times 2. With n_in = n_out = n this is 2*(4nd^2 + 2n^2 d + 2n d d_ff).
+    """
+    n_in, n_out = n_in.to(torch.float64), n_out.to(torch.float64)
+    macs = 3 * n_in * d * d + n_in * n_in * d + n_out * n_in * d + n_out * d * d + 2 * n_out * d * d_ff
+    return 2 * macs
+
+
+def dense_flops(adapter: EncoderAdapter, lengths: Tensor) -> Tensor:
+    """(B,) FLOPs of the dense encoder on rows of `lengths` real tokens."""
+    per_layer = layer_flops(adapter.hidden_size, adapter.intermediate_size, lengths, lengths)
+    return per_layer * adapter.num_layers
+
+
+def _gather_rows(tensor: Tensor, index: Tensor, dim: int) -> Tensor:
+    """Gather a (B, W) index along `dim` of a tensor whose dim 0 is the batch, broadcasting the rest."""
+    shape = [1] * tensor.dim()
+    shape[0], shape[dim] = index.shape
+    sizes = list(tensor.shape)
+    sizes[dim] = index.shape[1]
+    return tensor.gather(dim, index.view(shape).expand(sizes))
+
+
+def run_encoder(
+    adapter: EncoderAdapter,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    pruner: TokenPruner | None = None,
+    mode: str = "dense",
+) -> EncoderResult:
+    """Classify (B, T) right-padded ids, each row starting with [CLS]; see the module doc for `mode`."""
+    if mode not in MODES:
+        raise PrunexError(f"unknown pruning mode {mode!r}; use one of {MODES}")
+    if mode != "dense" and pruner is None:
+        raise PrunexError(f"mode {mode!r} needs a pruner (thresholds)")
+    B, T = input_ids.shape
+    device = input_ids.device
+    valid = torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+    if not bool(valid[:, 0].all()):
+        raise PrunexError("every row needs a real first token ([CLS]): pad on the right")
+    if T > adapter.max_length:
+        raise PrunexError(f"{T} tokens exceed the encoder's {adapter.max_length} positions: truncate the inputs")
+    H, D, d = adapter.num_heads, adapter.head_dim, adapter.hidden_size
+    lengths = valid.sum(-1)  # (B,)
+    first = torch.zeros(1, T, dtype=torch.bool, device=device)
+    first[0, 0] = True  # (1, T) the [CLS] column; in hard mode [CLS] stays at index 0 of the packed rows
+
+    hidden = adapter.embed(input_ids)  # (B, T, d)
+    alive = valid  # (B, n) tokens present at this layer
+    positions = torch.arange(T, device=device).expand(B, T)  # (B, n) original positions
+    kept, flops = [], torch.zeros(B, dtype=torch.float64, device=device)
+    mask_loss = hidden.new_zeros(())
+    for layer in range(adapter.num_layers):
+        n = hidden.shape[1]
+        q, k, v = adapter.qkv(layer, hidden)  # (B, H, n, D) each
+        scores = (q @ k.transpose(-1, -2)) * adapter.attention_scale(layer)  # (B, H, n, n)
+        probs = scores.masked_fill(~alive[:, None, None, :], float("-inf")).softmax(-1)  # (B, H, n, n)
+        dropped_probs = adapter.attention_dropout(layer, probs)
+        residual = hidden
+        keep = alive
+        if mode != "dense":
+            importance = pruner.score(layer, probs, alive)  # (B, n)
+            if mode != "soft":
+                keep = (pruner.keep(layer, importance) | first[:, :n]) & alive  # (B, n)
+        n_in, n_out = alive.sum(-1), keep.sum(-1)  # (B,)
+        if mode == "hard":
+            index, alive_next = pack_kept(keep)  # (B, W) kept tokens first, in order; W = max kept
+            dropped_probs = _gather_rows(dropped_probs, index, 2)  # (B, H, W, n): only kept queries
+            residual = _gather_rows(hidden, index, 1)  # (B, W, d)
+            positions = torch.where(alive_next, positions.gather(1, index), -1)  # (B, W)
+        else:
+            alive_next = keep
+        attended = (dropped_probs @ v).transpose(1, 2).reshape(B, -1, H * D)  # (B, m, d), m = W or n
+        hidden = adapter.attention_block(layer, attended, residual)  # (B, m, d)
+        hidden = adapter.ffn_block(layer, hidden)  # (B, m, d)
+        flops = flops + layer_flops(d, adapter.intermediate_size, n_in, n_out)
+        if mode == "soft":
+            soft = torch.where(first, 1.0, pruner.soft_mask(layer, importance)) * valid  # (B, T)
+            hidden = hidden * soft[..., None]
+            mask_loss = mask_loss + (soft.sum() / valid.sum())
+            n_out = ((soft > 0.5) & valid).sum(-1)  # what a hard decision would keep (not cumulative)
+        alive = alive_next
+        kept.append(n_out)
+    if mode == "masked":
+        positions = torch.where(alive, positions, -1)
+    return EncoderResult(
+        logits=adapter.classify(hidden),
+        lengths=lengths,
+        kept=torch.stack(kept, dim=1),
+        flops=flops,
+        mask_loss=mask_loss,
+        positions=positions,
+    )

@@ -1,0 +1,130 @@
+"""Learned Token Pruning (Kim, Shen et al., 2021) for encoder classifiers, as torch modules.
+
+A token's importance at layer l is the mean attention probability it receives, over heads and over the
+query rows of the tokens present (padding excluded); it sums to 1 over a row's tokens, so an average token
+scores 1/n. Layer l removes the tokens whose importance falls below
+
+    threshold_l = final_threshold * ((l + 1) / L + offset_l)
+
+a linear base schedule plus a learned offset (init 0). The offset is kept in units of `final_threshold` so
+that one learning rate suits tasks whose importance scale differs tenfold (it is ~1/length: 1/30 for review
+snippets, 1/400 for news articles); the threshold itself is the reference's `schedule + delta` with
+delta = final_threshold * offset. Training uses the soft mask sigmoid((importance - threshold) / T).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunex.errors import PrunexError
+from prunex.models.encoder_adapters import encoder_adapter
+from prunex.prune.encoder_forward import EncoderResult, run_encoder
+
+STAGES = ("base", "soft", "hard")
+DEFAULT_TEMPERATURE_FRACTION = 0.1  # T = final_threshold / 10 when not given
+
+
+@dataclass
+class LTPConfig:
+    """LTP hyper-parameters. `None` fields are resolved from the training data when training starts."""
+
+    final_threshold: float | None = None  # threshold of the last layer's base schedule; None: 1 / mean tokens
+    temperature: float | None = None  # T of the soft mask; None: final_threshold / 10
+
+    def resolved(self, mean_tokens: float) -> "LTPConfig":
+        """This config with `None` fields filled in for data whose rows average `mean_tokens` real tokens.
+
+        final_threshold = 1 / mean_tokens is the importance of a token that receives exactly the average
+        attention: the last layer removes below-average tokens, earlier layers proportionally fewer (about
+        0.01 for 100-token inputs, the reference's setting for GLUE). T = final_threshold / 10 makes the
+        soft mask go from 0.27 to 0.73 across +-10% of the final threshold: sharp enough that the soft model
+        behaves like the hard one, wide enough that tokens near the thresholds pass gradients to them
+        (for 128 tokens this is T ~ 8e-4, inside the reference's 1e-3..1e-5 range).
+        """
+        final = self.final_threshold if self.final_threshold is not None else 1.0 / max(mean_tokens, 1.0)
+        temperature = self.temperature if self.temperature is not None else final * DEFAULT_TEMPERATURE_FRACTION
+        if final <= 0 or temperature <= 0:
+            raise PrunexError(f"final_threshold and temperature must be positive, got {final} and {temperature}")
+        return LTPConfig(final_threshold=float(final), temperature=float(temperature))
+
+
+def token_importance(probs: Tensor, alive: Tensor) -> Tensor:
+    """Mean attention probability each token receives, over heads and the query rows of present tokens.
+
+    probs: (B, H, n, n) softmax over keys, removed/padding keys already at 0; alive: (B, n) bool.
+    Returns (B, n); padding and removed tokens score 0.
+    """
+    H = probs.shape[1]
+    rows = alive.to(probs.dtype)  # (B, n)
+    received = (probs * rows[:, None, :, None]).sum(dim=(1, 2))  # (B, n): summed over heads and query rows
+    return received / (H * rows.sum(-1, keepdim=True)) * rows
+
+
+class LTPThresholds(nn.Module):
+    """Per-layer thresholds: a linear schedule plus a learned offset. Implements `TokenPruner`."""
+
+    def __init__(self, num_layers: int, config: LTPConfig) -> None:
+        super().__init__()
+        if config.final_threshold is None or config.temperature is None:
+            raise PrunexError("LTPThresholds needs a resolved LTPConfig (call config.resolved(mean_tokens))")
+        self.config = config
+        self.final_threshold = config.final_threshold
+        self.temperature = config.temperature
+        self.offset = nn.Parameter(torch.zeros(num_layers))  # (L,) learned, in units of final_threshold
+        schedule = config.final_threshold * torch.arange(1, num_layers + 1, dtype=torch.float32) / num_layers
+        self.register_buffer("schedule", schedule, persistent=False)  # (L,)
+
+    def thresholds(self) -> Tensor:
+        """(L,) the thresholds of all layers (differentiable in the offsets)."""
+        return self.schedule + self.final_threshold * self.offset
+
+    def score(self, layer: int, probs: Tensor, alive: Tensor) -> Tensor:
+        return token_importance(probs, alive)
+
+    def soft_mask(self, layer: int, scores: Tensor) -> Tensor:
+        return torch.sigmoid((scores - self.thresholds()[layer]) / self.temperature)
+
+    def keep(self, layer: int, scores: Tensor) -> Tensor:
+        return scores > self.thresholds()[layer]
+
+
+class LTPClassifier(nn.Module):
+    """An encoder classifier plus LTP thresholds.
+
+    `forward(ids, mask, mode)` with mode dense | soft | hard | masked (see `prunex.prune.encoder_forward`);
+    `mode=None` is what the checkpoint's stage is for: dense after the base stage, hard after soft/hard.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        thresholds: LTPThresholds,
+        *,
+        tokenizer: Any = None,
+        stage: str = "hard",
+        label_names: list[str] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise PrunexError(f"unknown LTP stage {stage!r}; use one of {STAGES}")
+        self.model = model
+        self.thresholds = thresholds
+        self.adapter = encoder_adapter(model)
+        self.tokenizer = tokenizer
+        self.stage = stage
+        self.label_names = label_names or [str(i) for i in range(model.config.num_labels)]
+        self.info = info or {}  # where it came from: checkpoint path, task, split seed, max length
+
+    @property
+    def inference_mode(self) -> str:
+        return "dense" if self.stage == "base" else "hard"
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, mode: str | None = None) -> EncoderResult:
+        """(B, T) right-padded ids (each row starting with [CLS]) -> logits, kept counts, FLOPs."""
+        mode = mode or self.inference_mode
+        return run_encoder(self.adapter, input_ids, attention_mask, None if mode == "dense" else self.thresholds, mode)

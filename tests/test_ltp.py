@@ -1,0 +1,407 @@
+"""Learned Token Pruning on tiny random encoders: thresholds, soft mask, physical removal, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import prunex.train.ltp_trainer as ltp_trainer
+from prunex.cli.main import app, main
+from prunex.errors import PrunexError
+from prunex.eval.accuracy import evaluate_accuracy
+from prunex.models.encoder_adapters import encoder_adapter, supported_encoder_types
+from prunex.models.encoders import TINY_ENCODER_VOCAB, load_classifier
+from prunex.prune.encoder_forward import dense_flops, layer_flops, run_encoder
+from prunex.prune.ltp import LTPClassifier, LTPConfig, LTPThresholds, token_importance
+from prunex.train.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, save_checkpoint
+from prunex.train.ltp_checkpoint import DENSE_FILE, MODEL_FILE, load_ltp
+from prunex.train.ltp_trainer import LTPTrainConfig, train_ltp
+
+ENCODERS = ("tiny-bert", "tiny-roberta")
+LENGTHS = (30, 17, 9, 24)  # rows of different lengths, right-padded to 30
+runner = CliRunner()
+
+
+def padded_batch(lengths=LENGTHS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids with [CLS]=2 first and [SEP]=3 last per row, padding 0 on the right."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(5, TINY_ENCODER_VOCAB, (n,), generator=g)
+        ids[row, 0], ids[row, n - 1] = 2, 3
+        mask[row, :n] = 1
+    return ids, mask
+
+
+def peaky(name: str, labels: int = 3) -> LTPClassifier:
+    """A tiny encoder whose attention is sharp enough (q, k x20) that a threshold keeps some tokens per row."""
+    base = load_classifier(name, labels)
+    with torch.no_grad():
+        for layer in base.model.base_model.encoder.layer:
+            layer.attention.self.query.weight.mul_(20)
+            layer.attention.self.key.weight.mul_(20)
+    thresholds = LTPThresholds(3, LTPConfig(final_threshold=0.05, temperature=0.005))
+    return LTPClassifier(base.model, thresholds, tokenizer=base.tokenizer).eval()
+
+
+@pytest.fixture(scope="module")
+def csv_task(tmp_path_factory):
+    """A small labelled CSV: 'good' words = pos, 'bad' words = neg, rows of 3-15 words."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("ltp") / "reviews.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(60):
+            label = rng.choice(["pos", "neg"])
+            words = ["good", "great", "fine"] if label == "pos" else ["bad", "awful", "poor"]
+            writer.writerow([" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) + f" no {i}", label])
+    return path
+
+
+# --- thresholds and the soft mask -------------------------------------------------------------------------
+
+
+def test_threshold_schedule_is_linear_plus_offset():
+    """threshold_l = final * ((l+1)/L + offset_l): 0.02, 0.04, 0.06, 0.08 at init; offsets scale by final."""
+    thresholds = LTPThresholds(4, LTPConfig(final_threshold=0.08, temperature=1e-3))
+    torch.testing.assert_close(thresholds.thresholds(), torch.tensor([0.02, 0.04, 0.06, 0.08]))
+    assert torch.equal(thresholds.offset.detach(), torch.zeros(4))
+    with torch.no_grad():
+        thresholds.offset.copy_(torch.tensor([0.5, 0.0, -0.25, 1.0]))
+    torch.testing.assert_close(thresholds.thresholds(), torch.tensor([0.06, 0.04, 0.04, 0.16]))
+    assert [n for n, _ in thresholds.named_parameters()] == ["offset"]
+
+
+def test_config_resolution_from_mean_length():
+    """None fields: final = 1 / mean tokens, T = final / 10; explicit values are kept."""
+    resolved = LTPConfig().resolved(mean_tokens=128.0)
+    assert resolved.final_threshold == pytest.approx(1 / 128)
+    assert resolved.temperature == pytest.approx(1 / 1280)
+    assert 1e-5 <= resolved.temperature <= 1e-3  # the reference's range at GLUE lengths
+    assert LTPConfig(0.02, 1e-4).resolved(50.0) == LTPConfig(0.02, 1e-4)
+    with pytest.raises(PrunexError, match="positive"):
+        LTPConfig(-1.0, None).resolved(10.0)
+
+
+def test_token_importance_excludes_padding_rows_and_keys():
+    """Mean probability received over heads and real query rows; padding rows (garbage) do not count."""
+    probs = torch.zeros(1, 2, 4, 4)  # (B, H, n, n): 3 real tokens, 1 padding
+    probs[0, 0, :3, :3] = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.2, 0.2, 0.6]])
+    probs[0, 1, :3, :3] = torch.tensor([[0.0, 1.0, 0.0], [0.4, 0.3, 0.3], [0.1, 0.1, 0.8]])
+    probs[0, :, 3] = 7.0  # the padding query row: must be ignored
+    alive = torch.tensor([[True, True, True, False]])
+    importance = token_importance(probs, alive)
+    expected = torch.tensor([[2.2, 2.1, 1.7, 0.0]]) / 6  # column sums over the 2 x 3 real rows / 6
+    torch.testing.assert_close(importance, expected)
+    assert float(importance.sum()) == pytest.approx(1.0)  # an average token scores 1/n
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_soft_mask_shapes_and_threshold_gradients(name):
+    """Soft mode keeps every token, returns (B, C) logits, (B, L) counts and a scalar mask loss; the loss
+    ce + lambda * mask_loss sends gradients to the thresholds, and the mask loss alone pushes them up."""
+    classifier = peaky(name)
+    ids, mask = padded_batch()
+    result = classifier(ids, mask, "soft")
+    assert result.logits.shape == (4, 3) and result.kept.shape == (4, 3) and result.mask_loss.dim() == 0
+    assert 0 < float(result.mask_loss.detach()) < 3  # a sum over 3 layers of means in (0, 1)
+    assert (result.kept <= result.lengths[:, None]).all() and (result.kept >= 1).all()
+    torch.testing.assert_close(result.flops, dense_flops(classifier.adapter, result.lengths))  # nothing removed
+    loss = torch.nn.functional.cross_entropy(result.logits, torch.tensor([0, 1, 2, 0])) + 0.1 * result.mask_loss
+    loss.backward()
+    grad = classifier.thresholds.offset.grad
+    assert grad is not None and grad.shape == (3,) and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+    classifier.thresholds.offset.grad = None
+    classifier(ids, mask, "soft").mask_loss.backward()
+    mask_grad = classifier.thresholds.offset.grad
+    assert (mask_grad <= 0).all() and (mask_grad < 0).any()  # higher thresholds -> smaller masks
+
+
+# --- [CLS], padding, physical removal -----------------------------------------------------------------------
+
+
+def test_cls_is_never_removed_and_padding_never_counts():
+    """Thresholds above any importance keep only [CLS] (index 0); thresholds of 0 keep exactly the real tokens.
+    In soft mode the mask loss counts real tokens only, with [CLS] at 1."""
+    classifier = peaky("tiny-bert")
+    ids, mask = padded_batch()
+    lengths = torch.tensor(LENGTHS)
+    with torch.no_grad():
+        classifier.thresholds.offset.fill_(100.0)  # thresholds ~ 5: above any probability
+        hard = classifier(ids, mask, "hard")
+        soft = classifier(ids, mask, "soft")
+    assert (hard.kept == 1).all()
+    assert hard.positions.tolist() == [[0]] * 4  # packed to width 1: [CLS] of every row
+    expected = 3 * len(LENGTHS) / lengths.sum()  # per layer: 4 [CLS] masks of 1 over all real tokens
+    assert float(soft.mask_loss) == pytest.approx(float(expected), rel=1e-4)
+
+    with torch.no_grad():
+        classifier.thresholds.offset.fill_(-100.0)  # negative thresholds: keep everything real
+        keep_all = classifier(ids, mask, "hard")
+        dense = classifier(ids, mask, "dense")
+    assert keep_all.kept.tolist() == [[n] * 3 for n in LENGTHS]
+    assert (keep_all.positions >= 0).sum(-1).tolist() == list(LENGTHS)
+    torch.testing.assert_close(keep_all.logits, dense.logits, atol=1e-6, rtol=0)
+    with pytest.raises(PrunexError, match="pad on the right"):
+        classifier(ids.flip(-1), mask.flip(-1), "hard")
+
+
+def hf_masked_reference(classifier: LTPClassifier, ids: torch.Tensor, mask: torch.Tensor):
+    """The masking reference built from transformers' own modules (eager attention, probabilities returned):
+    removed tokens stay in the tensors and are only excluded by the attention mask from later layers."""
+    model = classifier.model
+    model.set_attn_implementation("eager")
+    encoder = model.base_model
+    thresholds = classifier.thresholds.thresholds()
+    heads = model.config.num_attention_heads
+    alive = mask.bool()  # (B, T)
+    hidden = encoder.embeddings(input_ids=ids)  # (B, T, d)
+    counts = []
+    for index, layer in enumerate(encoder.encoder.layer):
+        additive = (~alive)[:, None, None, :].float() * torch.finfo(torch.float32).min  # (B, 1, 1, T)
+        attended, probs = layer.attention(hidden, additive)  # probs (B, H, T, T)
+        received = (probs * alive[:, None, :, None]).sum(dim=(1, 2)) / (heads * alive.sum(-1, keepdim=True))
+        keep = (received > thresholds[index]) & alive
+        keep[:, 0] = True
+        hidden = layer.feed_forward_chunk(attended)
+        alive = keep
+        counts.append(keep.sum(-1))
+    return classifier.adapter.classify(hidden), torch.stack(counts, dim=1)  # the HF head on [CLS]
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_hard_removal_equals_masking(name):
+    """Physically removing tokens (packed rows of different lengths) gives the logits of a forward that only
+    masks the same tokens: against transformers' own layers and against our static-shape `masked` mode."""
+    classifier = peaky(name)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        hard = classifier(ids, mask, "hard")
+        masked = classifier(ids, mask, "masked")
+        reference_logits, reference_kept = hf_masked_reference(classifier, ids, mask)
+    lengths = torch.tensor(LENGTHS)[:, None]
+    assert ((hard.kept > 1) & (hard.kept < lengths)).any()  # some rows really lose some tokens
+    assert (hard.kept[:, 1:] <= hard.kept[:, :-1]).all()  # a removed token stays removed
+    assert hard.positions.shape[1] == int(hard.kept[:, -1].max()) < ids.shape[1]  # later layers ran narrower
+    assert torch.equal(hard.kept, reference_kept) and torch.equal(masked.kept, reference_kept)
+    torch.testing.assert_close(hard.logits, reference_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(hard.logits, masked.logits, atol=1e-5, rtol=0)
+    kept_positions = [[p for p in row if p >= 0] for row in hard.positions.tolist()]
+    assert all(row == sorted(row) and row[0] == 0 for row in kept_positions)  # order kept, [CLS] first
+    assert [len(row) for row in kept_positions] == hard.kept[:, -1].tolist()
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_dense_loop_matches_transformers(name):
+    """Our layer loop without pruning reproduces the Hugging Face classifier on a padded batch."""
+    classifier = peaky(name)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        ours = classifier(ids, mask, "dense").logits
+        theirs = classifier.model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_flops_follow_the_kept_lengths():
+    """Dense: 2 (4 n d^2 + 2 n^2 d + 2 n d d_ff) per layer; hard: counted at the lengths actually kept."""
+    n = torch.tensor([10, 3])
+    torch.testing.assert_close(
+        layer_flops(32, 64, n, n), 2 * (4 * n * 32**2 + 2 * n**2 * 32 + 2 * n * 32 * 64).double()
+    )
+    classifier = peaky("tiny-bert")
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        hard = classifier(ids, mask, "hard")
+    n_in = torch.cat([hard.lengths[:, None], hard.kept[:, :-1]], dim=1)  # (B, L) tokens entering each layer
+    expected = sum(layer_flops(32, 64, n_in[:, layer], hard.kept[:, layer]) for layer in range(3))
+    torch.testing.assert_close(hard.flops, expected)
+    assert (hard.flops <= dense_flops(classifier.adapter, hard.lengths)).all()
+
+
+def test_unsupported_encoder_type_is_refused():
+    assert {"bert", "roberta"} <= set(supported_encoder_types())
+    model = load_classifier("tiny-bert").model
+    model.config.model_type = "electra-like"
+    with pytest.raises(PrunexError, match="not supported"):
+        encoder_adapter(model)
+    with pytest.raises(PrunexError, match="unknown pruning mode"):
+        run_encoder(encoder_adapter(load_classifier("tiny-bert").model), *padded_batch(), mode="fast")
+
+
+# --- training, checkpoints, evaluation ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, csv_task):
+    """All three stages, 3 steps each, on the CSV; captures the classifier handed to save_ltp."""
+    out = tmp_path_factory.mktemp("ltp-ckpt") / "all"
+    captured = {}
+    original = ltp_trainer.save_ltp
+
+    def spy(out_dir, classifier, base, training, dense_weights):
+        captured["state"] = {k: v.detach().clone() for k, v in classifier.model.state_dict().items()}
+        captured["offset"] = classifier.thresholds.offset.detach().clone()
+        return original(out_dir, classifier, base, training, dense_weights)
+
+    config = LTPTrainConfig(model="tiny-bert", task=str(csv_task), steps=3, batch_size=4, threads=1, lr=1e-3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ltp_trainer, "save_ltp", spy)
+        meta = train_ltp(config, out, LTPConfig(final_threshold=0.05), show_progress=False)
+    return out, meta, captured
+
+
+def test_train_writes_ltp_checkpoint(trained, csv_task):
+    out, meta, _ = trained
+    for name in (META_FILE, WEIGHTS_FILE, MODEL_FILE, DENSE_FILE):
+        assert (out / name).is_file()
+    saved = json.loads((out / META_FILE).read_text())
+    assert saved["format_version"] == 1 and saved["method"] == "ltp" and saved["base_model"] == "tiny-bert"
+    assert saved["base_model_hash"] == load_classifier("tiny-bert").weights_hash  # the pretrained encoder's
+    assert saved["config"] == {"final_threshold": 0.05, "temperature": pytest.approx(0.005)}
+    training = saved["training"]
+    assert training["stage"] == "hard" and training["label_names"] == ["neg", "pos"]
+    assert training["task"] == str(csv_task.resolve()) and training["max_length"] == 512
+    for stage in ("base", "soft", "hard"):
+        figures = training["figures"][stage]
+        assert figures["steps"] == 3 and 0 <= figures["validation"]["accuracy"] <= 1
+        assert len(figures["validation"]["tokens_kept_per_layer"]) == 3
+    assert training["figures"]["base"]["validation"]["relative_flops"] == 1.0
+
+
+def test_checkpoint_roundtrip(trained):
+    """load_ltp rebuilds the trained classifier: same weights, fp16 thresholds equal to those trained with,
+    same logits; dense=True gives the stage-1 model, which differs from the final one."""
+    out, _, captured = trained
+    classifier, base = load_ltp(out)
+    assert classifier.stage == "hard" and classifier.inference_mode == "hard"
+    assert base.weights_hash == load_classifier("tiny-bert").weights_hash
+    for name, value in captured["state"].items():
+        assert torch.equal(classifier.model.state_dict()[name], value), name
+    assert torch.equal(classifier.thresholds.offset.detach(), captured["offset"])  # rounded before the hard stage
+    ids, mask = padded_batch((12, 7, 20))
+    reference = load_classifier("tiny-bert")
+    reference.model.load_state_dict(captured["state"])
+    thresholds = LTPThresholds(3, classifier.thresholds.config)
+    thresholds.offset.data.copy_(captured["offset"])
+    with torch.no_grad():
+        got = classifier(ids, mask)
+        want = LTPClassifier(reference.model, thresholds).eval()(ids, mask, "hard")
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-6, rtol=0)
+    assert torch.equal(got.kept, want.kept)
+    dense, _ = load_ltp(out, dense=True)
+    assert dense.inference_mode == "dense"
+    assert any(not torch.equal(dense.model.state_dict()[k], v) for k, v in captured["state"].items())
+
+
+def test_checkpoint_refusals(tmp_path, trained):
+    """Another base model's hash, a DCP checkpoint, or a missing model file: clear PrunexErrors."""
+    import shutil
+
+    out, _, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    meta = json.loads((copy / META_FILE).read_text())
+    meta["base_model_hash"] = "0123456789abcdef"
+    (copy / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(PrunexError, match="0123456789abcdef"):
+        load_ltp(copy)
+    dcp = tmp_path / "dcp"
+    save_checkpoint(dcp, CheckpointMeta("dcp", "tiny-llama", "x", {}), {"bias": torch.zeros(3)})
+    with pytest.raises(PrunexError, match="'dcp' checkpoint"):
+        load_ltp(dcp)
+    with pytest.raises(PrunexError, match="not an LTP checkpoint"):
+        load_ltp(tmp_path)
+    (copy / META_FILE).write_text(json.dumps({**meta, "base_model_hash": load_classifier("tiny-bert").weights_hash}))
+    (copy / MODEL_FILE).unlink()
+    with pytest.raises(PrunexError, match=MODEL_FILE):
+        load_ltp(copy)
+
+
+def test_evaluate_accuracy_reports(trained, csv_task):
+    """Accuracy with pruning and of the stage-1 model, FLOPs, and kept tokens that never grow."""
+    out, _, _ = trained
+    report = evaluate_accuracy(out, str(csv_task), "test")
+    assert report.examples == 6 and report.dense_source == "stage-1 model" and report.stage == "hard"
+    assert 0 <= report.accuracy <= 1 and 0 <= report.dense_accuracy <= 1
+    assert 0 < report.relative_flops <= 1
+    assert report.gflops == pytest.approx(report.relative_flops * report.dense_gflops)
+    kept = report.tokens_kept_per_layer
+    assert len(kept) == 3 and kept[0] <= report.mean_tokens and kept == sorted(kept, reverse=True)
+    with pytest.raises(PrunexError, match="labels"):
+        evaluate_accuracy(out, "bbc", "test", limit=2)
+
+
+def test_stages_one_at_a_time(tmp_path, csv_task):
+    """base -> soft -> hard, each from the previous dir; wrong order and a wrong task are refused."""
+    common = dict(task=str(csv_task), steps=2, batch_size=4, threads=1)
+    train_ltp(LTPTrainConfig(model="tiny-bert", stage="base", **common), tmp_path / "b", show_progress=False)
+    assert not (tmp_path / "b" / DENSE_FILE).exists()  # its model.safetensors is the stage-1 model
+    with pytest.raises(PrunexError, match="'soft'-stage"):
+        train_ltp(LTPTrainConfig(model=str(tmp_path / "b"), stage="hard", **common), tmp_path / "x")
+    with pytest.raises(PrunexError, match="--task"):
+        train_ltp(LTPTrainConfig(model=str(tmp_path / "b"), stage="soft", **{**common, "task": "bbc"}), tmp_path / "x")
+    soft = train_ltp(LTPTrainConfig(model=str(tmp_path / "b"), stage="soft", **common), tmp_path / "s",
+                     show_progress=False)
+    assert set(soft.training["figures"]) == {"base", "soft"}
+    assert (tmp_path / "s" / DENSE_FILE).read_bytes() == (tmp_path / "b" / MODEL_FILE).read_bytes()
+    hard = train_ltp(LTPTrainConfig(model=str(tmp_path / "s"), stage="hard", **common), tmp_path / "h",
+                     show_progress=False)
+    assert hard.training["stage"] == "hard" and set(hard.training["figures"]) == {"base", "soft", "hard"}
+    assert hard.config == soft.config
+    assert load_ltp(tmp_path / "h")[0].stage == "hard"
+
+
+# --- command line ------------------------------------------------------------------------------------------------
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["prunex", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_cli_unknown_task(tmp_path, monkeypatch, capsys):
+    """An unknown task is a user error (exit 2, 'error:'), before --out is created or a model loads."""
+    code, err = run_main(monkeypatch, capsys, "train", "--method", "ltp", "--task", "imdb", "--out",
+                         str(tmp_path / "x"))
+    assert code == 2 and err.startswith("error: ") and "imdb" in err and "rotten-tomatoes" in err
+    assert not (tmp_path / "x").exists()
+    code, err = run_main(monkeypatch, capsys, "eval", "accuracy", str(tmp_path), "--task", "imdb")
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_cli_bad_stage_and_method(tmp_path, monkeypatch, capsys, csv_task):
+    code, err = run_main(monkeypatch, capsys, "train", "--method", "ltp", "--stage", "medium", "--task",
+                         str(csv_task), "--out", str(tmp_path / "x"))
+    assert code == 2 and "--stage" in err and "soft" in err
+    code, err = run_main(monkeypatch, capsys, "train", "--method", "nope", "--out", str(tmp_path / "y"))
+    assert code == 2 and "dcp" in err and "ltp" in err
+    code, err = run_main(monkeypatch, capsys, "eval", "accuracy", str(tmp_path), "--task", str(csv_task))
+    assert code == 2 and "not an LTP checkpoint" in err
+
+
+def test_cli_train_then_eval_json(tmp_path, csv_task):
+    out = tmp_path / "ckpt"
+    result = runner.invoke(app, ["train", "--method", "ltp", "--model", "tiny-bert", "--task", str(csv_task),
+                                 "--steps", "2", "--batch-size", "4", "--threads", "1", "--lambda", "0.2",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    assert f"wrote {out} (hard stage)" in result.stdout
+    assert json.loads((out / META_FILE).read_text())["training"]["config"]["lam"] == 0.2
+    result = runner.invoke(app, ["eval", "accuracy", str(out), "--task", str(csv_task), "--json"])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    report = json.loads(result.stdout)
+    for key in ("accuracy", "dense_accuracy", "relative_flops", "gflops", "tokens_kept_per_layer"):
+        assert key in report
+    assert report["split"] == "test" and len(report["tokens_kept_per_layer"]) == 3
