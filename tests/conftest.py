@@ -37,12 +37,12 @@ def tiny_gpt2() -> LoadedModel:
     return load_model("tiny-gpt2")
 
 
-def dropping_policy(base: LoadedModel, sink_tokens: int = 1, seed: int = 0) -> DCPPolicy:
+def dropping_policy(base: LoadedModel, sink_tokens: int = 1, seed: int = 0, recent_tokens: int = 0) -> DCPPolicy:
     """A DCP policy for `base` whose random heads make hard decisions that drop a good share of tokens."""
     torch.manual_seed(seed)
     config = base.model.config
     hidden = getattr(config, "hidden_size", None) or config.n_embd
-    policy = DCPPolicy(config.num_hidden_layers, hidden, DCPConfig(init_bias=0.3, sink_tokens=sink_tokens))
+    policy = DCPPolicy(config.num_hidden_layers, hidden, DCPConfig(init_bias=0.3, sink_tokens=sink_tokens, recent_tokens=recent_tokens))
     with torch.no_grad():
         for proj in [*policy.q_int, *policy.k_int]:
             proj.weight.mul_(3)

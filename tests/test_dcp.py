@@ -106,13 +106,18 @@ def test_sinks_are_never_dropped(tiny_llama):
     assert int(cache.held_entries()) < 30 * 3
 
 
-@pytest.mark.parametrize("kind", ["dcp", "window"])
+@pytest.mark.parametrize("kind", ["dcp", "dcp-recent", "window"])
 @pytest.mark.parametrize("family", ["tiny_llama", "tiny_gpt2"])
 def test_full_forward_equals_stepwise_generation(family, kind, request):
     """Hard-mode masked full-sequence logits equal the logits of greedy step-wise generation whose cache
     physically loses the dropped tokens (batch of prompts with different lengths)."""
     base = request.getfixturevalue(family)
-    policy = dropping_policy(base) if kind == "dcp" else WindowPolicy(window=6, sink_tokens=2)
+    policies = {
+        "dcp": lambda: dropping_policy(base),
+        "dcp-recent": lambda: dropping_policy(base, recent_tokens=3),
+        "window": lambda: WindowPolicy(window=6, sink_tokens=2),
+    }
+    policy = policies[kind]()
     lm = PrunedLM(base, policy)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (5, 11, 8)]
@@ -184,3 +189,17 @@ def test_generate_input_checks_and_eos(tiny_llama):
     result = lm.generate([[1, 2, 3], [9, 8, 7, 6]], 5, eos_token_id=first)
     assert result.token_ids[0] == [first]
     assert 1 <= len(result.token_ids[1]) <= 5
+
+
+def test_recent_tokens_are_protected(tiny_llama):
+    """With recent_tokens=R, query n never drops keys j > n - R (soft and hard)."""
+    policy = dropping_policy(tiny_llama, sink_tokens=0, recent_tokens=3)
+    x = torch.randn(1, 12, _hidden(tiny_llama))
+    positions = torch.arange(12)[None]
+    for alpha in (1.0, math.inf):
+        keep, _ = policy.full(0, x, positions, alpha)
+        n, j = torch.meshgrid(torch.arange(12), torch.arange(12), indexing="ij")
+        protected = (n - j < 3) & (j <= n)
+        assert torch.all(keep[0][protected] == 1)
+    hard, _ = policy.full(0, x, positions, math.inf)
+    assert torch.any(hard[0][(n - j >= 3)] == 0)  # older tokens can still go
