@@ -55,7 +55,7 @@ def test_train_refuses_non_empty_out_without_force(tmp_path, monkeypatch, capsys
 
 
 def test_train_refuses_unknown_method(tmp_path, monkeypatch, capsys):
-    code, err = run_main(monkeypatch, capsys, "train", "--method", "ltp", "--out", str(tmp_path / "x"))
+    code, err = run_main(monkeypatch, capsys, "train", "--method", "nope", "--out", str(tmp_path / "x"))
     assert code == 2 and "ltp" in err and "dcp" in err
     assert not (tmp_path / "x").exists()
 

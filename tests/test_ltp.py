@@ -9,7 +9,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import prunex.train.ltp_trainer as ltp_trainer
 from prunex.cli.main import app, main
 from prunex.errors import PrunexError
 from prunex.eval.accuracy import evaluate_accuracy
@@ -17,6 +16,7 @@ from prunex.models.encoder_adapters import encoder_adapter, supported_encoder_ty
 from prunex.models.encoders import TINY_ENCODER_VOCAB, load_classifier
 from prunex.prune.encoder_forward import dense_flops, layer_flops, run_encoder
 from prunex.prune.ltp import LTPClassifier, LTPConfig, LTPThresholds, token_importance
+from prunex.train import ltp_trainer
 from prunex.train.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, save_checkpoint
 from prunex.train.ltp_checkpoint import DENSE_FILE, MODEL_FILE, load_ltp
 from prunex.train.ltp_trainer import LTPTrainConfig, train_ltp
@@ -261,7 +261,7 @@ def trained(tmp_path_factory, csv_task):
 
 
 def test_train_writes_ltp_checkpoint(trained, csv_task):
-    out, meta, _ = trained
+    out, _, _ = trained
     for name in (META_FILE, WEIGHTS_FILE, MODEL_FILE, DENSE_FILE):
         assert (out / name).is_file()
     saved = json.loads((out / META_FILE).read_text())
@@ -343,7 +343,7 @@ def test_evaluate_accuracy_reports(trained, csv_task):
 
 def test_stages_one_at_a_time(tmp_path, csv_task):
     """base -> soft -> hard, each from the previous dir; wrong order and a wrong task are refused."""
-    common = dict(task=str(csv_task), steps=2, batch_size=4, threads=1)
+    common = {"task": str(csv_task), "steps": 2, "batch_size": 4, "threads": 1}
     train_ltp(LTPTrainConfig(model="tiny-bert", stage="base", **common), tmp_path / "b", show_progress=False)
     assert not (tmp_path / "b" / DENSE_FILE).exists()  # its model.safetensors is the stage-1 model
     with pytest.raises(PrunexError, match="'soft'-stage"):

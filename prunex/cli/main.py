@@ -16,7 +16,7 @@ app = typer.Typer(
     help="prunex: train, export, quantize and run transformers with learned token pruning.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
-eval_app = typer.Typer(help="Measure quality: perplexity (decoders), accuracy (encoders).", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure quality: perplexity, accuracy (encoders).", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
@@ -33,7 +33,7 @@ def _fresh_out_dir(out: Path, force: bool) -> None:
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Folder for the pruning checkpoint."),
-    method: str = typer.Option("dcp", help="dcp: KV pruning for decoders; ltp: token pruning for encoder classifiers (--model minilm)."),
+    method: str = typer.Option("dcp", help="dcp: decoder KV pruning; ltp: encoder token pruning."),
     model: str = typer.Option("smollm2", help="Packaged model (smollm2, tiny-llama, tiny-gpt2) or a HF dir."),
     text: str = typer.Option("wikipedia", help="Training text: wikipedia, bbc, or a UTF-8 text file."),
     steps: int = typer.Option(200, min=1, help="Optimizer steps."),
@@ -50,9 +50,9 @@ def train(
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)."),
     seed: int = typer.Option(0),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
-    task: str = typer.Option("bbc", help="ltp: bbc, rotten-tomatoes, or a CSV/JSONL file with text and label."),
-    stage: str = typer.Option("all", help="ltp: base, soft, hard (--model: the previous stage's dir) or all."),
-    lam: Optional[float] = typer.Option(None, "--lambda", min=0.0, help="ltp: weight of the mask loss (0.1)."),
+    task: str = typer.Option("bbc", help="ltp: bbc, rotten-tomatoes, or a text/label CSV or JSONL."),
+    stage: str = typer.Option("all", help="ltp: base, soft, hard (--model: previous stage dir), all."),
+    lam: Optional[float] = typer.Option(None, "--lambda", min=0.0, help="ltp: mask loss weight (0.1)."),
 ) -> None:
     """Fine-tune a model so that it learns which tokens to drop; writes pruning.safetensors + pruning.json."""
     from prunex.config import DCPConfig, TrainConfig

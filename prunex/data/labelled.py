@@ -17,10 +17,11 @@ import csv
 import io
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prunex.errors import PrunexError
 from prunex.models.sources import package_dir

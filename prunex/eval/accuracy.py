@@ -7,9 +7,9 @@ classifier head are left out. `relative_flops` = mean pruned FLOPs / mean dense 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -8,17 +8,17 @@ B batch, n tokens (shrinks layer by layer under pruning), d hidden, H heads, D h
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from prunex.errors import PrunexError
 
-_ENCODERS: dict[str, type["EncoderAdapter"]] = {}
+_ENCODERS: dict[str, type[EncoderAdapter]] = {}
 
 
-def register_encoder(*model_types: str) -> Callable[[type["EncoderAdapter"]], type["EncoderAdapter"]]:
+def register_encoder(*model_types: str) -> Callable[[type[EncoderAdapter]], type[EncoderAdapter]]:
     """Class decorator: register an encoder adapter for these Hugging Face model types."""
 
     def wrap(cls: type[EncoderAdapter]) -> type[EncoderAdapter]:
@@ -34,7 +34,7 @@ def supported_encoder_types() -> list[str]:
     return sorted(_ENCODERS)
 
 
-def encoder_adapter(model: torch.nn.Module) -> "EncoderAdapter":
+def encoder_adapter(model: torch.nn.Module) -> EncoderAdapter:
     """The registered adapter for a `...ForSequenceClassification` model, or a clear error."""
     model_type = model.config.model_type
     if model_type not in _ENCODERS:

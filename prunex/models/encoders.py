@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import string
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 from prunex.errors import PrunexError
 from prunex.models.encoder_adapters import encoder_adapter, supported_encoder_types

@@ -35,7 +35,7 @@ class LTPConfig:
     final_threshold: float | None = None  # threshold of the last layer's base schedule; None: 1 / mean tokens
     temperature: float | None = None  # T of the soft mask; None: final_threshold / 10
 
-    def resolved(self, mean_tokens: float) -> "LTPConfig":
+    def resolved(self, mean_tokens: float) -> LTPConfig:
         """This config with `None` fields filled in for data whose rows average `mean_tokens` real tokens.
 
         final_threshold = 1 / mean_tokens is the importance of a token that receives exactly the average

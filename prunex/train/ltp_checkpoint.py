@@ -16,14 +16,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_model, save_model
 
 from prunex.config import from_dict, to_dict
 from prunex.errors import PrunexError
 from prunex.models.encoders import LoadedClassifier, load_classifier
 from prunex.prune.ltp import STAGES, LTPClassifier, LTPConfig, LTPThresholds
-from prunex.train.checkpoint import CheckpointMeta, check_base, is_checkpoint, load_checkpoint, save_checkpoint
+from prunex.train.checkpoint import (
+    CheckpointMeta,
+    check_base,
+    is_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 MODEL_FILE = "model.safetensors"
 DENSE_FILE = "dense.safetensors"
