@@ -1,0 +1,1 @@
+"""ONNX export: the prunex op domain (ops.py); exporters and the manifest build on it."""
