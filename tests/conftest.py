@@ -42,7 +42,8 @@ def dropping_policy(base: LoadedModel, sink_tokens: int = 1, seed: int = 0, rece
     torch.manual_seed(seed)
     config = base.model.config
     hidden = getattr(config, "hidden_size", None) or config.n_embd
-    policy = DCPPolicy(config.num_hidden_layers, hidden, DCPConfig(init_bias=0.3, sink_tokens=sink_tokens, recent_tokens=recent_tokens))
+    dcp = DCPConfig(init_bias=0.3, sink_tokens=sink_tokens, recent_tokens=recent_tokens)
+    policy = DCPPolicy(config.num_hidden_layers, hidden, dcp)
     with torch.no_grad():
         for proj in [*policy.q_int, *policy.k_int]:
             proj.weight.mul_(3)

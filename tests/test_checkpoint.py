@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import dropping_policy
 
 import prunex.train.dcp_trainer as dcp_trainer
 from prunex.config import DCPConfig, TrainConfig
@@ -15,8 +16,6 @@ from prunex.models.sources import load_model, weights_hash
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import PrunedLM
 from prunex.train.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, save_checkpoint
-
-from conftest import dropping_policy
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog. "

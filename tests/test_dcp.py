@@ -7,17 +7,16 @@ import math
 
 import pytest
 import torch
+from conftest import dropping_policy
 
 from prunex.config import DCPConfig
 from prunex.errors import PrunexError
 from prunex.prune.dcp import DCPPolicy
-from prunex.prune.kv_cache import PrunedKVCache
 from prunex.prune.forward import run_full
+from prunex.prune.kv_cache import PrunedKVCache
 from prunex.prune.lm import PrunedLM
 from prunex.prune.policy import cumulative_keep
 from prunex.prune.window import WindowPolicy
-
-from conftest import dropping_policy
 
 
 def _hidden(base) -> int:

@@ -124,7 +124,9 @@ class LTPClassifier(nn.Module):
     def inference_mode(self) -> str:
         return "dense" if self.stage == "base" else "hard"
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, mode: str | None = None) -> EncoderResult:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, mode: str | None = None
+    ) -> EncoderResult:
         """(B, T) right-padded ids (each row starting with [CLS]) -> logits, kept counts, FLOPs."""
         mode = mode or self.inference_mode
         return run_encoder(self.adapter, input_ids, attention_mask, None if mode == "dense" else self.thresholds, mode)

@@ -130,7 +130,8 @@ def _continued_run(config: LTPTrainConfig, ltp: LTPConfig | None, stage: str) ->
         )
     task = _task_id(config.task)
     if task != meta.training["task"]:
-        raise PrunexError(f"{previous} was trained on task {meta.training['task']!r}: pass --task {meta.training['task']}")
+        task = meta.training["task"]
+        raise PrunexError(f"{previous} was trained on task {task!r}: pass --task {task}")
     classifier, base = load_ltp(previous)
     if ltp is not None and (ltp.final_threshold is not None or ltp.temperature is not None):
         if stage == "hard":
