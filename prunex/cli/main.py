@@ -136,17 +136,30 @@ def eval_accuracy(
 
 @app.command()
 def generate(
-    source: Optional[str] = typer.Argument(None, help="Pruning checkpoint dir or model name; default: built-in."),
+    source: Optional[str] = typer.Argument(
+        None, help="Pruning checkpoint dir, model name, or an exported dir (prunex export); default: built-in."
+    ),
     prompt: list[str] = typer.Option(..., "--prompt", help="Prompt text; repeat for a batch."),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     chat: bool = typer.Option(False, help="Wrap each prompt as a user message in the chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Greedy generation with the K/V cache pruned step by step (PyTorch)."""
-    from prunex.loading import load_lm
+    """Greedy generation with the K/V cache pruned step by step (PyTorch, or ONNX Runtime for an exported dir)."""
+    from prunex.export.manifest import is_exported_dir
 
-    lm = load_lm(source)
-    tokenizer = lm.tokenizer
+    if source is not None and is_exported_dir(source):
+        from prunex.runtime.onnx_generate import OnnxDecoder, load_tokenizer
+        from prunex.runtime.onnx_generate import generate as onnx_generate
+
+        decoder = OnnxDecoder(source)
+        tokenizer = load_tokenizer(source)
+        run = lambda ids, n, eos: onnx_generate(decoder, ids, n, eos_token_id=eos)  # noqa: E731
+    else:
+        from prunex.loading import load_lm
+
+        lm = load_lm(source)
+        tokenizer = lm.tokenizer
+        run = lambda ids, n, eos: lm.generate(ids, n, eos_token_id=eos)  # noqa: E731
     if chat:
         texts = [
             tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
@@ -155,7 +168,7 @@ def generate(
     else:
         texts = list(prompt)
     prompts = [tokenizer(t)["input_ids"] for t in texts]
-    result = lm.generate(prompts, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
+    result = run(prompts, max_new_tokens, tokenizer.eos_token_id)
     outputs = [tokenizer.decode(ids, skip_special_tokens=True) for ids in result.token_ids]
     if as_json:
         rows = [{"prompt": p, "text": o, "token_ids": ids} for p, o, ids in zip(prompt, outputs, result.token_ids)]
@@ -170,6 +183,51 @@ def generate(
             f"{result.dense_kv_bytes / 2**20:.2f} MiB dense]", err=True,
         )
 
+
+@app.command()
+def export(
+    source: Optional[str] = typer.Argument(
+        None, help="DCP or LTP checkpoint dir, or a decoder model name; default: built-in DCP."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder for model.onnx, prunex.json and the tokenizer."),
+    dense: bool = typer.Option(False, help="Export the same model without pruning (keep = valid)."),
+    opset: int = typer.Option(17, help="Standard ONNX opset (17 or later)."),
+    force: bool = typer.Option(False, help="Replace a non-empty --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest's validation figures as JSON."),
+) -> None:
+    """Export to ONNX, validated against PyTorch: a decoder (DCP, prunex::KVCompact) or an LTP encoder
+    classifier (prunex::ThresholdGather between layers)."""
+    from prunex.export.decoder import check_opset, export_decoder
+    from prunex.export.folder import prepare_out
+    from prunex.loading import DEFAULT_CHECKPOINT, load_lm
+    from prunex.train.checkpoint import is_checkpoint, load_checkpoint
+
+    check_opset(opset)
+    prepare_out(out, force)
+    if source is not None and is_checkpoint(source) and load_checkpoint(source)[0].method == "ltp":
+        from prunex.export.encoder import export_encoder
+        from prunex.train.ltp_checkpoint import load_ltp
+
+        classifier, base = load_ltp(source)
+        manifest = export_encoder(
+            classifier, out, dense=dense, opset=opset, force=force, source=str(source),
+            base_model=base.model_id, base_model_hash=base.weights_hash,
+        )
+        what = "kept tokens per layer equal"
+    else:
+        lm = load_lm(source)
+        manifest = export_decoder(
+            lm, out, dense=dense, opset=opset, force=force, source=str(source or DEFAULT_CHECKPOINT)
+        )
+        what = "kept K/V entries equal"
+    figures = manifest.validation
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), "kind": manifest.kind, "method": manifest.method, **figures}))
+    else:
+        typer.echo(
+            f"wrote {out} ({manifest.kind}, {manifest.method}): max |logit diff| vs PyTorch "
+            f"{figures['max_logit_diff']:.2e} (tolerance {figures['tolerance']:g}), {what}"
+        )
 
 def main() -> None:
     """Console entry point: user errors become one clear line and exit code 2, never a traceback."""

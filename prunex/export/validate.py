@@ -1,0 +1,136 @@
+"""Check an exported decoder dir against PyTorch before it is declared written.
+
+The graph must pass `onnx.checker.check_model(full_check=True)`; on real text (a batch of prompts of
+different lengths) a prefill and a few decode steps through ONNX Runtime must give PyTorch's logits to an
+explicit tolerance and hold exactly the same number of K/V entries per layer and row. Both sides are fed the
+same tokens (PyTorch's greedy choices), so a near-tie cannot make them drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from prunex.errors import PrunexError
+from prunex.export.manifest import read_manifest
+from prunex.prune.dcp import DCPPolicy
+from prunex.prune.forward import run_full
+from prunex.prune.kv_cache import PrunedKVCache
+from prunex.prune.lm import PrunedLM
+from prunex.runtime.onnx_generate import OnnxDecoder
+
+VALIDATION_TEXTS = (
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Token pruning keeps what matters.",
+)
+
+
+def _compare(name: str, onnx_logits: np.ndarray, torch_logits: torch.Tensor, tolerance: float) -> float:
+    """Max |diff| of two (N, vocab) logit sets; raises PrunexError past tolerance * max(1, max |logit|)."""
+    reference = torch_logits.numpy()
+    diff = float(np.abs(onnx_logits - reference).max())
+    allowed = tolerance * max(1.0, float(np.abs(reference).max()))
+    if not diff <= allowed:
+        raise PrunexError(f"ONNX logits differ from PyTorch at {name}: max |diff| {diff:.3g} > {allowed:.3g}")
+    return diff
+
+
+def _compare_lengths(name: str, onnx_cache, torch_cache: PrunedKVCache) -> None:
+    """The kept entries per layer and row must be equal."""
+    for layer, (held, ref) in enumerate(zip(onnx_cache, torch_cache.layers)):
+        ours, theirs = held["valid"].sum(-1), ref.lengths.numpy()
+        if not np.array_equal(ours, theirs):
+            raise PrunexError(
+                f"kept K/V entries differ from PyTorch at {name}, layer {layer}: ONNX {ours.tolist()} vs "
+                f"PyTorch {theirs.tolist()}"
+            )
+
+
+def validate_decoder(
+    lm: PrunedLM, policy: DCPPolicy | None, directory: Path, tolerance: float = 1e-4, steps: int = 4,
+    texts: tuple[str, ...] = VALIDATION_TEXTS,
+) -> dict:
+    """Validate the export in `directory`; returns the figures (max logit diff, ...) or raises PrunexError."""
+    manifest = read_manifest(directory)
+    try:
+        onnx.checker.check_model(str(directory / manifest.model_file), full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise PrunexError(f"the exported graph fails onnx.checker: {err}") from err
+    reference = PrunedLM(lm.base, policy)
+    prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
+    decoder = OnnxDecoder(directory, threads=1, manifest=manifest)
+
+    # PyTorch: prefill (B, T) right-padded, then one token per row per step.
+    lengths = torch.tensor([len(p) for p in prompts])  # (B,)
+    B, T = len(prompts), int(lengths.max())
+    ids = torch.zeros(B, T, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = torch.tensor(prompt)
+    valid = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+    max_diff = 0.0
+    with torch.no_grad():
+        full = run_full(reference.adapter, policy, ids, valid, collect_prefill=True)
+        torch_cache = PrunedKVCache.from_prefill(full.prefill, valid)
+        onnx_logits, onnx_cache = decoder.run(
+            ids.numpy(), np.broadcast_to(np.arange(T), (B, T)), valid.numpy(), decoder.empty_cache(B)
+        )
+        max_diff = max(max_diff, _compare("prefill", onnx_logits[valid.numpy()], full.logits[valid], tolerance))
+        _compare_lengths("prefill", onnx_cache, torch_cache)
+        logits, positions = full.logits[torch.arange(B), lengths - 1], lengths.clone()
+        for step in range(steps):
+            tokens = logits.argmax(-1)  # (B,)
+            logits = reference._decode_step(torch_cache, tokens, positions)  # (B, vocab)
+            step_logits, onnx_cache = decoder.step(tokens.numpy(), positions.numpy(), onnx_cache)
+            max_diff = max(max_diff, _compare(f"decode step {step + 1}", step_logits, logits, tolerance))
+            _compare_lengths(f"decode step {step + 1}", onnx_cache, torch_cache)
+            positions += 1
+    held = int(sum(layer.lengths.sum() for layer in torch_cache.layers))
+    return {
+        "max_logit_diff": max_diff, "tolerance": tolerance, "prompts": len(prompts), "decode_steps": steps,
+        "kept_entries": held, "checker": "full_check",
+    }
+
+
+ENCODER_TEXTS = (
+    "A gripping, beautifully shot film that never lets go of its audience until the very last scene.",
+    "Dull and far too long.",
+    "The plot wanders, but the performances are strong enough to carry it home.",
+)
+
+
+def validate_encoder(classifier, dense: bool, directory: Path, tolerance: float = 1e-4,
+                     texts: tuple[str, ...] = ENCODER_TEXTS) -> dict:
+    """Check an exported encoder dir: checker, logits to tolerance, kept tokens per layer and positions equal."""
+    from prunex.export.manifest import read_encoder_manifest
+    from prunex.runtime.onnx_generate import make_session
+
+    manifest = read_encoder_manifest(directory)
+    path = directory / manifest.model_file
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise PrunexError(f"the exported graph fails onnx.checker: {err}") from err
+    batch = classifier.tokenizer(list(texts), padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        reference = classifier(ids, mask, mode="dense" if dense else "hard")
+    session = make_session(path, threads=1)
+    names = manifest.outputs
+    logits, kept, positions = session.run(
+        [names["logits"], names["kept"], names["positions"]],
+        {manifest.inputs["input_ids"]: ids.numpy(), manifest.inputs["attention_mask"]: mask.numpy()},
+    )
+    max_diff = _compare("the classifier output", logits, reference.logits, tolerance)
+    if not np.array_equal(kept, reference.kept.numpy()):
+        raise PrunexError(
+            f"kept tokens per layer differ from PyTorch: ONNX {kept.tolist()} vs {reference.kept.tolist()}"
+        )
+    if not np.array_equal(positions, reference.positions.numpy()):
+        raise PrunexError("the positions of the tokens left after the last layer differ from PyTorch")
+    return {
+        "max_logit_diff": max_diff, "tolerance": tolerance, "inputs": len(texts), "checker": "full_check",
+        "kept_per_layer": kept.tolist(), "lengths": reference.lengths.tolist(),
+    }

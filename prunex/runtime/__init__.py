@@ -1,0 +1,1 @@
+"""Runtimes for exported prunex models (ONNX Runtime)."""
