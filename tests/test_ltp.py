@@ -341,6 +341,20 @@ def test_evaluate_accuracy_reports(trained, csv_task):
         evaluate_accuracy(out, "bbc", "test", limit=2)
 
 
+def test_bench_classify_times_both_models_on_the_same_examples(trained, csv_task):
+    """The side-by-side benchmark reports both throughputs and the same accuracies as the evaluation."""
+    from prunex.bench.classify import bench_classify
+
+    out, _, _ = trained
+    result = bench_classify(out, str(csv_task), "test", batch_size=4, repeats=2)
+    report = evaluate_accuracy(out, str(csv_task), "test")
+    assert result.examples == 6 and result.repeats == 2
+    assert result.pruned_examples_per_s > 0 and result.dense_examples_per_s > 0
+    assert result.speedup == pytest.approx(result.pruned_examples_per_s / result.dense_examples_per_s)
+    assert result.pruned_accuracy == report.accuracy and result.dense_accuracy == report.dense_accuracy
+    assert result.relative_flops == pytest.approx(report.relative_flops)
+
+
 def test_stages_one_at_a_time(tmp_path, csv_task):
     """base -> soft -> hard, each from the previous dir; wrong order and a wrong task are refused."""
     common = {"task": str(csv_task), "steps": 2, "batch_size": 4, "threads": 1}

@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 eval_app = typer.Typer(help="Measure quality: perplexity, accuracy (encoders).", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+bench_app = typer.Typer(help="Measure speed side by side in one run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 
 def _fresh_out_dir(out: Path, force: bool) -> None:
@@ -228,6 +230,36 @@ def export(
             f"wrote {out} ({manifest.kind}, {manifest.method}): max |logit diff| vs PyTorch "
             f"{figures['max_logit_diff']:.2e} (tolerance {figures['tolerance']:g}), {what}"
         )
+
+@bench_app.command("classify")
+def bench_classify_command(
+    source: str = typer.Argument(..., help="An LTP checkpoint dir (hard stage)."),
+    task: str = typer.Option("bbc", help="bbc, rotten-tomatoes, or a CSV/JSONL file."),
+    split: str = typer.Option("test", help="train, validation or test."),
+    batch_size: int = typer.Option(16, min=1, help="Examples per forward (length-sorted batches)."),
+    repeats: int = typer.Option(3, min=1, help="Timed passes of each model (median reported)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Use the first N examples only."),
+    threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """PyTorch CPU throughput of the hard-pruned classifier vs its dense stage-1 model, on the same examples."""
+    import torch
+
+    from prunex.bench.classify import bench_classify
+
+    if threads:
+        torch.set_num_threads(threads)
+    result = bench_classify(source, task, split, batch_size, repeats, limit)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        typer.echo(
+            f"pruned {result.pruned_examples_per_s:.2f} ex/s vs dense {result.dense_examples_per_s:.2f} ex/s: "
+            f"x{result.speedup:.2f} (relative FLOPs {result.relative_flops:.3f}; accuracy "
+            f"{result.pruned_accuracy:.4f} vs {result.dense_accuracy:.4f}; {result.examples} examples, "
+            f"{result.threads} threads, median of {result.repeats})"
+        )
+
 
 def main() -> None:
     """Console entry point: user errors become one clear line and exit code 2, never a traceback."""

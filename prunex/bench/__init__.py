@@ -1,0 +1,1 @@
+"""Speed measurements, side by side in one run (ratios, never absolute times in tests)."""
