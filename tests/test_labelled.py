@@ -21,7 +21,8 @@ def needs(package: str) -> None:
 
 
 def assert_partition(task: str, total: int) -> dict:
-    splits = {name: split_labelled(task, name) for name in SPLITS}
+    splits = {name: split_labelled(task, name) for name in ("train", "validation", "test")}
+    assert len(split_labelled(task, "all")) == total  # the whole set, e.g. for a separate evaluation file
     assert len(splits["train"]) == int(total * 0.8) and len(splits["validation"]) == int(total * 0.1)
     assert sum(len(s) for s in splits.values()) == total
     sets = {name: set(s.texts) for name, s in splits.items()}

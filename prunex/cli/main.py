@@ -126,7 +126,7 @@ def eval_ppl(
 def eval_accuracy(
     source: str = typer.Argument(..., help="LTP checkpoint dir (prunex train --method ltp)."),
     task: str = typer.Option(..., help="bbc, rotten-tomatoes, or a CSV/JSONL file with text and label."),
-    split: str = typer.Option("test", help="train, validation or test."),
+    split: str = typer.Option("test", help="train, validation, test, or all (e.g. a separate eval file)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Measure only the first N examples of the split."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -235,7 +235,7 @@ def export(
 def bench_classify_command(
     source: str = typer.Argument(..., help="An LTP checkpoint dir (hard stage)."),
     task: str = typer.Option("bbc", help="bbc, rotten-tomatoes, or a CSV/JSONL file."),
-    split: str = typer.Option("test", help="train, validation or test."),
+    split: str = typer.Option("test", help="train, validation, test, or all (e.g. a separate eval file)."),
     batch_size: int = typer.Option(16, min=1, help="Examples per forward (length-sorted batches)."),
     repeats: int = typer.Option(3, min=1, help="Timed passes of each model (median reported)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use the first N examples only."),

@@ -26,7 +26,7 @@ from typing import Any
 from prunex.errors import PrunexError
 from prunex.models.sources import package_dir
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test", "all")  # all: every example (e.g. a separate evaluation file)
 _SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 MIN_EXAMPLES = 10  # a file needs at least one example in each split
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -172,10 +172,12 @@ def task_max_length(task: str) -> int:
 
 
 def split_labelled(task: str, split: str, seed: int = 0) -> LabelledSet:
-    """The examples of one split (train 80% / validation 10% / test 10%, shuffled with `seed`)."""
+    """The examples of one split (train 80% / validation 10% / test 10%, shuffled with `seed`; all: every one)."""
     if split not in SPLITS:
         raise PrunexError(f"unknown split {split!r}; use one of {SPLITS}")
     data = load_labelled(task)
+    if split == "all":
+        return data
     order = list(range(len(data)))
     random.Random(seed).shuffle(order)
     n_train = int(len(order) * _SPLIT_FRACTIONS[0])
