@@ -32,19 +32,19 @@ def test_default_checkpoint_is_small_and_tied_to_smollm2(default_lm):
 
 
 def test_default_prunes_most_of_the_kv_at_small_perplexity_cost(default_lm):
-    """Two held-out Wikipedia windows of 1024 tokens: well over half the KV pruned, perplexity within 10%,
-    and better than the sinks + window baseline that keeps as many entries."""
-    windows = token_windows(default_lm.tokenizer, split_text("wikipedia", "test"), 1024, 2)
+    """16 held-out Wikipedia windows of 1024 tokens (the README's figures): over 75% of the KV pruned,
+    perplexity within 7% of dense, and lower than the sinks + window baseline at the same sparsity."""
+    windows = token_windows(default_lm.tokenizer, split_text("wikipedia", "test"), 1024, 16)
     report = evaluate_perplexity(default_lm, windows, show_progress=False)
-    assert report.sparsity > 0.7
-    assert report.ppl_ratio < 1.10
+    assert report.sparsity > 0.75
+    assert report.ppl_ratio < 1.07
     policy = default_lm.policy
     try:
-        default_lm.policy = WindowPolicy(window=128, sink_tokens=4)  # kept ~0.23: no sparser than ours
+        default_lm.policy = WindowPolicy(window=128, sink_tokens=4)  # kept ~0.234, as ours
         baseline = evaluate_perplexity(default_lm, windows, show_progress=False)
     finally:
         default_lm.policy = policy
-    assert baseline.sparsity < report.sparsity
+    assert abs(baseline.sparsity - report.sparsity) < 0.01
     assert report.perplexity < baseline.perplexity
 
 
