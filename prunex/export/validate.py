@@ -98,6 +98,16 @@ ENCODER_TEXTS = (
     "A gripping, beautifully shot film that never lets go of its audience until the very last scene.",
     "Dull and far too long.",
     "The plot wanders, but the performances are strong enough to carry it home.",
+    # A long input, so that a model trained on long texts (its thresholds scale with 1/length) really prunes.
+    " ".join(
+        [
+            "The government announced on Monday that it would raise spending on schools and hospitals next year,",
+            "while the opposition said the plans were not paid for and would push up borrowing.",
+            "Shares in the largest banks fell after the central bank kept interest rates unchanged,",
+            "and analysts expect the economy to grow more slowly than forecast in the spring.",
+        ]
+        * 8
+    ),
 )
 
 
@@ -113,7 +123,8 @@ def validate_encoder(classifier, dense: bool, directory: Path, tolerance: float 
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise PrunexError(f"the exported graph fails onnx.checker: {err}") from err
-    batch = classifier.tokenizer(list(texts), padding=True, return_tensors="pt")
+    max_length = classifier.info.get("max_length") or 512
+    batch = classifier.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
         reference = classifier(ids, mask, mode="dense" if dense else "hard")
