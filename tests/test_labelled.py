@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prunex.data.batching import encode_texts, length_sorted_batches, pad_batch
-from prunex.data.labelled import SPLITS, load_labelled, split_labelled, task_max_length
+from prunex.data.labelled import load_labelled, split_labelled, task_max_length
 from prunex.errors import PrunexError
 from prunex.models.encoders import char_tokenizer
 
