@@ -16,18 +16,18 @@ import bz2
 import csv
 import io
 import json
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from prunex.data.splits import SPLITS as BASE_SPLITS
+from prunex.data.splits import split_indices
 from prunex.errors import PrunexError
 from prunex.models.sources import package_dir
 
-SPLITS = ("train", "validation", "test", "all")  # all: every example (e.g. a separate evaluation file)
-_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLITS = (*BASE_SPLITS, "all")  # all: every example (e.g. a separate evaluation file)
 MIN_EXAMPLES = 10  # a file needs at least one example in each split
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
@@ -178,13 +178,7 @@ def split_labelled(task: str, split: str, seed: int = 0) -> LabelledSet:
     data = load_labelled(task)
     if split == "all":
         return data
-    order = list(range(len(data)))
-    random.Random(seed).shuffle(order)
-    n_train = int(len(order) * _SPLIT_FRACTIONS[0])
-    n_val = int(len(order) * _SPLIT_FRACTIONS[1])
-    bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, None)}
-    start, stop = bounds[split]
-    picked = order[start:stop]
+    picked = split_indices(len(data), split, seed)
     return LabelledSet(
         tuple(data.texts[i] for i in picked), tuple(data.labels[i] for i in picked), data.label_names
     )

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import bz2
-import random
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -17,11 +16,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from prunex.data.splits import split_indices
 from prunex.errors import PrunexError
 from prunex.models.sources import package_dir
 
-SPLITS = ("train", "validation", "test")
-_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 WIKI_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 
@@ -72,18 +70,9 @@ def split_text(source: str, split: str, seed: int = 0) -> list[str]:
 
     A user's text file has a single article, used for every split.
     """
-    if split not in SPLITS:
-        raise PrunexError(f"unknown split {split!r}; use one of {SPLITS}")
     articles = list(load_articles(source))
-    if len(articles) == 1:
-        return articles
-    order = list(range(len(articles)))
-    random.Random(seed).shuffle(order)
-    n_train = int(len(order) * _SPLIT_FRACTIONS[0])
-    n_val = int(len(order) * _SPLIT_FRACTIONS[1])
-    bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, None)}
-    start, stop = bounds[split]
-    return [articles[i] for i in order[start:stop]]
+    picked = split_indices(len(articles), split, seed)  # validates `split` for user files too
+    return articles if len(articles) == 1 else [articles[i] for i in picked]
 
 
 def token_windows(tokenizer, articles: list[str], context: int, limit: int | None = None) -> Tensor:
