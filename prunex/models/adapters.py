@@ -13,35 +13,24 @@ import torch
 from torch import Tensor
 
 from prunex.errors import PrunexError
+from prunex.models.registry import AdapterRegistry
 
-_DECODERS: dict[str, type["DecoderAdapter"]] = {}
+DECODERS: AdapterRegistry[DecoderAdapter] = AdapterRegistry("decoder pruning")
 
 
-def register_decoder(*model_types: str) -> Callable[[type["DecoderAdapter"]], type["DecoderAdapter"]]:
+def register_decoder(*model_types: str) -> Callable[[type[DecoderAdapter]], type[DecoderAdapter]]:
     """Class decorator: register an adapter for these Hugging Face model types."""
-
-    def wrap(cls: type[DecoderAdapter]) -> type[DecoderAdapter]:
-        for model_type in model_types:
-            _DECODERS[model_type] = cls
-        return cls
-
-    return wrap
+    return DECODERS.register(*model_types)
 
 
 def supported_decoder_types() -> list[str]:
     """The model types prunex can prune, sorted."""
-    return sorted(_DECODERS)
+    return DECODERS.supported()
 
 
-def decoder_adapter(model: torch.nn.Module) -> "DecoderAdapter":
+def decoder_adapter(model: torch.nn.Module) -> DecoderAdapter:
     """The registered adapter for `model`, or a clear error naming the supported families."""
-    model_type = model.config.model_type
-    if model_type not in _DECODERS:
-        raise PrunexError(
-            f"model type {model_type!r} is not supported for decoder pruning; supported: "
-            f"{', '.join(supported_decoder_types())}"
-        )
-    return _DECODERS[model_type](model)
+    return DECODERS.adapter(model)
 
 
 class DecoderAdapter(ABC):

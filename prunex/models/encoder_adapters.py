@@ -14,35 +14,24 @@ import torch
 from torch import Tensor
 
 from prunex.errors import PrunexError
+from prunex.models.registry import AdapterRegistry
 
-_ENCODERS: dict[str, type[EncoderAdapter]] = {}
+ENCODERS: AdapterRegistry[EncoderAdapter] = AdapterRegistry("encoder token pruning")
 
 
 def register_encoder(*model_types: str) -> Callable[[type[EncoderAdapter]], type[EncoderAdapter]]:
     """Class decorator: register an encoder adapter for these Hugging Face model types."""
-
-    def wrap(cls: type[EncoderAdapter]) -> type[EncoderAdapter]:
-        for model_type in model_types:
-            _ENCODERS[model_type] = cls
-        return cls
-
-    return wrap
+    return ENCODERS.register(*model_types)
 
 
 def supported_encoder_types() -> list[str]:
     """The encoder model types prunex can token-prune, sorted."""
-    return sorted(_ENCODERS)
+    return ENCODERS.supported()
 
 
 def encoder_adapter(model: torch.nn.Module) -> EncoderAdapter:
     """The registered adapter for a `...ForSequenceClassification` model, or a clear error."""
-    model_type = model.config.model_type
-    if model_type not in _ENCODERS:
-        raise PrunexError(
-            f"model type {model_type!r} is not supported for encoder token pruning; supported: "
-            f"{', '.join(supported_encoder_types())}"
-        )
-    return _ENCODERS[model_type](model)
+    return ENCODERS.adapter(model)
 
 
 class EncoderAdapter(ABC):
