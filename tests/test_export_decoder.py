@@ -16,13 +16,21 @@ from prunex.errors import PrunexError
 from prunex.export.decoder import export_decoder
 from prunex.export.manifest import MANIFEST_FILE, read_manifest
 from prunex.prune.lm import PrunedLM
-from prunex.runtime.onnx_generate import OnnxDecoder, generate
+from prunex.runtime.runtime import Runtime
+from prunex.runtime.sampling import SamplingParams
 
 TEXTS = ["Once upon a time, in a land far away, there lived a", "The cat sat", "Pruning the cache: "]
 
 
 def _prompts(lm: PrunedLM) -> list[list[int]]:
     return [lm.tokenizer(t)["input_ids"] for t in TEXTS]
+
+
+def _onnx_greedy(out, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], float]:
+    """Greedy token ids per prompt and the kv kept fraction, through the runtime on CPU."""
+    runtime = Runtime(out, device="cpu", threads=1)
+    done = runtime.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True))
+    return [c.token_ids for c in done], runtime.last_stats["kv_kept_fraction"]
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
@@ -56,7 +64,7 @@ def test_manifest_records_the_export(exported):
     assert again.method == "dcp" and again.op_domain == "prunex" and again.op_domain_version == 1
     assert again.interaction_dim == lm.policy.state_dim and again.num_layers == lm.adapter.num_layers
     assert again.base_model_hash == lm.base.weights_hash
-    assert again.past["key"] == "past_key.%d"
+    assert again.past["key"] == "past_key.%d" and again.graph_version == 2
     assert 0 <= again.validation["max_logit_diff"] <= 1e-4
     assert (out / "tokenizer.json").is_file()
 
@@ -66,11 +74,10 @@ def test_greedy_generation_equals_pytorch_token_for_token(exported):
     prompts = _prompts(lm)
     assert len({len(p) for p in prompts}) == 3
     reference = lm.generate(prompts, max_new_tokens=12)
-    result = generate(OnnxDecoder(out, threads=1), prompts, max_new_tokens=12)
-    assert result.token_ids == reference.token_ids
-    assert result.kv_kept_fraction == pytest.approx(reference.kv_kept_fraction, abs=1e-6)
-    assert result.kv_kept_fraction < 0.9  # the policy really dropped entries
-    assert result.kv_bytes == reference.kv_bytes
+    token_ids, kept = _onnx_greedy(out, prompts, 12)
+    assert token_ids == reference.token_ids
+    assert kept == pytest.approx(reference.kv_kept_fraction, abs=1e-6)
+    assert kept < 0.9  # the policy really dropped entries
 
 
 def test_dense_export_matches_dense_model(tiny_llama, tmp_path):
@@ -79,9 +86,9 @@ def test_dense_export_matches_dense_model(tiny_llama, tmp_path):
     assert manifest.method == "dense" and manifest.interaction_dim == 0
     prompts = _prompts(lm)
     reference = PrunedLM(tiny_llama, None).generate(prompts, max_new_tokens=6)
-    result = generate(tmp_path / "dense", prompts, max_new_tokens=6, threads=1)
-    assert result.token_ids == reference.token_ids
-    assert result.kv_kept_fraction == 1.0
+    token_ids, kept = _onnx_greedy(tmp_path / "dense", prompts, 6)
+    assert token_ids == reference.token_ids
+    assert kept == 1.0
 
 
 def test_refuses_non_empty_out_and_old_opset(tiny_llama, tmp_path):
@@ -100,6 +107,15 @@ def test_failed_validation_leaves_nothing_behind(tiny_llama, tmp_path):
     with pytest.raises(PrunexError, match="logits differ"):
         export_decoder(lm, tmp_path / "out", tolerance=-1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_graph_of_an_older_layout_is_refused(exported, tmp_path):
+    _, out, _ = exported
+    data = json.loads((out / MANIFEST_FILE).read_text())
+    del data["graph_version"]  # layout 1: compacted present_* outputs
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(PrunexError, match="export it again"):
+        read_manifest(tmp_path)
 
 
 def test_newer_manifest_is_refused(exported, tmp_path):
@@ -121,7 +137,8 @@ def test_cli_export_then_generate_runs_onnx(tmp_path):
     via_onnx = runner.invoke(app, ["generate", str(out), *args])
     via_torch = runner.invoke(app, ["generate", "tiny-gpt2", *args])
     assert via_onnx.exit_code == 0 and via_torch.exit_code == 0, via_onnx.output + via_torch.output
-    assert json.loads(via_onnx.stdout)["rows"] == json.loads(via_torch.stdout)["rows"]
+    onnx_rows = [{k: row[k] for k in ("prompt", "text", "token_ids")} for row in json.loads(via_onnx.stdout)["rows"]]
+    assert onnx_rows == json.loads(via_torch.stdout)["rows"]
     again = runner.invoke(app, ["export", "tiny-gpt2", "--out", str(out)])
     assert again.exit_code != 0 and isinstance(again.exception, PrunexError)
 

@@ -139,51 +139,39 @@ def eval_accuracy(
 @app.command()
 def generate(
     source: Optional[str] = typer.Argument(
-        None, help="Pruning checkpoint dir, model name, or an exported dir (prunex export); default: built-in."
+        None, help="Exported dir (prunex export: ONNX Runtime), pruning checkpoint dir or model name (PyTorch); "
+        "default: built-in."
     ),
     prompt: list[str] = typer.Option(..., "--prompt", help="Prompt text; repeat for a batch."),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
     chat: bool = typer.Option(False, help="Wrap each prompt as a user message in the chat template."),
+    stream: bool = typer.Option(False, help="Exported dirs: print the text as it is generated (one prompt)."),
+    temperature: float = typer.Option(0.0, min=0.0, help="Exported dirs: 0 is greedy; > 0 samples."),
+    top_k: int = typer.Option(0, min=0, help="Exported dirs: sample among the k most likely tokens (0: all)."),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Exported dirs: nucleus sampling mass."),
+    seed: Optional[int] = typer.Option(None, help="Exported dirs: sampling seed (same seed, same text)."),
+    stop: list[str] = typer.Option([], "--stop", help="Exported dirs: stop string (repeatable)."),
+    device: str = typer.Option("auto", help="Exported dirs: auto, cpu or cuda."),
+    threads: int = typer.Option(0, min=0, help="Exported dirs: ONNX Runtime threads (0: as torch)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Greedy generation with the K/V cache pruned step by step (PyTorch, or ONNX Runtime for an exported dir)."""
+    """Generate with the K/V cache pruned step by step: ONNX Runtime for an exported dir (sampling, streaming,
+    batching), PyTorch (greedy) for a checkpoint or model name."""
+    from prunex.cli.generate_command import generate_exported, generate_torch
     from prunex.export.manifest import is_exported_dir
 
     if source is not None and is_exported_dir(source):
-        from prunex.runtime.onnx_generate import OnnxDecoder, load_tokenizer
-        from prunex.runtime.onnx_generate import generate as onnx_generate
+        from prunex.runtime.sampling import SamplingParams
 
-        decoder = OnnxDecoder(source)
-        tokenizer = load_tokenizer(source)
-        run = lambda ids, n, eos: onnx_generate(decoder, ids, n, eos_token_id=eos)  # noqa: E731
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                seed=seed, stop=list(stop))
+        generate_exported(source, prompt, chat=chat, params=params, stream=stream, as_json=as_json,
+                          device=device, threads=threads or None)
     else:
-        from prunex.loading import load_lm
-
-        lm = load_lm(source)
-        tokenizer = lm.tokenizer
-        run = lambda ids, n, eos: lm.generate(ids, n, eos_token_id=eos)  # noqa: E731
-    if chat:
-        texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompt
-        ]
-    else:
-        texts = list(prompt)
-    prompts = [tokenizer(t)["input_ids"] for t in texts]
-    result = run(prompts, max_new_tokens, tokenizer.eos_token_id)
-    outputs = [tokenizer.decode(ids, skip_special_tokens=True) for ids in result.token_ids]
-    if as_json:
-        rows = [{"prompt": p, "text": o, "token_ids": ids} for p, o, ids in zip(prompt, outputs, result.token_ids)]
-        payload = {**rows[0], "rows": rows} if len(rows) == 1 else {"rows": rows}
-        typer.echo(json.dumps({**payload, "kv_kept_fraction": result.kv_kept_fraction,
-                               "kv_bytes": result.kv_bytes, "dense_kv_bytes": result.dense_kv_bytes}))
-    else:
-        for p, o in zip(prompt, outputs):
-            typer.echo(f"{p}{o}" if not chat else o)
-        typer.echo(
-            f"[kv kept {result.kv_kept_fraction:.3f}: {result.kv_bytes / 2**20:.2f} MiB vs "
-            f"{result.dense_kv_bytes / 2**20:.2f} MiB dense]", err=True,
-        )
+        sampling_given = temperature or top_k or top_p < 1.0 or seed is not None or stop or stream
+        if sampling_given:
+            raise PrunexError("sampling, --stop and --stream run on exported dirs: `prunex export` first")
+        generate_torch(source, prompt, chat=chat, max_new_tokens=max_new_tokens, as_json=as_json)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Export a PrunedLM (DCP or dense) to an ONNX decoder step graph with in-graph KV compaction.
+"""Export a PrunedLM (DCP or dense) to an ONNX decoder step graph (keep decisions and KVCompact in the graph).
 
 `export_decoder(lm, out)` writes `model.onnx`, the tokenizer files and `prunex.json` into a temp folder next to
 `out`, validates the graph against PyTorch (`prunex.export.validate`) and only then renames it to `out`; a
@@ -51,7 +51,7 @@ def _example_inputs(manifest: DecoderManifest, past: int = 3, seq: int = 2) -> t
     names = list(m.inputs.values())
     tensors = [
         torch.randint(0, m.vocab_size, (B, seq)), torch.arange(past, past + seq).expand(B, seq).clone(),
-        torch.ones(B, seq, dtype=torch.bool),
+        torch.ones(B, seq, dtype=torch.bool), torch.zeros(B, 1, dtype=torch.int64),
     ]
     for layer in range(m.num_layers):
         valid = torch.ones(B, past, dtype=torch.bool)
@@ -67,9 +67,12 @@ def _example_inputs(manifest: DecoderManifest, past: int = 3, seq: int = 2) -> t
 def _dynamic_axes(manifest: DecoderManifest) -> dict[str, dict[int, str]]:
     m = manifest
     axes = {name: {0: "batch", 1: "seq"} for name in m.inputs.values()}
-    axes[m.logits] = {0: "batch", 1: "seq"}
+    axes[m.inputs["logit_index"]] = {0: "batch", 1: "wanted"}
+    axes[m.logits] = {0: "batch", 1: "wanted"}
     for layer in range(m.num_layers):
-        for io, length in ((m.past, "past"), (m.present, "present")):
+        # Layers prune differently: each gets its own width names (equal names promise equal sizes to ORT).
+        axes[m.name(m.keep_past, layer)] = {0: "batch", 1: f"past{layer}"}
+        for io, length in ((m.past, f"past{layer}"), (m.new, f"new{layer}")):
             for f in CACHE_FIELDS:
                 axes[m.name(io[f], layer)] = {0: "batch", 2 if f in ("key", "value") else 1: length}
     return axes
@@ -78,9 +81,7 @@ def _dynamic_axes(manifest: DecoderManifest) -> dict[str, dict[int, str]]:
 def export_graph(lm: PrunedLM, policy: DCPPolicy | None, manifest: DecoderManifest, path: Path) -> None:
     """Trace the step module (example B=2, S=2, P=3) into `path` with the prunex FunctionProtos attached."""
     names, example = _example_inputs(manifest)
-    outputs = [manifest.logits] + [
-        manifest.name(manifest.present[f], layer) for layer in range(manifest.num_layers) for f in CACHE_FIELDS
-    ]
+    outputs = manifest.output_names()
     step = DecoderStep(lm.adapter, policy).eval()
     export_with_prunex_ops(step, tuple(example), path, names, outputs, _dynamic_axes(manifest), manifest.opset)
 

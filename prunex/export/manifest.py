@@ -18,16 +18,21 @@ MANIFEST_FILE = "prunex.json"
 MODEL_FILE = "model.onnx"
 
 # Graph io of the decoder step (see prunex.export.step_module): per-layer names are %d templates.
-DECODER_INPUTS = {"input_ids": "input_ids", "position_ids": "position_ids", "input_valid": "input_valid"}
+DECODER_GRAPH_VERSION = 2  # 2: read-only past, keep_past + packed new entries out (1: compacted present out)
+DECODER_INPUTS = {
+    "input_ids": "input_ids", "position_ids": "position_ids", "input_valid": "input_valid",
+    "logit_index": "logit_index",
+}
 DECODER_PAST = {
     "key": "past_key.%d", "value": "past_value.%d", "kint": "past_kint.%d",
     "valid": "past_valid.%d", "positions": "past_pos.%d",
 }
-DECODER_PRESENT = {
-    "key": "present_key.%d", "value": "present_value.%d", "kint": "present_kint.%d",
-    "valid": "present_valid.%d", "positions": "present_pos.%d",
+DECODER_NEW = {
+    "key": "new_key.%d", "value": "new_value.%d", "kint": "new_kint.%d",
+    "valid": "new_valid.%d", "positions": "new_pos.%d",
 }
-CACHE_FIELDS = tuple(DECODER_PAST)  # per-layer order of the past inputs and present outputs
+KEEP_PAST = "keep_past.%d"  # (B, P) bool: past entries still kept after the step's queries
+CACHE_FIELDS = tuple(DECODER_PAST)  # per-layer order of the past inputs and of the new-entry outputs
 
 # Graph io of the encoder (see prunex.export.encoder): input_ids, attention_mask (B, T) int64 ->
 # logits (B, C), kept (B, L) tokens present after each layer, positions (B, W) original positions left (-1: pad).
@@ -40,12 +45,14 @@ class DecoderManifest:
     """What a runtime needs to drive an exported decoder step graph."""
 
     kind: str = "decoder"
+    graph_version: int = DECODER_GRAPH_VERSION
     method: str = "dcp"  # dcp (KV pruning in the graph) | dense (keep = valid)
     model_file: str = MODEL_FILE
     inputs: dict[str, str] = field(default_factory=lambda: dict(DECODER_INPUTS))
     past: dict[str, str] = field(default_factory=lambda: dict(DECODER_PAST))  # per-layer input templates
-    logits: str = "logits"  # (B, S, vocab)
-    present: dict[str, str] = field(default_factory=lambda: dict(DECODER_PRESENT))  # per-layer outputs
+    logits: str = "logits"  # (B, K, vocab) at logit_index
+    keep_past: str = KEEP_PAST  # per-layer output template
+    new: dict[str, str] = field(default_factory=lambda: dict(DECODER_NEW))  # per-layer output templates
     op_domain: str = DOMAIN
     op_domain_version: int = DOMAIN_VERSION
     ops: list[str] = field(default_factory=list)  # prunex ops the graph uses
@@ -57,6 +64,7 @@ class DecoderManifest:
     vocab_size: int = 0
     max_positions: int | None = None
     dtype: str = "float32"
+    quantization: dict[str, Any] = field(default_factory=dict)  # empty: fp32; else mode, source, figures
     opset: int = 17
     eos_token_id: int | None = None
     source: str = ""  # the checkpoint dir or model name exported
@@ -65,8 +73,13 @@ class DecoderManifest:
     validation: dict[str, Any] = field(default_factory=dict)  # figures of the check against PyTorch
 
     def name(self, template: str, layer: int) -> str:
-        """A per-layer io name from a template of `past` / `present`."""
+        """A per-layer io name from a template of `past` / `new` / `keep_past`."""
         return template % layer
+
+    def output_names(self) -> list[str]:
+        """All graph outputs in order: logits, then per layer keep_past and the new entries."""
+        per_layer = [self.keep_past, *(self.new[f] for f in CACHE_FIELDS)]
+        return [self.logits] + [t % layer for layer in range(self.num_layers) for t in per_layer]
 
 
 def write_manifest(directory: Path, manifest: "DecoderManifest | EncoderManifest") -> Path:
@@ -102,7 +115,14 @@ def _read(directory: str | Path, kind: str, cls: type):
 
 
 def read_manifest(directory: str | Path) -> DecoderManifest:
-    """Read and check the manifest of an exported decoder dir."""
+    """Read and check the manifest of an exported decoder dir (graphs of another layout are refused)."""
+    data = read_json(Path(directory) / MANIFEST_FILE, "prunex manifest")
+    version = data.get("graph_version", 1)
+    if data.get("kind") == "decoder" and version != DECODER_GRAPH_VERSION:
+        raise PrunexError(
+            f"{directory} holds a decoder graph of layout {version}; this prunex runs layout "
+            f"{DECODER_GRAPH_VERSION}: export it again with `prunex export`"
+        )
     return _read(directory, "decoder", DecoderManifest)
 
 
@@ -131,6 +151,7 @@ class EncoderManifest:
     thresholds: list[float] = field(default_factory=list)  # (L,) per-layer thresholds baked into the graph
     max_length: int = 0
     dtype: str = "float32"
+    quantization: dict[str, Any] = field(default_factory=dict)
     opset: int = 17
     source: str = ""
     base_model: str = ""

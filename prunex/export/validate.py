@@ -20,7 +20,6 @@ from prunex.prune.dcp import DCPPolicy
 from prunex.prune.forward import run_full
 from prunex.prune.kv_cache import PrunedKVCache
 from prunex.prune.lm import PrunedLM
-from prunex.runtime.onnx_generate import OnnxDecoder
 
 VALIDATION_TEXTS = (
     "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -38,13 +37,13 @@ def _compare(name: str, onnx_logits: np.ndarray, torch_logits: torch.Tensor, tol
     return diff
 
 
-def _compare_lengths(name: str, onnx_cache, torch_cache: PrunedKVCache) -> None:
-    """The kept entries per layer and row must be equal."""
-    for layer, (held, ref) in enumerate(zip(onnx_cache, torch_cache.layers)):
-        ours, theirs = held["valid"].sum(-1), ref.lengths.numpy()
-        if not np.array_equal(ours, theirs):
+def _compare_lengths(name: str, ours: list[np.ndarray], torch_cache: PrunedKVCache) -> None:
+    """The kept entries per layer and row (ours: per layer (B,) counts) must be equal."""
+    for layer, (held, ref) in enumerate(zip(ours, torch_cache.layers)):
+        theirs = ref.lengths.numpy()
+        if not np.array_equal(held, theirs):
             raise PrunexError(
-                f"kept K/V entries differ from PyTorch at {name}, layer {layer}: ONNX {ours.tolist()} vs "
+                f"kept K/V entries differ from PyTorch at {name}, layer {layer}: ONNX {held.tolist()} vs "
                 f"PyTorch {theirs.tolist()}"
             )
 
@@ -53,7 +52,13 @@ def validate_decoder(
     lm: PrunedLM, policy: DCPPolicy | None, directory: Path, tolerance: float = 1e-4, steps: int = 4,
     texts: tuple[str, ...] = VALIDATION_TEXTS,
 ) -> dict:
-    """Validate the export in `directory`; returns the figures (max logit diff, ...) or raises PrunexError."""
+    """Validate the export in `directory`; returns the figures (max logit diff, ...) or raises PrunexError.
+
+    Checks the whole-prompt logits of a right-padded batch, then decode steps through the runtime's engine
+    (fixed slot buffers, in-place updates), each against PyTorch's physical-removal cache.
+    """
+    from prunex.runtime.engine import DecoderEngine
+
     manifest = read_manifest(directory)
     try:
         onnx.checker.check_model(str(directory / manifest.model_file), full_check=True)
@@ -61,31 +66,30 @@ def validate_decoder(
         raise PrunexError(f"the exported graph fails onnx.checker: {err}") from err
     reference = PrunedLM(lm.base, policy)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
-    decoder = OnnxDecoder(directory, threads=1, manifest=manifest)
+    engine = DecoderEngine(directory, device="cpu", threads=1, manifest=manifest)
 
-    # PyTorch: prefill (B, T) right-padded, then one token per row per step.
     lengths = torch.tensor([len(p) for p in prompts])  # (B,)
     B, T = len(prompts), int(lengths.max())
     ids = torch.zeros(B, T, dtype=torch.long)
     for row, prompt in enumerate(prompts):
         ids[row, : len(prompt)] = torch.tensor(prompt)
     valid = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
-    max_diff = 0.0
     with torch.no_grad():
         full = run_full(reference.adapter, policy, ids, valid, collect_prefill=True)
         torch_cache = PrunedKVCache.from_prefill(full.prefill, valid)
-        onnx_logits, onnx_cache = decoder.run(
-            ids.numpy(), np.broadcast_to(np.arange(T), (B, T)), valid.numpy(), decoder.empty_cache(B)
-        )
-        max_diff = max(max_diff, _compare("prefill", onnx_logits[valid.numpy()], full.logits[valid], tolerance))
-        _compare_lengths("prefill", onnx_cache, torch_cache)
-        logits, positions = full.logits[torch.arange(B), lengths - 1], lengths.clone()
+        all_logits, new = engine.run_prompts(prompts, all_logits=True)
+        max_diff = _compare("prefill", all_logits[valid.numpy()], full.logits[valid], tolerance)
+        _compare_lengths("prefill", [layer["valid"].sum(-1) for layer in new], torch_cache)
+        engine.prefill(prompts)
+        logits = full.logits[torch.arange(B), lengths - 1]
+        positions = lengths.clone()
         for step in range(steps):
             tokens = logits.argmax(-1)  # (B,)
             logits = reference._decode_step(torch_cache, tokens, positions)  # (B, vocab)
-            step_logits, onnx_cache = decoder.step(tokens.numpy(), positions.numpy(), onnx_cache)
-            max_diff = max(max_diff, _compare(f"decode step {step + 1}", step_logits, logits, tolerance))
-            _compare_lengths(f"decode step {step + 1}", onnx_cache, torch_cache)
+            step_logits = engine.decode(tokens)
+            max_diff = max(max_diff, _compare(f"decode step {step + 1}", step_logits.numpy(), logits, tolerance))
+            counts = [slots.valid.sum(1).numpy() for slots in engine.cache.layers]
+            _compare_lengths(f"decode step {step + 1}", counts, torch_cache)
             positions += 1
     held = int(sum(layer.lengths.sum() for layer in torch_cache.layers))
     return {
@@ -115,7 +119,7 @@ def validate_encoder(classifier, dense: bool, directory: Path, tolerance: float 
                      texts: tuple[str, ...] = ENCODER_TEXTS) -> dict:
     """Check an exported encoder dir: checker, logits to tolerance, kept tokens per layer and positions equal."""
     from prunex.export.manifest import read_encoder_manifest
-    from prunex.runtime.onnx_generate import make_session
+    from prunex.runtime.session import make_session
 
     manifest = read_encoder_manifest(directory)
     path = directory / manifest.model_file
@@ -128,7 +132,7 @@ def validate_encoder(classifier, dense: bool, directory: Path, tolerance: float 
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
         reference = classifier(ids, mask, mode="dense" if dense else "hard")
-    session = make_session(path, threads=1)
+    session, _ = make_session(path, device="cpu", threads=1)
     names = manifest.outputs
     logits, kept, positions = session.run(
         [names["logits"], names["kept"], names["positions"]],

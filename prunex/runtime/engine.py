@@ -1,0 +1,139 @@
+"""DecoderEngine: an exported decoder graph plus its KV-cache manager; prefill rows in, decode the batch a step.
+
+The engine knows tensors, not text: `prefill(prompts)` runs the prompts (right-padded) through the graph with
+an empty past and adds them to the cache as new rows; `decode(tokens)` feeds one token per row. Decode steps
+bind the cache buffers and preallocated outputs by pointer (IOBinding): no copy of the cache per step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from prunex.errors import PrunexError
+from prunex.export.manifest import CACHE_FIELDS, DecoderManifest, read_manifest
+from prunex.runtime.kv_cache import CacheLimits, CapacityError, KVCacheManager
+from prunex.runtime.session import Binder, make_session
+
+
+class DecoderEngine:
+    """Runs the step graph of an exported decoder dir on CPU or CUDA with a managed, pruned KV cache."""
+
+    def __init__(self, directory: str | Path, device: str = "auto", threads: int | None = None,
+                 limits: CacheLimits | None = None, manifest: DecoderManifest | None = None) -> None:
+        self.directory = Path(directory)
+        self.manifest = m = manifest or read_manifest(self.directory)
+        self.session, self.device_choice = make_session(self.directory / m.model_file, device, threads)
+        self.device = torch.device(self.device_choice.device)
+        self.cache = KVCacheManager(m.num_layers, m.num_kv_heads, m.head_dim, m.interaction_dim, self.device, limits)
+        self.next_positions = torch.zeros(0, dtype=torch.int64)  # (B,) logical position of each row's next token
+        self.compact_every = 8  # decode steps between checks of the layers' load (one host sync each)
+        self._outputs = m.output_names()
+        # A dense graph does not read past_kint / past_pos: the exporter drops inputs nothing uses.
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        self._steps = 0
+
+    @property
+    def rows(self) -> int:
+        return self.cache.rows
+
+    # --- prefill -----------------------------------------------------------------------------------------
+    def _check_prompts(self, prompts: list[list[int]]) -> None:
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise PrunexError("every prompt needs at least one token")
+        limit = self.manifest.max_positions
+        longest = max(len(p) for p in prompts)
+        if limit and longest >= limit:
+            raise PrunexError(f"a prompt of {longest} tokens does not fit the model's context of {limit}")
+
+    def run_prompts(self, prompts: list[list[int]], all_logits: bool = False) -> tuple[np.ndarray, list]:
+        """Run prompts with an empty past; returns logits ((N, vocab) last tokens, or (N, T, vocab) with
+        all_logits) and the raw graph outputs per layer, without touching the cache."""
+        self._check_prompts(prompts)
+        m = self.manifest
+        lengths = np.array([len(p) for p in prompts], dtype=np.int64)  # (N,)
+        N, T = len(prompts), int(lengths.max())
+        ids = np.zeros((N, T), np.int64)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = prompt
+        valid = np.arange(T)[None, :] < lengths[:, None]  # (N, T)
+        wanted = np.broadcast_to(np.arange(T), (N, T)) if all_logits else (lengths - 1)[:, None]
+        feeds = {
+            m.inputs["input_ids"]: ids, m.inputs["position_ids"]: np.broadcast_to(np.arange(T), (N, T)).copy(),
+            m.inputs["input_valid"]: valid, m.inputs["logit_index"]: np.ascontiguousarray(wanted, dtype=np.int64),
+        }
+        D, KV, R = m.head_dim, m.num_kv_heads, m.interaction_dim
+        empty = {"key": np.zeros((N, KV, 0, D), np.float32), "value": np.zeros((N, KV, 0, D), np.float32),
+                 "kint": np.zeros((N, 0, R), np.float32), "valid": np.zeros((N, 0), bool),
+                 "positions": np.zeros((N, 0), np.int64)}
+        for layer in range(m.num_layers):
+            for f in CACHE_FIELDS:
+                feeds[m.name(m.past[f], layer)] = empty[f]
+        feeds = {name: value for name, value in feeds.items() if name in self._inputs}
+        outputs = self.session.run(self._outputs, feeds)
+        logits = outputs[0] if all_logits else outputs[0][:, 0]
+        per_layer = 1 + len(CACHE_FIELDS)
+        new = [dict(zip(CACHE_FIELDS, outputs[2 + per_layer * layer: 1 + per_layer * (layer + 1)]))
+               for layer in range(m.num_layers)]
+        return logits, new
+
+    def prefill(self, prompts: list[list[int]]) -> Tensor:
+        """Add the prompts as new rows (after the current ones); returns their last-token logits (N, vocab)."""
+        if self.rows + len(prompts) > self.cache.limits.max_rows:
+            raise CapacityError(f"the batch is full ({self.cache.limits.max_rows} rows): wait for a request to finish")
+        logits, new = self.run_prompts(prompts)
+        entries = [{f: torch.from_numpy(layer[f]) for f in CACHE_FIELDS} for layer in new]
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)
+        self.cache.add_rows(entries, lengths)
+        self.next_positions = torch.cat([self.next_positions, lengths])
+        return torch.from_numpy(logits).to(self.device)
+
+    # --- decode ------------------------------------------------------------------------------------------
+    def decode(self, token_ids: Tensor) -> Tensor:
+        """Feed one token per row (B,) at each row's next logical position; returns logits (B, vocab)."""
+        m, B = self.manifest, self.rows
+        if token_ids.shape != (B,):
+            raise PrunexError(f"decode needs one token for each of the {B} rows, got shape {tuple(token_ids.shape)}")
+        if m.max_positions and int(self.next_positions.max()) >= m.max_positions:
+            raise CapacityError(f"a row reached the model's context of {m.max_positions} tokens")
+        dev = self.device
+        binder = Binder(self.session, dev)
+        binder.input(m.inputs["input_ids"], token_ids.to(dev, torch.int64).reshape(B, 1).contiguous())
+        binder.input(m.inputs["position_ids"], self.next_positions.to(dev).reshape(B, 1).contiguous())
+        binder.input(m.inputs["input_valid"], torch.ones(B, 1, dtype=torch.bool, device=dev))
+        binder.input(m.inputs["logit_index"], torch.zeros(B, 1, dtype=torch.int64, device=dev))
+        logits = torch.empty(B, 1, m.vocab_size, device=dev)
+        binder.output(m.logits, logits)
+        KV, D, R = m.num_kv_heads, m.head_dim, m.interaction_dim
+        keeps, news = [], []
+        for layer, slots in enumerate(self.cache.layers):
+            for f, tensor in zip(CACHE_FIELDS, slots.tensors()):
+                if m.name(m.past[f], layer) in self._inputs:
+                    binder.input(m.name(m.past[f], layer), tensor)
+            keep = torch.empty(B, slots.width, dtype=torch.bool, device=dev)
+            new = {"key": torch.empty(B, KV, 1, D, device=dev), "value": torch.empty(B, KV, 1, D, device=dev),
+                   "kint": torch.empty(B, 1, R, device=dev), "valid": torch.empty(B, 1, dtype=torch.bool, device=dev),
+                   "positions": torch.empty(B, 1, dtype=torch.int64, device=dev)}
+            binder.output(m.name(m.keep_past, layer), keep)
+            for f in CACHE_FIELDS:
+                binder.output(m.name(m.new[f], layer), new[f])
+            keeps.append(keep)
+            news.append(new)
+        self.session.run_with_iobinding(binder.binding)
+        for layer in range(m.num_layers):
+            self.cache.apply_step(layer, keeps[layer], news[layer])
+        self.cache.count_step()
+        self.next_positions += 1
+        self._steps += 1
+        if self._steps % self.compact_every == 0:
+            self.cache.compact_sparse_layers()
+        return logits[:, 0]
+
+    def remove_rows(self, keep: list[int]) -> None:
+        """Keep only the rows in `keep` (indices, in order); the others leave the cache."""
+        index = torch.tensor(keep, dtype=torch.int64)
+        self.cache.remove_rows(index)
+        self.next_positions = self.next_positions.index_select(0, index)

@@ -1,0 +1,205 @@
+"""The runtime's KV-cache manager: per layer, fixed buffers with a validity mask and amortized compaction.
+
+Each layer holds slot buffers key/value (B, KV, W, D), kint (B, W, R), valid (B, W) bool and pos (B, W) int64
+in torch tensors on the session's device. A step never moves the cache: ONNX Runtime reads the buffers in
+place (IOBinding), the step's `keep_past` (B, W) becomes the validity mask, and the new entries are written
+into the next free column `end` (shared by the rows of a layer). Dropped entries leave holes; a layer is
+compacted (kept entries packed to the front, in order) when its slots run out or when the fullest row's
+load (kept / end) falls under `min_load`, so compaction costs one copy of the kept entries now and then
+instead of one per step. Rows join (prefilled requests) and leave (finished requests) at any step.
+
+Memory is accounted in bytes of K, V and interaction keys: held (valid entries), allocated (slots) with its
+peak, and dense-equivalent (what a cache without pruning would hold for the same tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from prunex.errors import PrunexError
+
+FIELDS = ("key", "value", "kint", "valid", "positions")
+
+
+class CapacityError(PrunexError):
+    """The cache cannot take a request without passing its hard limit; retry when rows have finished."""
+
+
+@dataclass
+class CacheLimits:
+    """Hard limits of a KV-cache manager."""
+
+    max_rows: int = 16  # requests decoded together
+    max_bytes: int | None = None  # K/V/kint bytes the slot buffers may allocate (None: no limit)
+    headroom: int = 32  # free slots added when a layer's buffer grows
+    min_load: float = 0.9  # compact a layer when its fullest row holds fewer than this share of `end`
+
+
+@dataclass
+class LayerSlots:
+    """One layer's slot buffers for B rows and W slots; columns >= end are free in every row."""
+
+    key: Tensor  # (B, KV, W, D)
+    value: Tensor  # (B, KV, W, D)
+    kint: Tensor  # (B, W, R)
+    valid: Tensor  # (B, W) bool
+    positions: Tensor  # (B, W) int64 logical positions
+    end: int = 0
+
+    @property
+    def width(self) -> int:
+        return self.valid.shape[1]
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The buffers in `FIELDS` order (the graph's past inputs)."""
+        return self.key, self.value, self.kint, self.valid, self.positions
+
+
+def _gather_slots(tensor: Tensor, index: Tensor, dim: int) -> Tensor:
+    """tensor gathered along `dim` (the slot axis) with a (B, W') index."""
+    shape = list(tensor.shape)
+    shape[dim] = index.shape[1]
+    view = [index.shape[0]] + [1] * (tensor.dim() - 1)
+    view[dim] = index.shape[1]
+    return tensor.gather(dim, index.view(view).expand(shape))
+
+
+class KVCacheManager:
+    """Per-layer slot buffers for a batch of rows, on `device`, shaped by an exported decoder's manifest."""
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, interaction_dim: int,
+                 device: torch.device, limits: CacheLimits | None = None, dtype: torch.dtype = torch.float32) -> None:
+        self.num_layers, self.kv_heads, self.head_dim, self.kint_dim = num_layers, num_kv_heads, head_dim, interaction_dim
+        self.device, self.dtype = device, dtype
+        self.limits = limits or CacheLimits()
+        self.layers = [self._allocate(0, 0) for _ in range(num_layers)]
+        self.tokens_seen = torch.zeros(0, dtype=torch.int64)  # (B,) tokens fed per row (dense-equivalent)
+        self.peak_allocated_bytes = 0
+        self.compactions = 0
+
+    # --- sizes -------------------------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return int(self.tokens_seen.shape[0])
+
+    @property
+    def bytes_per_entry(self) -> int:
+        """Bytes of one token's K, V and interaction key in one layer."""
+        return (2 * self.kv_heads * self.head_dim + self.kint_dim) * torch.finfo(self.dtype).bits // 8
+
+    def held_entries(self) -> Tensor:
+        """(B,) valid entries per row, summed over layers."""
+        return sum((slots.valid.sum(1).cpu() for slots in self.layers), torch.zeros(self.rows, dtype=torch.int64))
+
+    def held_bytes(self) -> int:
+        """Bytes of the entries the cache holds (valid slots)."""
+        return int(self.held_entries().sum()) * self.bytes_per_entry
+
+    def allocated_bytes(self) -> int:
+        """Bytes of all slot buffers (held entries, holes and headroom)."""
+        return sum(s.valid.numel() for s in self.layers) * self.bytes_per_entry
+
+    def dense_bytes(self) -> int:
+        """Bytes a dense cache would hold for the same tokens."""
+        return int(self.tokens_seen.sum()) * self.num_layers * self.bytes_per_entry
+
+    def _allocate(self, rows: int, width: int) -> LayerSlots:
+        kw = {"device": self.device}
+        return LayerSlots(
+            key=torch.zeros(rows, self.kv_heads, width, self.head_dim, dtype=self.dtype, **kw),
+            value=torch.zeros(rows, self.kv_heads, width, self.head_dim, dtype=self.dtype, **kw),
+            kint=torch.zeros(rows, width, self.kint_dim, dtype=self.dtype, **kw),
+            valid=torch.zeros(rows, width, dtype=torch.bool, **kw),
+            positions=torch.zeros(rows, width, dtype=torch.int64, **kw),
+        )
+
+    def _replace(self, layer: int, slots: LayerSlots) -> None:
+        """Install new buffers for `layer`, enforcing the byte limit and tracking the peak."""
+        old = self.layers[layer]
+        total = self.allocated_bytes() + (slots.valid.numel() - old.valid.numel()) * self.bytes_per_entry
+        limit = self.limits.max_bytes
+        if limit is not None and total > limit:
+            raise CapacityError(
+                f"the KV cache would need {total / 2**20:.1f} MiB, over its limit of {limit / 2**20:.1f} MiB: "
+                "finish or cancel requests first, or raise the limit"
+            )
+        self.layers[layer] = slots
+        self.peak_allocated_bytes = max(self.peak_allocated_bytes, total)
+
+    # --- rows join and leave -----------------------------------------------------------------------------
+    def add_rows(self, new: list[dict[str, Tensor]], prompt_lengths: Tensor) -> None:
+        """Append rows from a prefill: per layer, packed entries key/value (N, KV, Wn, D), kint (N, Wn, R),
+        valid (N, Wn), positions (N, Wn); prompt_lengths (N,) tokens fed per new row."""
+        count = int(prompt_lengths.shape[0])
+        if self.rows + count > self.limits.max_rows:
+            raise CapacityError(f"the batch is full ({self.limits.max_rows} rows): wait for a request to finish")
+        B = self.rows
+        for layer, entries in enumerate(new):
+            old = self.layers[layer]
+            new_width = entries["valid"].shape[1]
+            end = max(old.end, new_width)
+            slots = self._allocate(B + count, end + self.limits.headroom)
+            for name in FIELDS:
+                dst, dim = getattr(slots, name), 2 if name in ("key", "value") else 1
+                dst.narrow(0, 0, B).narrow(dim, 0, old.end).copy_(getattr(old, name).narrow(dim, 0, old.end))
+                dst.narrow(0, B, count).narrow(dim, 0, new_width).copy_(entries[name].to(dst.device, dst.dtype))
+            slots.end = end
+            self._replace(layer, slots)
+        self.tokens_seen = torch.cat([self.tokens_seen, prompt_lengths.to(torch.int64).cpu()])
+
+    def remove_rows(self, keep: Tensor) -> None:
+        """Keep only the rows whose index is in `keep` (R,), in that order."""
+        keep = keep.to(torch.int64)
+        index = keep.to(self.device)
+        for layer, old in enumerate(self.layers):
+            slots = LayerSlots(*(t.index_select(0, index) for t in old.tensors()), end=old.end)
+            self.layers[layer] = slots
+        self.tokens_seen = self.tokens_seen.index_select(0, keep)
+        if self.rows:
+            self.compact_sparse_layers()
+        else:
+            self.layers = [self._allocate(0, 0) for _ in range(self.num_layers)]
+
+    # --- a decode step -----------------------------------------------------------------------------------
+    def apply_step(self, layer: int, keep_past: Tensor, new: dict[str, Tensor]) -> None:
+        """After a step: `keep_past` (B, W) is the layer's new validity; append the new entries (B, ..., Wn, ...)."""
+        slots = self.layers[layer]
+        slots.valid.copy_(keep_past)
+        width_new = new["valid"].shape[1]
+        if slots.end + width_new > slots.width:
+            self.compact(layer, free=width_new)
+            slots = self.layers[layer]
+        for name in FIELDS:
+            dim = 2 if name in ("key", "value") else 1
+            getattr(slots, name).narrow(dim, slots.end, width_new).copy_(new[name])
+        slots.end += width_new
+
+    def count_step(self) -> None:
+        """Every row was fed one more token."""
+        self.tokens_seen += 1
+
+    def compact(self, layer: int, free: int = 0) -> None:
+        """Pack the layer's valid entries to the front of each row (in order), with `free` + headroom slots."""
+        slots = self.layers[layer]
+        counts = slots.valid.sum(1)  # (B,)
+        kept = int(counts.max()) if self.rows else 0
+        order = torch.sort((~slots.valid).to(torch.uint8), dim=1, stable=True).indices[:, :kept]  # (B, kept)
+        packed = self._allocate(self.rows, kept + free + self.limits.headroom)
+        for name in FIELDS:
+            dim = 2 if name in ("key", "value") else 1
+            getattr(packed, name).narrow(dim, 0, kept).copy_(_gather_slots(getattr(slots, name), order, dim))
+        packed.valid.narrow(1, 0, kept).copy_(torch.arange(kept, device=self.device)[None, :] < counts[:, None])
+        packed.end = kept
+        self._replace(layer, packed)
+        self.compactions += 1
+
+    def compact_sparse_layers(self) -> None:
+        """Compact every layer whose fullest row's load (kept / end) is under `min_load` (one host sync)."""
+        ends = torch.tensor([max(s.end, 1) for s in self.layers], dtype=torch.float64)
+        fullest = torch.stack([s.valid.sum(1).max() if self.rows else s.valid.new_zeros((), dtype=torch.int64)
+                               for s in self.layers]).cpu().to(torch.float64)
+        for layer in torch.nonzero(fullest / ends < self.limits.min_load).flatten().tolist():
+            self.compact(layer)

@@ -1,0 +1,67 @@
+"""Sampling settings and the next-token choice for a batch of rows, each with its own settings and seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from prunex.errors import PrunexError
+
+
+@dataclass
+class SamplingParams:
+    """How one request picks its tokens and when it stops."""
+
+    max_new_tokens: int = 64  # tokens generated at most (the first one included)
+    temperature: float = 0.0  # 0: greedy (argmax); > 0: sample from softmax(logits / temperature)
+    top_k: int = 0  # keep the k most likely tokens before sampling (0: all)
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p (1: all)
+    seed: int | None = None  # the same seed and prompt give the same tokens, whatever else is in the batch
+    stop: list[str] = field(default_factory=list)  # strings that end the text (not included in it)
+    ignore_eos: bool = False  # keep going past the end-of-sequence token
+
+    def check(self) -> None:
+        """Raise PrunexError on settings that cannot work."""
+        if self.max_new_tokens < 1:
+            raise PrunexError("max_new_tokens must be at least 1")
+        if self.temperature < 0:
+            raise PrunexError("temperature must be >= 0 (0 is greedy)")
+        if self.top_k < 0:
+            raise PrunexError("top_k must be >= 0 (0 keeps all tokens)")
+        if not 0 < self.top_p <= 1:
+            raise PrunexError("top_p must be in (0, 1]")
+        if any(not s for s in self.stop):
+            raise PrunexError("stop strings must not be empty")
+
+
+def make_rng(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded by `seed` (None: a random seed)."""
+    rng = torch.Generator()
+    rng.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    return rng
+
+
+def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """(vocab,) logits with the tokens outside top-k / top-p set to -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        outside = probs.cumsum(-1) - probs >= top_p  # tokens after the nucleus is already full
+        logits = logits.masked_fill(torch.zeros_like(outside).scatter(0, order, outside), float("-inf"))
+    return logits
+
+
+def choose_tokens(logits: Tensor, params: list[SamplingParams], rngs: list[torch.Generator]) -> Tensor:
+    """Next token per row: logits (B, vocab) -> (B,) int64; greedy rows in one argmax, sampled rows one by one
+    with their own generator (so a row's tokens do not depend on the other rows)."""
+    tokens = logits.argmax(-1).cpu()  # (B,)
+    for row, (p, rng) in enumerate(zip(params, rngs)):
+        if p.temperature > 0:
+            row_logits = filter_logits(logits[row].float().cpu() / p.temperature, p.top_k, p.top_p)
+            tokens[row] = torch.multinomial(row_logits.softmax(-1), 1, generator=rng)[0]
+    return tokens

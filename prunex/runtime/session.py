@@ -1,0 +1,102 @@
+"""ONNX Runtime sessions: execution provider choice (CPU / CUDA), threads, and binding torch tensors by pointer.
+
+The runtime keeps its tensors (the KV cache above all) in torch tensors on the session's device and hands ONNX
+Runtime their addresses through IOBinding, so nothing is copied between steps, on CPU as on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunex.errors import PrunexError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+_NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_}
+
+
+@dataclass
+class DeviceChoice:
+    """The device a session runs on, and why CUDA was not used when it was asked for."""
+
+    device: str  # "cpu" | "cuda"
+    providers: list[str]
+    reason: str | None = None  # set when device="cuda"/"auto" fell back to the CPU
+
+
+def choose_device(device: str = "auto") -> DeviceChoice:
+    """Pick the execution providers for `device` ("auto" | "cpu" | "cuda")."""
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise PrunexError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "cpu":
+        return DeviceChoice("cpu", ["CPUExecutionProvider"])
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        reason = "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)"
+    elif not torch.cuda.is_available():
+        reason = "no CUDA GPU is visible to torch"
+    else:
+        return DeviceChoice("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    return DeviceChoice("cpu", ["CPUExecutionProvider"], reason if device == "cuda" else None)
+
+
+def make_session(model_path: str | Path, device: str = "cpu", threads: int | None = None):
+    """An InferenceSession on `device`; returns (session, DeviceChoice).
+
+    threads: intra-op threads (None: as many as torch uses). A CUDA session that ONNX Runtime could not
+    place on the GPU falls back to the CPU with the reason recorded.
+    """
+    import onnxruntime as ort
+
+    choice = choose_device(device)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=choice.providers)
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise PrunexError(f"ONNX Runtime could not load {model_path}: {err}") from err
+    if choice.device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        choice = DeviceChoice("cpu", ["CPUExecutionProvider"], "ONNX Runtime could not start its CUDA provider")
+    return session, choice
+
+
+class Binder:
+    """Binds torch tensors (contiguous, on the session's device) as inputs and outputs of one IOBinding."""
+
+    def __init__(self, session, device: torch.device) -> None:
+        self.binding = session.io_binding()
+        self.device = device
+        self._device_type = "cuda" if device.type == "cuda" else "cpu"
+        self._device_id = device.index or 0
+        self._alive: list[torch.Tensor] = []  # ONNX Runtime holds raw pointers: the tensors must outlive the run
+
+    def _bind(self, method, name: str, tensor: torch.Tensor) -> None:
+        if not tensor.is_contiguous():
+            raise PrunexError(f"internal: {name} must be contiguous to bind")
+        self._alive.append(tensor)
+        method(name, self._device_type, self._device_id, _NUMPY_TYPES[tensor.dtype], tuple(tensor.shape),
+               tensor.data_ptr())
+
+    def input(self, name: str, tensor: torch.Tensor) -> None:
+        """Bind `tensor` as the input `name` (zero-size tensors go through a tiny host OrtValue)."""
+        if tensor.numel() == 0:
+            import onnxruntime as ort
+
+            empty = np.zeros(tuple(tensor.shape), _NUMPY_TYPES[tensor.dtype])
+            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(empty))
+            return
+        self._bind(self.binding.bind_input, name, tensor)
+
+    def output(self, name: str, tensor: torch.Tensor) -> None:
+        """Bind `tensor` (preallocated with the output's exact shape) as the output `name`."""
+        if tensor.numel() == 0:  # nothing to write: let ONNX Runtime hold the empty result
+            self.binding.bind_output(name, self._device_type, self._device_id)
+            return
+        self._bind(self.binding.bind_output, name, tensor)
