@@ -1,0 +1,217 @@
+"""The runtime: batched rows equal single rows, rows joining mid-flight, sampling, stop strings, capacity, devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import dropping_policy
+
+from prunex.errors import PrunexError
+from prunex.export.decoder import export_decoder
+from prunex.prune.lm import PrunedLM
+from prunex.runtime.kv_cache import CacheLimits, CapacityError, KVCacheManager
+from prunex.runtime.runtime import Runtime
+from prunex.runtime.sampling import SamplingParams, filter_logits
+from prunex.runtime.session import choose_device
+from prunex.runtime.text_stream import TextStream
+
+TEXTS = ["Once upon a time, in a land far away, there lived a", "The cat sat", "Pruning the cache: ", "Hello"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny Llama with a DCP policy that drops many entries, exported; and its PrunedLM."""
+    from prunex.models.sources import load_model
+
+    base = load_model("tiny-llama")
+    lm = PrunedLM(base, dropping_policy(base))
+    out = tmp_path_factory.mktemp("runtime") / "tiny-llama"
+    export_decoder(lm, out, source="tiny-llama")
+    return lm, out
+
+
+@pytest.fixture
+def runtime(exported):
+    return Runtime(exported[1], device="cpu", threads=1)
+
+
+def _ids(runtime: Runtime) -> list[list[int]]:
+    return [runtime.encode(t) for t in TEXTS]
+
+
+GREEDY = SamplingParams(max_new_tokens=10, ignore_eos=True)
+
+
+def test_batched_rows_equal_each_row_alone(runtime):
+    prompts = _ids(runtime)
+    together = [c.token_ids for c in runtime.generate(prompts, GREEDY)]
+    alone = [runtime.generate([p], GREEDY)[0].token_ids for p in prompts]
+    assert together == alone
+    assert runtime.last_stats["kv_kept_fraction"] < 0.95  # entries really left the cache
+
+
+def test_greedy_runtime_equals_pytorch_physical_removal(runtime, exported):
+    lm, _ = exported
+    prompts = _ids(runtime)
+    reference = lm.generate(prompts, max_new_tokens=10)
+    assert [c.token_ids for c in runtime.generate(prompts, GREEDY)] == reference.token_ids
+
+
+def test_rows_join_mid_flight_and_finish_early(runtime):
+    prompts = _ids(runtime)
+    alone = [runtime.generate([p], SamplingParams(max_new_tokens=n, ignore_eos=True))[0].token_ids
+             for p, n in zip(prompts, (12, 3, 9, 6))]
+    gen = runtime.generator()
+    first = [gen.add_request(prompts[0], SamplingParams(max_new_tokens=12, ignore_eos=True)),
+             gen.add_request(prompts[1], SamplingParams(max_new_tokens=3, ignore_eos=True))]
+    for _ in range(2):
+        gen.step()
+    later = [gen.add_request(prompts[2], SamplingParams(max_new_tokens=9, ignore_eos=True))]
+    gen.step()
+    assert gen.running == 2  # row 1 finished after 3 tokens and left; row 2 joined
+    later.append(gen.add_request(prompts[3], SamplingParams(max_new_tokens=6, ignore_eos=True)))
+    while not gen.is_done():
+        gen.step()
+    got = [gen.result(i) for i in first + later]
+    assert [c.token_ids for c in got] == alone
+    assert [c.finish_reason for c in got] == ["length"] * 4
+    assert runtime.engine.rows == 0  # every row left the cache
+
+
+def test_seeds_make_sampling_reproducible(runtime):
+    prompt = _ids(runtime)[0]
+    params = SamplingParams(max_new_tokens=12, temperature=1.5, top_k=50, top_p=0.95, seed=7, ignore_eos=True)
+    a = runtime.generate([prompt], params)[0].token_ids
+    # the same request in a batch with other (greedy) rows gives the same tokens
+    b = runtime.generate([prompt, _ids(runtime)[1]], params)[0].token_ids
+    c = runtime.generate([prompt], SamplingParams(**{**params.__dict__, "seed": 8}))[0].token_ids
+    assert a == b
+    assert a != c
+
+
+def test_top_k_and_top_p_filter_the_tail():
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0])
+    assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [False, False, True, True]
+    # probabilities ~[0.64, 0.24, 0.09, 0.03]: the nucleus of 0.8 needs the first two
+    assert torch.isinf(filter_logits(logits, 0, 0.8)).tolist() == [False, False, True, True]
+
+
+def test_stop_strings_end_the_text(runtime):
+    prompt = _ids(runtime)[0]
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=3, ignore_eos=True)
+    full = runtime.generate([prompt], params)[0]
+    at = next(i for i in range(2, len(full.text) - 2) if full.text.find(full.text[i: i + 2]) == i)
+    stop = full.text[at: at + 2]
+    cut = runtime.generate([prompt], SamplingParams(**{**params.__dict__, "stop": [stop]}))[0]
+    assert cut.text == full.text[:at]
+    assert cut.finish_reason == "stop"
+    assert len(cut.token_ids) < len(full.token_ids)
+
+
+def test_text_stream_holds_back_a_possible_stop_string():
+    class Chars:  # a tokenizer whose token i is chr(i)
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(i) for i in ids)
+
+    stream = TextStream(Chars(), ["END"])
+    pieces = [stream.push(ord(c)) for c in "abcEN"]
+    assert "".join(pieces) == "abc"  # "EN" could be the start of "END"
+    assert stream.push(ord("D")) == "" and stream.stopped and stream.text == "abc"
+
+
+def test_streaming_yields_the_generated_text(runtime):
+    prompt = _ids(runtime)[2]
+    params = SamplingParams(max_new_tokens=10, ignore_eos=True)
+    assert "".join(runtime.stream(prompt, params)) == runtime.generate([prompt], params)[0].text
+    assert runtime.engine.rows == 0
+
+
+def test_chat_messages_use_the_chat_template(runtime):
+    messages = [{"role": "user", "content": "hi"}]
+    if getattr(runtime.tokenizer, "chat_template", None) is None:
+        with pytest.raises(PrunexError, match="chat template"):
+            runtime.encode(messages)
+    else:
+        assert runtime.encode(messages) != runtime.encode("hi")
+    with pytest.raises(PrunexError, match="prompt is a string"):
+        runtime.encode([1.5])
+
+
+def test_capacity_overflow_is_a_clear_error(exported):
+    out = exported[1]
+    tight = Runtime(out, device="cpu", threads=1, max_kv_bytes=2048)
+    with pytest.raises(CapacityError, match="over its limit"):
+        tight.generate([_ids(tight)[0]], GREEDY)
+    assert tight.engine.rows == 0  # nothing half-admitted stays behind
+    runtime = Runtime(out, device="cpu", threads=1)
+    limit = runtime.manifest.max_positions
+    with pytest.raises(CapacityError, match="context"):
+        runtime.generate([[1] * (limit - 4)], SamplingParams(max_new_tokens=8))
+
+
+def test_a_full_batch_queues_requests_instead_of_failing(exported):
+    runtime = Runtime(exported[1], device="cpu", threads=1, max_batch=2)
+    prompts = _ids(runtime)
+    gen = runtime.generator()
+    ids = [gen.add_request(p, GREEDY) for p in prompts]
+    gen.step()
+    assert gen.running == 2
+    while not gen.is_done():
+        assert gen.running <= 2
+        gen.step()
+    alone = [runtime.generate([p], GREEDY)[0].token_ids for p in prompts]
+    assert [gen.result(i).token_ids for i in ids] == alone
+
+
+def test_cache_compaction_keeps_entries_in_order():
+    cache = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), CacheLimits(headroom=2))
+    key = torch.arange(2 * 4 * 2, dtype=torch.float32).reshape(2, 1, 4, 2)
+    valid = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    entries = {"key": key, "value": key + 100, "kint": torch.zeros(2, 4, 1), "valid": valid,
+               "positions": torch.arange(4).expand(2, 4)}
+    cache.add_rows([entries], torch.tensor([3, 2]))
+    slots = cache.layers[0]
+    assert slots.width == 6 and slots.end == 4 and cache.held_bytes() == 5 * cache.bytes_per_entry
+    keep = slots.valid.clone()
+    keep[0, 0] = False  # row 0 drops its first entry
+    new = {"key": torch.full((2, 1, 1, 2), -1.0), "value": torch.full((2, 1, 1, 2), -2.0),
+           "kint": torch.zeros(2, 1, 1), "valid": torch.ones(2, 1, dtype=torch.bool),
+           "positions": torch.tensor([[3], [2]])}
+    cache.apply_step(0, keep, new)
+    cache.count_step()
+    cache.compact(0)
+    slots = cache.layers[0]
+    assert slots.end == 3 and slots.valid.tolist()[0][:3] == [True, True, True]
+    assert slots.positions[0, :3].tolist() == [1, 2, 3] and slots.positions[1, :3].tolist() == [0, 1, 2]
+    assert torch.equal(slots.key[0, 0, :2], key[0, 0, 1:3]) and slots.key[0, 0, 2].tolist() == [-1.0, -1.0]
+    assert cache.dense_bytes() == 7 * cache.bytes_per_entry  # 4 + 3 tokens fed
+    assert cache.peak_allocated_bytes >= cache.allocated_bytes()
+
+
+def test_cpu_is_used_when_cuda_is_absent(exported):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    choice = choose_device("cuda")
+    assert choice.device == "cpu" and choice.providers == ["CPUExecutionProvider"] and choice.reason
+    runtime = Runtime(exported[1], device="cuda", threads=1)
+    assert runtime.device == "cpu" and runtime.device_note
+    with pytest.raises(PrunexError, match="device must be"):
+        choose_device("gpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and onnxruntime-gpu")
+def test_cuda_generation_equals_cpu(exported):
+    prompts = [Runtime(exported[1], device="cpu").encode(t) for t in TEXTS]
+    cpu = Runtime(exported[1], device="cpu").generate(prompts, GREEDY)
+    gpu_runtime = Runtime(exported[1], device="cuda")
+    assert gpu_runtime.device == "cuda", gpu_runtime.device_note
+    gpu = gpu_runtime.generate(prompts, GREEDY)
+    assert [c.token_ids for c in gpu] == [c.token_ids for c in cpu]
+
+
+def test_bad_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(PrunexError, match="not a folder"):
+        Runtime(tmp_path / "missing")
+    with pytest.raises(PrunexError, match="not found"):
+        Runtime(tmp_path)
