@@ -71,8 +71,10 @@ class KVCacheManager:
     """Per-layer slot buffers for a batch of rows, on `device`, shaped by an exported decoder's manifest."""
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, interaction_dim: int,
-                 device: torch.device, limits: CacheLimits | None = None, dtype: torch.dtype = torch.float32) -> None:
-        self.num_layers, self.kv_heads, self.head_dim, self.kint_dim = num_layers, num_kv_heads, head_dim, interaction_dim
+                 device: torch.device, limits: CacheLimits | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.num_layers, self.kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
+        self.kint_dim = interaction_dim
         self.device, self.dtype = device, dtype
         self.limits = limits or CacheLimits()
         self.layers = [self._allocate(0, 0) for _ in range(num_layers)]
