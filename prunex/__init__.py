@@ -1,6 +1,7 @@
 """prunex: transformers with learned token pruning, from training to a fast runtime.
 
-The public API is flat; importing prunex loads nothing heavy.
+The public API is flat. Training and export names need torch; the runtime names (Runtime, Generator,
+SamplingParams, Classifier) are loaded on first use.
 """
 
 from prunex.config import DCPConfig, TrainConfig
@@ -11,12 +12,37 @@ from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import GenerationResult, PrunedLM
 from prunex.prune.window import WindowPolicy
 
+_RUNTIME = {
+    "Runtime": "prunex.runtime.runtime",
+    "Generator": "prunex.runtime.generator",
+    "Completion": "prunex.runtime.generator",
+    "SamplingParams": "prunex.runtime.sampling",
+    "CapacityError": "prunex.runtime.kv_cache",
+    "Classifier": "prunex.runtime.classifier",
+}
+
+
+def __getattr__(name: str):
+    """Lazy runtime names: `prunex.Runtime` imports onnxruntime only when asked for."""
+    if name in _RUNTIME:
+        import importlib
+
+        return getattr(importlib.import_module(_RUNTIME[name]), name)
+    raise AttributeError(f"module 'prunex' has no attribute {name!r}")
+
+
 __all__ = [
+    "CapacityError",
+    "Classifier",
+    "Completion",
     "DCPConfig",
     "DCPPolicy",
     "GenerationResult",
+    "Generator",
     "PrunedLM",
     "PrunexError",
+    "Runtime",
+    "SamplingParams",
     "TrainConfig",
     "WindowPolicy",
     "load_lm",

@@ -219,6 +219,43 @@ def export(
             f"{figures['max_logit_diff']:.2e} (tolerance {figures['tolerance']:g}), {what}"
         )
 
+@bench_app.command("decode")
+def bench_decode_command(
+    source: Optional[str] = typer.Argument(
+        None, help="Exported dir (pruned, dense or int8), or a DCP checkpoint / model name to export (cached); "
+        "default: the built-in DCP model."
+    ),
+    baseline: Optional[str] = typer.Option(
+        None, help="Exported dir to compare with (default: the dense export of the same model)."
+    ),
+    batch: list[int] = typer.Option([1, 8, 16], "--batch", min=1, help="Rows decoded together (repeatable)."),
+    context: list[int] = typer.Option([512, 1024, 2048], "--context", min=8, help="Prompt tokens (repeatable)."),
+    new_tokens: int = typer.Option(64, min=3, help="Tokens generated per row."),
+    threads: int = typer.Option(2, min=1, help="Threads for every engine."),
+    device: str = typer.Option("cpu", help="cpu or cuda for the ONNX Runtime engines."),
+    torch_peer: bool = typer.Option(True, "--torch/--no-torch", help="Also run Hugging Face generate."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="PNG of the results (default: beside --out)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
+) -> None:
+    """Decode tokens/s, time to first token, KV bytes and peak RSS: prunex vs the dense export (same runtime)
+    vs PyTorch generate, on the same Wikipedia prompts, each engine in a process of its own."""
+    from prunex.bench.decode import DecodeBenchConfig, bench_decode, plot
+
+    config = DecodeBenchConfig(batches=list(batch), contexts=list(context), new_tokens=new_tokens,
+                               threads=threads, device=device, torch_peer=torch_peer)
+    report = bench_decode(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    png = plot_path or (out.with_suffix(".png") if out is not None else Path("bench-decode.png"))
+    if plot(report, png):
+        typer.echo(f"plot: {png}", err=True)
+    else:
+        typer.echo("no plot: matplotlib is not installed (pip install 'prunex[bench]')", err=True)
+    if as_json:
+        typer.echo(json.dumps(report))
+
+
 @bench_app.command("classify")
 def bench_classify_command(
     source: str = typer.Argument(..., help="An LTP checkpoint dir (hard stage)."),

@@ -1,0 +1,191 @@
+"""`prunex bench decode`: decode throughput, time to first token, KV bytes and peak RSS, side by side in one run.
+
+Engines, each measured in a process of its own (`prunex.bench.decode_worker`) on the same prompts:
+- prunex: the runtime over the pruned export (or any exported dir given, int8 included);
+- baseline: the runtime over a second exported dir (by default the dense export of the same base model);
+- torch: Hugging Face `generate` (greedy, sdpa, fp32) on the base model.
+The memory-bandwidth floor of a decode step (read the weights and the K/V held, once) is measured in the same
+run, so the distance to the limit is visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prunex.cache import cache_dir
+from prunex.errors import PrunexError
+
+
+@dataclass
+class DecodeBenchConfig:
+    """What `prunex bench decode` measures."""
+
+    batches: list[int] = field(default_factory=lambda: [1, 8, 16])
+    contexts: list[int] = field(default_factory=lambda: [512, 1024, 2048])  # prompt tokens per row
+    new_tokens: int = 64  # generated per row (the first comes from the prefill)
+    threads: int = 2
+    device: str = "cpu"
+    torch_peer: bool = True
+
+
+def _exported(source: str | None, dense: bool) -> Path:
+    """An exported dir of `source` (checkpoint, model name, None: built-in), cached under PRUNEX_CACHE."""
+    from prunex.export.decoder import export_decoder
+    from prunex.export.manifest import DECODER_GRAPH_VERSION, is_exported_dir
+    from prunex.loading import DEFAULT_CHECKPOINT, load_lm
+
+    path = Path(source or DEFAULT_CHECKPOINT)
+    digest = hashlib.sha256(f"{path.resolve()}|{DECODER_GRAPH_VERSION}|{dense}".encode())
+    for file in sorted(path.glob("*")) if path.is_dir() else []:
+        digest.update(file.name.encode() + str(file.stat().st_size).encode() + str(file.stat().st_mtime).encode())
+    out = cache_dir("exports") / f"{path.name}-{'dense' if dense else 'pruned'}-{digest.hexdigest()[:12]}"
+    if not is_exported_dir(out):
+        print(f"exporting {path} ({'dense' if dense else 'pruned'}) to {out} ...", file=sys.stderr)
+        export_decoder(load_lm(source), out, dense=dense, force=True, source=str(path))
+    return out
+
+
+def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
+    """The exported dirs to compare: SOURCE (exported, or exported now) and the baseline (default: dense)."""
+    from prunex.export.manifest import is_exported_dir, read_manifest
+
+    if source is not None and is_exported_dir(source):
+        main = Path(source)
+        if baseline is None:
+            recorded = read_manifest(main).source
+            baseline_dir = _exported(recorded or None, dense=True)
+        else:
+            baseline_dir = Path(baseline)
+    else:
+        main = _exported(source, dense=False)
+        baseline_dir = Path(baseline) if baseline else _exported(source, dense=True)
+    if not is_exported_dir(baseline_dir):
+        raise PrunexError(f"--baseline {baseline_dir} is not an exported dir (prunex export)")
+    return main, baseline_dir
+
+
+def _run_worker(engine: str, directory: Path, batch: int, context: int, config: DecodeBenchConfig) -> dict:
+    command = [sys.executable, "-m", "prunex.bench.decode_worker", engine, "--dir", str(directory),
+               "--batch", str(batch), "--context", str(context), "--new-tokens", str(config.new_tokens),
+               "--threads", str(config.threads), "--device", config.device]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail)}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_bandwidth(size_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Bytes/s of a large copy (read + write counted), the best of `repeats`."""
+    source = np.ones(size_bytes // 4, np.float32)
+    target = np.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size_bytes / best
+
+
+def weight_bytes(directory: Path) -> int:
+    """Bytes of the graph's weights (the model files on disk)."""
+    return sum(f.stat().st_size for f in directory.iterdir() if f.suffix in (".onnx", ".data") or f.name.endswith(
+        ".onnx.data"))
+
+
+def _floor_tokens_per_s(batch: int, weights: int, kv_bytes: int, bandwidth: float) -> float:
+    """Tokens/s if a decode step only had to read the weights and the K/V once at `bandwidth`."""
+    return batch / ((weights + kv_bytes) / bandwidth)
+
+
+def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchConfig, progress=print) -> dict:
+    """Run every (batch, context) for every engine; returns {"results": [...], "machine": {...}}."""
+    main_dir, baseline_dir = resolve_dirs(source, baseline)
+    bandwidth = memory_bandwidth()
+    results = []
+    for context in config.contexts:
+        for batch in config.batches:
+            row: dict = {"batch": batch, "context": context, "new_tokens": config.new_tokens}
+            engines = [("prunex", "ort", main_dir), ("dense_ort", "ort", baseline_dir)]
+            if config.torch_peer:
+                engines.append(("torch", "torch", main_dir))
+            for label, engine, directory in engines:
+                progress(f"b{batch} ctx{context}: {label} ...")
+                measured = _run_worker(engine, directory, batch, context, config)
+                row[label] = measured
+                for key in ("decode_tokens_per_s", "time_to_first_token_s", "kv_bytes", "peak_rss_bytes"):
+                    if key in measured:
+                        short = "tokens_per_s" if key == "decode_tokens_per_s" else key
+                        row[f"{label}_{short}"] = measured[key]
+            _ratios_and_floor(row, main_dir, baseline_dir, bandwidth)
+            progress(_summary(row))
+            results.append(row)
+    return {
+        "results": results, "prunex_dir": str(main_dir), "baseline_dir": str(baseline_dir),
+        "config": asdict(config), "memory_bandwidth_gb_s": bandwidth / 1e9,
+    }
+
+
+def _ratios_and_floor(row: dict, main_dir: Path, baseline_dir: Path, bandwidth: float) -> None:
+    prunex, dense = row.get("prunex", {}), row.get("dense_ort", {})
+    if "decode_tokens_per_s" not in prunex:
+        return
+    row["dense_kv_bytes"] = dense.get("kv_bytes", prunex.get("dense_kv_bytes"))
+    for peer in ("dense_ort", "torch"):
+        if f"{peer}_tokens_per_s" in row:
+            row[f"speedup_vs_{peer}"] = row["prunex_tokens_per_s"] / row[f"{peer}_tokens_per_s"]
+    if row["dense_kv_bytes"]:
+        row["kv_bytes_ratio"] = row["dense_kv_bytes"] / prunex["kv_bytes"]
+    row["prunex_floor_tokens_per_s"] = _floor_tokens_per_s(row["batch"], weight_bytes(main_dir),
+                                                           prunex["kv_held_bytes"], bandwidth)
+    if "kv_bytes" in dense:
+        row["dense_ort_floor_tokens_per_s"] = _floor_tokens_per_s(row["batch"], weight_bytes(baseline_dir),
+                                                                  dense["kv_bytes"], bandwidth)
+
+
+def _summary(row: dict) -> str:
+    parts = [f"b{row['batch']} ctx{row['context']}:"]
+    for label in ("prunex", "dense_ort", "torch"):
+        if f"{label}_tokens_per_s" in row:
+            parts.append(f"{label} {row[f'{label}_tokens_per_s']:.1f} tok/s")
+        elif "error" in row.get(label, {}):
+            parts.append(f"{label} failed ({row[label]['error']})")
+    for key in ("speedup_vs_dense_ort", "speedup_vs_torch", "kv_bytes_ratio"):
+        if key in row:
+            parts.append(f"{key} x{row[key]:.2f}")
+    return " ".join(parts)
+
+
+def plot(report: dict, path: Path) -> bool:
+    """Bars of decode tokens/s per (batch, context) and engine; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = report["results"]
+    labels = [f"b{r['batch']}\nctx{r['context']}" for r in rows]
+    engines = [e for e in ("prunex", "dense_ort", "torch") if any(f"{e}_tokens_per_s" in r for r in rows)]
+    x = np.arange(len(rows))
+    width = 0.8 / max(len(engines), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+    for i, engine in enumerate(engines):
+        ax.bar(x + i * width, [r.get(f"{engine}_tokens_per_s", 0) for r in rows], width, label=engine)
+    ax.set_xticks(x + width * (len(engines) - 1) / 2, labels)
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title("prunex bench decode")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

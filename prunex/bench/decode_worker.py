@@ -1,0 +1,111 @@
+"""One decode measurement in a process of its own (so its peak RSS is its own): `python -m
+prunex.bench.decode_worker ENGINE --dir D --batch B --context C --new-tokens N --threads T`; prints one JSON line.
+
+ENGINE is `ort` (prunex's runtime over an exported dir, pruned or dense or int8) or `torch` (Hugging Face
+`generate`, greedy, sdpa, on the exported dir's base model). Prompts: the first B windows of C tokens of the
+held-out Wikipedia text, tokenized by the model's tokenizer. Times: prefill of the whole batch (time to the
+first token of every row) and decode tokens/s over the N - 1 steps after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+
+def _prompts(tokenizer, batch: int, context: int) -> list[list[int]]:
+    from prunex.data.text import split_text, token_windows
+
+    windows = token_windows(tokenizer, split_text("wikipedia", "test"), context, limit=batch)
+    if windows.shape[0] < batch:
+        raise SystemExit(f"the held-out text has only {windows.shape[0]} windows of {context} tokens")
+    return windows.tolist()
+
+
+def measure_ort(directory: str, batch: int, context: int, new_tokens: int, threads: int, device: str) -> dict:
+    """prunex's Generator over an exported dir: all rows admitted in the first step, then decode steps."""
+    from prunex.runtime.runtime import Runtime
+    from prunex.runtime.sampling import SamplingParams
+
+    runtime = Runtime(directory, device=device, threads=threads, max_batch=batch)
+    prompts = _prompts(runtime.tokenizer, batch, context)
+    gen = runtime.generator()
+    ids = [gen.add_request(p, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)) for p in prompts]
+    started = time.perf_counter()
+    gen.step()  # prefill every row: each gets its first token
+    prefill = time.perf_counter() - started
+    step_times = []
+    for step in range(1, new_tokens):
+        if step == new_tokens - 1:
+            stats = gen.stats()  # before the last step, after which the finished rows leave the cache
+        t = time.perf_counter()
+        gen.step()
+        step_times.append(time.perf_counter() - t)
+    decode = sum(step_times)
+    return {
+        "time_to_first_token_s": prefill, "decode_tokens_per_s": batch * len(step_times) / decode,
+        "decode_step_ms_median": 1e3 * sorted(step_times)[len(step_times) // 2],
+        "kv_bytes": stats["kv_allocated_bytes"], "kv_held_bytes": stats["kv_bytes"],
+        "kv_peak_bytes": stats["kv_peak_allocated_bytes"], "dense_kv_bytes": stats["dense_kv_bytes"],
+        "kv_kept_fraction": stats["kv_kept_fraction"], "device": runtime.device,
+        "compactions": runtime.engine.cache.compactions, "first_tokens": gen.result(ids[0]).token_ids[:8],
+    }
+
+
+def measure_torch(directory: str, batch: int, context: int, new_tokens: int, threads: int) -> dict:
+    """Hugging Face generate (greedy, sdpa, fp32) on the base model of the exported dir."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from prunex.export.manifest import read_manifest
+    from prunex.models.sources import load_model
+
+    torch.set_num_threads(threads)
+    base = load_model(read_manifest(directory).base_model)
+    prompts = torch.tensor(_prompts(base.tokenizer, batch, context))  # (B, C)
+    stamps: list[float] = []
+
+    class Stamp(LogitsProcessor):  # called once per generated token, right after each forward pass
+        def __call__(self, input_ids, scores):
+            stamps.append(time.perf_counter())
+            return scores
+
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = base.model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens, do_sample=False,
+                                  logits_processor=LogitsProcessorList([Stamp()]), pad_token_id=0)
+    decode = stamps[-1] - stamps[0]
+    per_token = 2 * base.model.config.num_key_value_heads * (base.model.config.hidden_size //
+                                                             base.model.config.num_attention_heads) * 4
+    dense = batch * (context + new_tokens - 1) * base.model.config.num_hidden_layers * per_token
+    return {
+        "time_to_first_token_s": stamps[0] - started, "decode_tokens_per_s": batch * (len(stamps) - 1) / decode,
+        "kv_bytes": dense, "dense_kv_bytes": dense, "first_tokens": out[0, context: context + 8].tolist(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("engine", choices=["ort", "torch"])
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--context", type=int, required=True)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.engine == "ort":
+        result = measure_ort(args.dir, args.batch, args.context, args.new_tokens, args.threads, args.device)
+    else:
+        result = measure_torch(args.dir, args.batch, args.context, args.new_tokens, args.threads)
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
