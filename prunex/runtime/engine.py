@@ -16,7 +16,8 @@ from torch import Tensor
 from prunex.errors import PrunexError
 from prunex.export.manifest import CACHE_FIELDS, DecoderManifest, read_manifest
 from prunex.runtime.kv_cache import CacheLimits, CapacityError, KVCacheManager
-from prunex.runtime.session import Binder, make_session
+from prunex.runtime.session import make_session
+from prunex.runtime.step_io import DecodeIO
 
 
 class DecoderEngine:
@@ -35,6 +36,7 @@ class DecoderEngine:
         # A dense graph does not read past_kint / past_pos: the exporter drops inputs nothing uses.
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._steps = 0
+        self._io: DecodeIO | None = None
 
     @property
     def rows(self) -> int:
@@ -88,6 +90,7 @@ class DecoderEngine:
         entries = [{f: torch.from_numpy(layer[f]) for f in CACHE_FIELDS} for layer in new]
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)
         self.cache.add_rows(entries, lengths)
+        self._io = None  # the rows changed: new bindings
         self.next_positions = torch.cat([self.next_positions, lengths])
         return torch.from_numpy(logits).to(self.device)
 
@@ -99,41 +102,25 @@ class DecoderEngine:
             raise PrunexError(f"decode needs one token for each of the {B} rows, got shape {tuple(token_ids.shape)}")
         if m.max_positions and int(self.next_positions.max()) >= m.max_positions:
             raise CapacityError(f"a row reached the model's context of {m.max_positions} tokens")
-        dev = self.device
-        binder = Binder(self.session, dev)
-        binder.input(m.inputs["input_ids"], token_ids.to(dev, torch.int64).reshape(B, 1).contiguous())
-        binder.input(m.inputs["position_ids"], self.next_positions.to(dev).reshape(B, 1).contiguous())
-        binder.input(m.inputs["input_valid"], torch.ones(B, 1, dtype=torch.bool, device=dev))
-        binder.input(m.inputs["logit_index"], torch.zeros(B, 1, dtype=torch.int64, device=dev))
-        logits = torch.empty(B, 1, m.vocab_size, device=dev)
-        binder.output(m.logits, logits)
-        KV, D, R = m.num_kv_heads, m.head_dim, m.interaction_dim
-        keeps, news = [], []
-        for layer, slots in enumerate(self.cache.layers):
-            for f, tensor in zip(CACHE_FIELDS, slots.tensors()):
-                if m.name(m.past[f], layer) in self._inputs:
-                    binder.input(m.name(m.past[f], layer), tensor)
-            keep = torch.empty(B, slots.width, dtype=torch.bool, device=dev)
-            new = {"key": torch.empty(B, KV, 1, D, device=dev), "value": torch.empty(B, KV, 1, D, device=dev),
-                   "kint": torch.empty(B, 1, R, device=dev), "valid": torch.empty(B, 1, dtype=torch.bool, device=dev),
-                   "positions": torch.empty(B, 1, dtype=torch.int64, device=dev)}
-            binder.output(m.name(m.keep_past, layer), keep)
-            for f in CACHE_FIELDS:
-                binder.output(m.name(m.new[f], layer), new[f])
-            keeps.append(keep)
-            news.append(new)
-        self.session.run_with_iobinding(binder.binding)
+        if self._io is None or self._io.rows != B:
+            self._io = DecodeIO(self.session, m, B, self.device, self._inputs)
+        io = self._io
+        io.token_ids.copy_(token_ids.view(B, 1))
+        io.positions.copy_(self.next_positions.view(B, 1))
+        io.bind_cache(self.cache)
+        self.session.run_with_iobinding(io.binder.binding)
         for layer in range(m.num_layers):
-            self.cache.apply_step(layer, keeps[layer], news[layer])
+            self.cache.apply_step(layer, io.keep[layer], io.new[layer])
         self.cache.count_step()
         self.next_positions += 1
         self._steps += 1
         if self._steps % self.compact_every == 0:
             self.cache.compact_sparse_layers()
-        return logits[:, 0]
+        return io.logits[:, 0].clone()
 
     def remove_rows(self, keep: list[int]) -> None:
         """Keep only the rows in `keep` (indices, in order); the others leave the cache."""
         index = torch.tensor(keep, dtype=torch.int64)
         self.cache.remove_rows(index)
+        self._io = None  # the rows changed: new bindings
         self.next_positions = self.next_positions.index_select(0, index)

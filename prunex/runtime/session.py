@@ -75,12 +75,12 @@ class Binder:
         self.device = device
         self._device_type = "cuda" if device.type == "cuda" else "cpu"
         self._device_id = device.index or 0
-        self._alive: list[torch.Tensor] = []  # ONNX Runtime holds raw pointers: the tensors must outlive the run
+        self._alive: dict[str, torch.Tensor] = {}  # ORT holds raw pointers: the bound tensors must stay alive
 
     def _bind(self, method, name: str, tensor: torch.Tensor) -> None:
         if not tensor.is_contiguous():
             raise PrunexError(f"internal: {name} must be contiguous to bind")
-        self._alive.append(tensor)
+        self._alive[name] = tensor
         method(name, self._device_type, self._device_id, _NUMPY_TYPES[tensor.dtype], tuple(tensor.shape),
                tensor.data_ptr())
 
