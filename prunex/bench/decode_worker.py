@@ -49,7 +49,7 @@ def measure_ort(directory: str, batch: int, context: int, new_tokens: int, threa
     return {
         "time_to_first_token_s": prefill, "decode_tokens_per_s": batch * len(step_times) / decode,
         "decode_step_ms_median": 1e3 * sorted(step_times)[len(step_times) // 2],
-        "kv_bytes": stats["kv_allocated_bytes"], "kv_held_bytes": stats["kv_bytes"],
+        "kv_bytes": stats["kv_allocated_bytes"], "kv_held_bytes": stats["kv_bytes"],  # all rows still running
         "kv_peak_bytes": stats["kv_peak_allocated_bytes"], "dense_kv_bytes": stats["dense_kv_bytes"],
         "kv_kept_fraction": stats["kv_kept_fraction"], "device": runtime.device,
         "compactions": runtime.engine.cache.compactions, "first_tokens": gen.result(ids[0]).token_ids[:8],

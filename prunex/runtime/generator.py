@@ -113,15 +113,16 @@ class Generator:
         return len(self._running)
 
     def stats(self) -> dict:
-        """KV-cache and speed figures so far: kv_kept_fraction (of finished requests, as they left), bytes held
-        now, allocated now and at peak, dense-equivalent bytes of the running rows, tokens and seconds."""
+        """KV-cache and speed figures so far. Entries count each request once: as it left the cache if it has
+        finished, as it is now if it is running. kv_bytes / dense_kv_bytes: bytes of those entries with pruning /
+        without; kv_allocated_bytes: the slot buffers now (held entries, holes, headroom), and their peak."""
         cache = self.engine.cache
         held = self._held_at_finish + int(cache.held_entries().sum())
         dense = self._dense_at_finish + int(cache.tokens_seen.sum()) * cache.num_layers
         return {
             "kv_kept_fraction": held / dense if dense else 1.0,
-            "kv_bytes": cache.held_bytes(), "kv_allocated_bytes": cache.allocated_bytes(),
-            "kv_peak_allocated_bytes": cache.peak_allocated_bytes, "dense_kv_bytes": cache.dense_bytes(),
+            "kv_bytes": held * cache.bytes_per_entry, "dense_kv_bytes": dense * cache.bytes_per_entry,
+            "kv_allocated_bytes": cache.allocated_bytes(), "kv_peak_allocated_bytes": cache.peak_allocated_bytes,
             "tokens": self._tokens, "seconds": time.perf_counter() - self._started,
         }
 
