@@ -87,7 +87,9 @@ def train(
 
 @eval_app.command("ppl")
 def eval_ppl(
-    source: Optional[str] = typer.Argument(None, help="Pruning checkpoint dir or model name; default: built-in."),
+    source: Optional[str] = typer.Argument(
+        None, help="Pruning checkpoint dir, model name, or exported dir (ONNX Runtime); default: built-in."
+    ),
     text_file: Optional[Path] = typer.Option(None, help="A UTF-8 text file to measure on (instead of --text)."),
     text: str = typer.Option("wikipedia", help="Packaged text: wikipedia or bbc (held-out test split)."),
     split: str = typer.Option("test", help="train, validation or test."),
@@ -97,19 +99,26 @@ def eval_ppl(
     sinks: int = typer.Option(4, min=0, help="Sink tokens of the --window baseline."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Perplexity of SOURCE with pruning, and of its dense base on the same windows, with the sparsity."""
+    """Perplexity of SOURCE with pruning, and of its dense base on the same windows, with the sparsity; an
+    exported dir (fp32 or int8) runs on ONNX Runtime and reports its perplexity and the KV kept at the end."""
     from prunex.data.text import split_text, token_windows
     from prunex.eval.perplexity import evaluate_perplexity
+    from prunex.export.manifest import is_exported_dir
     from prunex.loading import load_lm
     from prunex.prune.window import WindowPolicy
 
     if text_file is not None and not text_file.is_file():
         raise PrunexError(f"--text-file {text_file} does not exist")
+    corpus = str(text_file) if text_file is not None else text
+    if source is not None and is_exported_dir(source):
+        from prunex.cli.exported_commands import eval_ppl_exported
+
+        eval_ppl_exported(source, corpus, split, context, windows, as_json)
+        return
     lm = load_lm(source)
     if window is not None:
         lm.policy = WindowPolicy(window=window, sink_tokens=sinks)
     lm._check_length(context)
-    corpus = str(text_file) if text_file is not None else text
     token_ids = token_windows(lm.tokenizer, split_text(corpus, split), context, windows)
     report = evaluate_perplexity(lm, token_ids, show_progress=not as_json)
     result = {"source": source or "built-in", "text": corpus, "split": split, **report.to_dict()}
@@ -124,14 +133,22 @@ def eval_ppl(
 
 @eval_app.command("accuracy")
 def eval_accuracy(
-    source: str = typer.Argument(..., help="LTP checkpoint dir (prunex train --method ltp)."),
+    source: str = typer.Argument(..., help="LTP checkpoint dir, or an exported encoder dir (ONNX Runtime)."),
     task: str = typer.Option(..., help="bbc, rotten-tomatoes, or a CSV/JSONL file with text and label."),
     split: str = typer.Option("test", help="train, validation, test, or all (e.g. a separate eval file)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Measure only the first N examples of the split."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Accuracy of an LTP classifier with its token pruning, of its dense stage-1 model, and the FLOPs saved."""
+    """Accuracy of an LTP classifier with its token pruning, of its dense stage-1 model, and the FLOPs saved;
+    an exported dir (fp32 or int8) runs on ONNX Runtime and reports its accuracy and tokens kept."""
     from prunex.cli.ltp_commands import eval_accuracy_command
+    from prunex.export.manifest import is_exported_dir
+
+    if is_exported_dir(source):
+        from prunex.cli.exported_commands import eval_accuracy_exported
+
+        eval_accuracy_exported(source, task, split, limit, as_json)
+        return
 
     eval_accuracy_command(source, task, split, limit, as_json)
 
@@ -172,6 +189,38 @@ def generate(
         if sampling_given:
             raise PrunexError("sampling, --stop and --stream run on exported dirs: `prunex export` first")
         generate_torch(source, prompt, chat=chat, max_new_tokens=max_new_tokens, as_json=as_json)
+
+
+@app.command()
+def quantize(
+    source: Path = typer.Argument(..., help="An exported dir (prunex export), fp32."),
+    out: Path = typer.Option(..., "--out", help="Folder for the int8 model, its manifest and tokenizer."),
+    mode: str = typer.Option("dynamic", help="dynamic: int8 weights, activations at run time (CPU); static: QDQ "
+                             "int8 calibrated on real text (CUDA / TensorRT)."),
+    calibration_text: str = typer.Option("wikipedia", help="static, decoders: wikipedia, bbc or a UTF-8 file."),
+    task: Optional[str] = typer.Option(None, help="Encoders: labelled set for the accuracy check (default: the "
+                                       "checkpoint's task)."),
+    max_ppl_increase: float = typer.Option(0.03, min=0.0, help="Refuse when perplexity rises more (0.03 = 3%)."),
+    max_accuracy_drop: float = typer.Option(0.01, min=0.0, help="Refuse when accuracy drops more (0.01 = 1 pt)."),
+    eval_windows: int = typer.Option(8, min=1, help="Decoders: held-out Wikipedia windows for the check."),
+    eval_context: int = typer.Option(512, min=8, help="Decoders: tokens per window."),
+    eval_limit: Optional[int] = typer.Option(None, min=1, help="Encoders: test examples (default: all)."),
+    per_channel: bool = typer.Option(True, help="One weight scale per output channel."),
+    force: bool = typer.Option(False, help="Write even when the cost passes a bound."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+    threads: int = typer.Option(0, min=0, help="ONNX Runtime threads for the checks (0: as torch)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """int8 quantization of an exported dir, with its cost measured against the fp32 source (perplexity or
+    accuracy on held-out data, size on disk); refused past the bounds unless --force."""
+    from prunex.cli.exported_commands import quantize_command
+    from prunex.quantize.int8 import QuantizeConfig
+
+    config = QuantizeConfig(mode=mode, per_channel=per_channel, calibration_text=calibration_text, task=task,
+                            eval_windows=eval_windows, eval_context=eval_context, eval_limit=eval_limit,
+                            max_ppl_increase=max_ppl_increase, max_accuracy_drop=max_accuracy_drop, force=force,
+                            overwrite=overwrite, threads=threads or None)
+    quantize_command(source, out, config, as_json)
 
 
 @app.command()

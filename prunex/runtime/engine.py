@@ -20,6 +20,33 @@ from prunex.runtime.session import make_session
 from prunex.runtime.step_io import DecodeIO
 
 
+def prompt_feeds(manifest: DecoderManifest, prompts: list[list[int]], all_logits: bool = False,
+                 graph_inputs: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Graph feeds for right-padded prompts with an empty past: logits wanted at the last real token of each
+    row, or at every position with `all_logits`. Only names in `graph_inputs` are fed (None: all)."""
+    m = manifest
+    lengths = np.array([len(p) for p in prompts], dtype=np.int64)  # (N,)
+    N, T = len(prompts), int(lengths.max())
+    ids = np.zeros((N, T), np.int64)
+    for row, prompt in enumerate(prompts):  # per row, not per token
+        ids[row, : len(prompt)] = prompt
+    positions = np.broadcast_to(np.arange(T, dtype=np.int64), (N, T))
+    wanted = positions if all_logits else (lengths - 1)[:, None]
+    feeds = {
+        m.inputs["input_ids"]: ids, m.inputs["position_ids"]: positions.copy(),
+        m.inputs["input_valid"]: np.arange(T)[None, :] < lengths[:, None],
+        m.inputs["logit_index"]: np.ascontiguousarray(wanted),
+    }
+    D, KV, R = m.head_dim, m.num_kv_heads, m.interaction_dim
+    empty = {"key": np.zeros((N, KV, 0, D), np.float32), "value": np.zeros((N, KV, 0, D), np.float32),
+             "kint": np.zeros((N, 0, R), np.float32), "valid": np.zeros((N, 0), bool),
+             "positions": np.zeros((N, 0), np.int64)}
+    for layer in range(m.num_layers):
+        for f in CACHE_FIELDS:
+            feeds[m.name(m.past[f], layer)] = empty[f]
+    return {name: value for name, value in feeds.items() if graph_inputs is None or name in graph_inputs}
+
+
 class DecoderEngine:
     """Runs the step graph of an exported decoder dir on CPU or CUDA with a managed, pruned KV cache."""
 
@@ -53,33 +80,14 @@ class DecoderEngine:
 
     def run_prompts(self, prompts: list[list[int]], all_logits: bool = False) -> tuple[np.ndarray, list]:
         """Run prompts with an empty past; returns logits ((N, vocab) last tokens, or (N, T, vocab) with
-        all_logits) and the raw graph outputs per layer, without touching the cache."""
+        all_logits) and the packed new entries per layer, without touching the cache."""
         self._check_prompts(prompts)
-        m = self.manifest
-        lengths = np.array([len(p) for p in prompts], dtype=np.int64)  # (N,)
-        N, T = len(prompts), int(lengths.max())
-        ids = np.zeros((N, T), np.int64)
-        for row, prompt in enumerate(prompts):
-            ids[row, : len(prompt)] = prompt
-        valid = np.arange(T)[None, :] < lengths[:, None]  # (N, T)
-        wanted = np.broadcast_to(np.arange(T), (N, T)) if all_logits else (lengths - 1)[:, None]
-        feeds = {
-            m.inputs["input_ids"]: ids, m.inputs["position_ids"]: np.broadcast_to(np.arange(T), (N, T)).copy(),
-            m.inputs["input_valid"]: valid, m.inputs["logit_index"]: np.ascontiguousarray(wanted, dtype=np.int64),
-        }
-        D, KV, R = m.head_dim, m.num_kv_heads, m.interaction_dim
-        empty = {"key": np.zeros((N, KV, 0, D), np.float32), "value": np.zeros((N, KV, 0, D), np.float32),
-                 "kint": np.zeros((N, 0, R), np.float32), "valid": np.zeros((N, 0), bool),
-                 "positions": np.zeros((N, 0), np.int64)}
-        for layer in range(m.num_layers):
-            for f in CACHE_FIELDS:
-                feeds[m.name(m.past[f], layer)] = empty[f]
-        feeds = {name: value for name, value in feeds.items() if name in self._inputs}
+        feeds = prompt_feeds(self.manifest, prompts, all_logits, self._inputs)
         outputs = self.session.run(self._outputs, feeds)
         logits = outputs[0] if all_logits else outputs[0][:, 0]
         per_layer = 1 + len(CACHE_FIELDS)
         new = [dict(zip(CACHE_FIELDS, outputs[2 + per_layer * layer: 1 + per_layer * (layer + 1)]))
-               for layer in range(m.num_layers)]
+               for layer in range(self.manifest.num_layers)]
         return logits, new
 
     def prefill(self, prompts: list[list[int]]) -> Tensor:

@@ -1,0 +1,52 @@
+"""Calibration feeds for static quantization, from real text: the packaged sources or a user's file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class FeedReader:
+    """An onnxruntime CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def decoder_feeds(directory: Path, text: str = "wikipedia", samples: int = 8, length: int = 256) -> list[dict]:
+    """Prompt-mode feeds (empty past) of `samples` windows of `length` tokens from the training split of
+    `text` (a packaged source or a UTF-8 file), so the held-out split stays unseen."""
+    import onnx
+
+    from prunex.data.text import split_text, token_windows
+    from prunex.export.manifest import read_manifest
+    from prunex.runtime.engine import prompt_feeds
+    from prunex.runtime.runtime import load_tokenizer
+
+    manifest = read_manifest(directory)
+    graph = onnx.load(str(directory / manifest.model_file), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    windows = token_windows(load_tokenizer(directory), split_text(text, "train"), length, samples)
+    return [prompt_feeds(manifest, [w.tolist()], graph_inputs=inputs) for w in windows]
+
+
+def encoder_feeds(directory: Path, task: str, samples: int = 32, batch: int = 8) -> list[dict]:
+    """Feeds of `samples` training texts of `task`, `batch` per feed."""
+    from prunex.data.batching import encode_texts, pad_batch
+    from prunex.data.labelled import split_labelled
+    from prunex.export.manifest import read_encoder_manifest
+    from prunex.runtime.runtime import load_tokenizer
+
+    manifest = read_encoder_manifest(directory)
+    tokenizer = load_tokenizer(directory)
+    texts = list(split_labelled(task, "train").texts[:samples])
+    feeds = []
+    for start in range(0, len(texts), batch):
+        encoded = encode_texts(tokenizer, texts[start: start + batch], manifest.max_length)
+        ids, mask = pad_batch(encoded, tokenizer.pad_token_id or 0)
+        feeds.append({manifest.inputs["input_ids"]: ids.numpy(), manifest.inputs["attention_mask"]: mask.numpy()})
+    return feeds

@@ -1,0 +1,187 @@
+"""`prunex quantize`: int8 weights for an exported dir, its cost measured against the fp32 source, bounded.
+
+- dynamic: MatMul weights (and embedding tables) int8, activations quantized at run time (ONNX Runtime's
+  CPU int8 kernels). The MatMuls between activations (attention) stay fp32.
+- static: QDQ int8 for weights and activations with ranges calibrated on real text / examples, the format
+  CUDA / TensorRT backends take.
+
+The prunex ops (functions in the `prunex` domain) are not quantized and survive. Before writing, the pass
+measures perplexity (decoder, held-out Wikipedia) or accuracy (encoder, the task's test split) of both the
+fp32 source and the int8 result on the same data, and the size on disk; if the loss passes the bound the
+dir is not written unless `force`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from prunex.errors import PrunexError
+from prunex.export.folder import prepare_out, write_atomically
+from prunex.export.manifest import MANIFEST_FILE, manifest_kind, read_encoder_manifest, read_manifest, write_manifest
+from prunex.export.ops import DOMAIN
+from prunex.quantize.passes import untie_shared_weights
+
+MODES = ("dynamic", "static")
+QUANTIZED_OPS = ["MatMul", "Gather"]
+
+
+@dataclass
+class QuantizeConfig:
+    """Settings of one quantization pass."""
+
+    mode: str = "dynamic"  # dynamic | static
+    per_channel: bool = True  # one weight scale per output column (better accuracy, same speed)
+    calibration_text: str = "wikipedia"  # static, decoders: packaged text or a UTF-8 file (training split)
+    calibration_samples: int = 8  # static: windows (decoder) or batches of 8 texts (encoder)
+    task: str | None = None  # encoders: the labelled task to measure accuracy on (bbc, rotten-tomatoes, file)
+    eval_windows: int = 8  # decoders: held-out windows for the perplexity check
+    eval_context: int = 512  # decoders: tokens per window
+    eval_limit: int | None = None  # encoders: examples of the test split (None: all)
+    max_ppl_increase: float = 0.03  # refuse when int8 perplexity > fp32 x (1 + this)
+    max_accuracy_drop: float = 0.01  # refuse when int8 accuracy < fp32 accuracy - this
+    force: bool = False  # write even when a bound is exceeded
+    overwrite: bool = False  # replace a non-empty out dir
+    threads: int | None = None
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise PrunexError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+
+
+def _size(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+
+
+def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, kind: str) -> list[str]:
+    """Write the int8 graph of `source` (a model.onnx) to `target`; returns the tables untied first."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    model = onnx.load(str(source))
+    untied = untie_shared_weights(model)
+    prepared = target.with_name("fp32-prepared.onnx")
+    onnx.save(model, str(prepared))
+    options = {"MatMulConstBOnly": True}
+    nodes = weight_nodes(model)  # attention MatMuls (activation x activation) stay fp32, in both modes
+    if config.mode == "dynamic":
+        quantize_dynamic(prepared, target, op_types_to_quantize=QUANTIZED_OPS, per_channel=config.per_channel,
+                         weight_type=QuantType.QInt8, nodes_to_quantize=nodes, extra_options=options)
+    else:
+        from prunex.quantize.calibration import FeedReader, decoder_feeds, encoder_feeds
+
+        directory = source.parent
+        feeds = (decoder_feeds(directory, config.calibration_text, config.calibration_samples) if kind == "decoder"
+                 else encoder_feeds(directory, _task(directory, config), 8 * config.calibration_samples))
+        quantize_static(prepared, target, FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=QUANTIZED_OPS, per_channel=config.per_channel,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                        extra_options=options)
+    prepared.unlink()
+    quantized = onnx.load(str(target), load_external_data=False)
+    if not any(n.domain == DOMAIN for n in quantized.graph.node) and any(
+            n.domain == DOMAIN for n in model.graph.node):
+        raise PrunexError("internal: quantization lost the prunex nodes")
+    return untied
+
+
+def weight_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes to quantize: MatMuls by a weight (initializer) and Gathers from a table (embeddings).
+
+    Static quantization does not honour MatMulConstBOnly: naming the nodes keeps the attention MatMuls
+    (query x key, probabilities x value) in fp32; quantizing them cost 80% of the top-1 tokens of a tiny model.
+    """
+    weights = {init.name for init in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if (n.op_type == "MatMul" and n.input[1] in weights) or (n.op_type == "Gather" and n.input[0] in weights)]
+
+
+def _task(directory: Path, config: QuantizeConfig) -> str:
+    """The task an encoder's accuracy is measured on: --task, else the one its checkpoint was trained on."""
+    if config.task:
+        return config.task
+    import json
+
+    meta = Path(read_encoder_manifest(directory).source or "-") / "pruning.json"
+    if meta.is_file():
+        task = json.loads(meta.read_text()).get("training", {}).get("task")
+        if task:
+            return task
+    raise PrunexError("give --task: the labelled set to measure the int8 accuracy on (bbc, rotten-tomatoes, file)")
+
+
+def _measure(directory: Path, kind: str, config: QuantizeConfig, windows) -> dict:
+    """Perplexity (decoder) or accuracy (encoder) of an exported dir."""
+    from prunex.eval.exported import exported_accuracy, exported_perplexity
+
+    if kind == "decoder":
+        return exported_perplexity(directory, windows, config.threads, show_progress=False).to_dict()
+    return exported_accuracy(directory, _task(directory, config), "test", config.eval_limit, config.threads).to_dict()
+
+
+def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, progress=print) -> dict:
+    """Quantize the exported dir `source` into `out`; returns the report (and writes nothing on refusal)."""
+    config.check()
+    source, out = Path(source), Path(out)
+    kind = manifest_kind(source) if (source / MANIFEST_FILE).is_file() else None
+    if kind is None:
+        raise PrunexError(f"{source} is not an exported dir (no {MANIFEST_FILE}): run `prunex export` first")
+    manifest = read_manifest(source) if kind == "decoder" else read_encoder_manifest(source)
+    if manifest.quantization:
+        raise PrunexError(f"{source} is already quantized ({manifest.quantization.get('mode')}): start from fp32")
+    prepare_out(out, config.overwrite)
+    windows = None
+    if kind == "decoder":
+        from prunex.data.text import split_text, token_windows
+        from prunex.runtime.runtime import load_tokenizer
+
+        windows = token_windows(load_tokenizer(source), split_text("wikipedia", "test"), config.eval_context,
+                                config.eval_windows)
+
+    def fill(tmp: Path) -> dict:
+        started = time.perf_counter()
+        progress(f"quantizing {source} ({config.mode} int8) ...")
+        untied = _quantize_graph(source / manifest.model_file, tmp / manifest.model_file, config, kind)
+        for file in source.iterdir():
+            if file.is_file() and file.name not in (manifest.model_file, MANIFEST_FILE):
+                shutil.copy2(file, tmp / file.name)
+        manifest.quantization = {"mode": config.mode, "weights": "int8",
+                                 "activations": "int8 dynamic" if config.mode == "dynamic" else "int8 static (QDQ)",
+                                 "per_channel": config.per_channel, "ops": QUANTIZED_OPS, "source": str(source),
+                                 "untied": untied}
+        write_manifest(tmp, manifest)
+        progress("measuring the fp32 source and the int8 result on the same data ...")
+        before, after = _measure(source, kind, config, windows), _measure(tmp, kind, config, windows)
+        report = {"kind": kind, "mode": config.mode, "fp32": before, "int8": after,
+                  "fp32_bytes": _size(source), "int8_bytes": _size(tmp), "seconds": 0.0}
+        report["size_ratio"] = report["fp32_bytes"] / report["int8_bytes"]
+        if kind == "decoder":
+            report["ppl_increase"] = after["perplexity"] / before["perplexity"] - 1
+            exceeded = report["ppl_increase"] > config.max_ppl_increase
+            bound = f"perplexity +{100 * report['ppl_increase']:.2f}% > --max-ppl-increase {config.max_ppl_increase}"
+        else:
+            report["accuracy_drop"] = before["accuracy"] - after["accuracy"]
+            exceeded = report["accuracy_drop"] > config.max_accuracy_drop
+            bound = f"accuracy -{report['accuracy_drop']:.4f} > --max-accuracy-drop {config.max_accuracy_drop}"
+        report["seconds"] = time.perf_counter() - started
+        report["bound_exceeded"] = exceeded
+        if exceeded and not config.force:
+            raise QuantizationRefused(f"int8 costs too much: {bound}; nothing written (--force writes anyway)",
+                                      report)
+        manifest.quantization["cost"] = {k: v for k, v in report.items() if k not in ("kind", "mode")}
+        write_manifest(tmp, manifest)
+        return report
+
+    return write_atomically(out, fill)
+
+
+class QuantizationRefused(PrunexError):
+    """The int8 result lost more than the bound allows; `report` has the figures."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
+

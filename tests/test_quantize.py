@@ -1,0 +1,179 @@
+"""int8 passes: prunex nodes survive, the manifest records int8, outputs stay close to fp32, bounds refuse.
+
+Also: exported dirs (fp32) evaluated on ONNX Runtime give PyTorch's perplexity on the same windows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import dropping_policy
+from onnx import TensorProto, helper, numpy_helper
+from test_export_encoder import peaky_classifier
+from typer.testing import CliRunner
+
+from prunex.cli.main import app
+from prunex.errors import PrunexError
+from prunex.eval.exported import exported_perplexity
+from prunex.eval.perplexity import evaluate_perplexity
+from prunex.export.decoder import export_decoder
+from prunex.export.encoder import export_encoder
+from prunex.export.manifest import read_encoder_manifest, read_manifest
+from prunex.prune.lm import PrunedLM
+from prunex.quantize.int8 import QuantizationRefused, QuantizeConfig, quantize_dir
+from prunex.quantize.passes import untie_shared_weights
+from prunex.runtime.engine import DecoderEngine
+
+TEXT = ("The river runs past the old mill and under the stone bridge, where the children fish in summer. " * 30)
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    from prunex.models.sources import load_model
+
+    base = load_model("tiny-llama")
+    lm = PrunedLM(base, dropping_policy(base))
+    root = tmp_path_factory.mktemp("quantize")
+    export_decoder(lm, root / "fp32", source="tiny-llama")
+    text = root / "text.txt"
+    text.write_text(TEXT)
+    return lm, root, text
+
+
+def _config(text, **kw) -> QuantizeConfig:
+    defaults = {"eval_windows": 2, "eval_context": 64, "calibration_text": str(text), "calibration_samples": 2,
+                "threads": 1, "max_ppl_increase": 0.5}
+    return QuantizeConfig(**{**defaults, **kw})
+
+
+def _quantize_with_text(root, text, out, **kw):
+    """quantize_dir measuring on the user text (the tiny byte tokenizer) instead of Wikipedia."""
+    import prunex.quantize.int8 as int8
+
+    original = int8._measure
+
+    def measure(directory, kind, config, windows):
+        from prunex.data.text import token_windows
+        from prunex.runtime.runtime import load_tokenizer
+
+        return original(directory, kind, config, token_windows(load_tokenizer(directory), [TEXT], 64, 2))
+
+    int8._measure = measure
+    try:
+        return quantize_dir(root / "fp32", out, _config(text, **kw), progress=lambda _: None)
+    finally:
+        int8._measure = original
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_keeps_prunex_nodes_and_stays_close(decoder, mode):
+    lm, root, text = decoder
+    out = root / f"int8-{mode}"
+    report = _quantize_with_text(root, text, out, mode=mode)
+    model = onnx.load(str(out / "model.onnx"))
+    assert sum(n.domain == "prunex" and n.op_type == "KVCompact" for n in model.graph.node) == lm.adapter.num_layers
+    assert {f.name for f in model.functions} >= {"KVCompact"}
+    ops = {n.op_type for n in model.graph.node}
+    assert ("DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops) if mode == "dynamic" else "QuantizeLinear" in ops
+    manifest = read_manifest(out)
+    assert manifest.quantization["weights"] == "int8" and manifest.quantization["mode"] == mode
+    assert manifest.quantization["cost"]["ppl_increase"] == pytest.approx(report["ppl_increase"])
+    # Stated tolerance: mean |logit diff| within 10% of the mean |fp32 logit|, and >= 90% equal top-1 tokens
+    # (a keep decision that flips near its threshold can move single positions more).
+    prompt = [lm.tokenizer(TEXT[:80])["input_ids"]]
+    fp32_logits, _ = DecoderEngine(root / "fp32", device="cpu", threads=1).run_prompts(prompt, True)
+    int8_logits, _ = DecoderEngine(out, device="cpu", threads=1).run_prompts(prompt, True)
+    assert np.abs(int8_logits - fp32_logits).mean() <= 0.1 * np.abs(fp32_logits).mean()
+    assert (int8_logits.argmax(-1) == fp32_logits.argmax(-1)).mean() >= 0.9
+    assert report["int8_bytes"] < report["fp32_bytes"]
+
+
+def test_a_bound_that_is_exceeded_refuses_to_write(decoder):
+    _, root, text = decoder
+    out = root / "refused"
+    with pytest.raises(QuantizationRefused, match="max-ppl-increase") as refused:
+        _quantize_with_text(root, text, out, max_ppl_increase=-1.0)  # a bound no model can meet
+    assert not out.exists()
+    assert "ppl_increase" in refused.value.report
+    forced = _quantize_with_text(root, text, out, max_ppl_increase=-1.0, force=True)
+    assert forced["bound_exceeded"] and read_manifest(out).quantization["mode"] == "dynamic"
+
+
+def test_quantize_refuses_bad_input(decoder, tmp_path):
+    _, root, text = decoder
+    with pytest.raises(PrunexError, match="not an exported dir"):
+        quantize_dir(tmp_path, tmp_path / "o", _config(text))
+    with pytest.raises(PrunexError, match="--mode"):
+        quantize_dir(root / "fp32", tmp_path / "o", _config(text, mode="int4"))
+
+
+def test_untie_gives_the_output_projection_its_own_table():
+    table = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+         helper.make_node("Transpose", ["table"], ["table_t"], perm=[1, 0]),
+         helper.make_node("MatMul", ["embedded", "table_t"], ["logits"])],
+        "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 10])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    import onnxruntime as ort
+
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"ids": np.array([1, 3])})[0]
+    assert untie_shared_weights(model) == ["table"]
+    matmul = next(n for n in model.graph.node if n.op_type == "MatMul")
+    assert matmul.input[1] == "table.output_projection"
+    assert not any(n.op_type == "Transpose" for n in model.graph.node)
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"ids": np.array([1, 3])})[0]
+    assert np.allclose(before, after)
+
+
+def test_exported_perplexity_equals_pytorch(decoder):
+    lm, root, _ = decoder
+    from prunex.data.text import token_windows
+
+    windows = token_windows(lm.tokenizer, [TEXT], 64, 2)
+    onnx_ppl = exported_perplexity(root / "fp32", windows, threads=1, show_progress=False)
+    torch_ppl = evaluate_perplexity(lm, windows, show_progress=False)
+    assert onnx_ppl.perplexity == pytest.approx(torch_ppl.perplexity, rel=1e-4)
+    assert onnx_ppl.kv_kept_at_end < 1.0
+
+
+def test_encoder_int8_and_eval_accuracy_on_exported_dirs(tmp_path):
+    classifier, base = peaky_classifier()
+    export_encoder(classifier, tmp_path / "fp32", base_model=base.model_id)
+    rows = [{"text": f"example number {i} " + "word " * (i % 7), "label": str(i % 3)} for i in range(60)]
+    task = tmp_path / "task.csv"
+    with task.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    config = QuantizeConfig(task=str(task), max_accuracy_drop=1.0, threads=1)
+    report = quantize_dir(tmp_path / "fp32", tmp_path / "int8", config, progress=lambda _: None)
+    assert read_encoder_manifest(tmp_path / "int8").quantization["weights"] == "int8"
+    assert report["kind"] == "encoder" and 0 <= report["int8"]["accuracy"] <= 1
+    model = onnx.load(str(tmp_path / "int8" / "model.onnx"))
+    assert [n.op_type for n in model.graph.node if n.domain == "prunex"] == ["ThresholdGather"] * 3
+    runner = CliRunner()
+    for directory in ("fp32", "int8"):
+        result = runner.invoke(app, ["eval", "accuracy", str(tmp_path / directory), "--task", str(task), "--json"])
+        assert result.exit_code == 0, result.output
+        figures = json.loads(result.stdout)
+        assert figures["quantization"] == ("none" if directory == "fp32" else "dynamic")
+    assert figures["accuracy"] == pytest.approx(report["int8"]["accuracy"])
+
+
+def test_cli_eval_ppl_on_an_exported_dir(decoder):
+    _, root, text = decoder
+    result = CliRunner().invoke(app, ["eval", "ppl", str(root / "fp32"), "--text-file", str(text), "--context", "64",
+                                      "--windows", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["quantization"] == "none" and figures["perplexity"] > 1 and figures["windows"] == 2
+    assert torch.isfinite(torch.tensor(figures["perplexity"]))
