@@ -79,7 +79,7 @@ def test_int8_keeps_prunex_nodes_and_stays_close(decoder, mode):
     assert sum(n.domain == "prunex" and n.op_type == "KVCompact" for n in model.graph.node) == lm.adapter.num_layers
     assert {f.name for f in model.functions} >= {"KVCompact"}
     ops = {n.op_type for n in model.graph.node}
-    assert ("DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops) if mode == "dynamic" else "QuantizeLinear" in ops
+    assert "MatMulNBits" in ops if mode == "dynamic" else "QuantizeLinear" in ops
     manifest = read_manifest(out)
     assert manifest.quantization["weights"] == "int8" and manifest.quantization["mode"] == mode
     assert manifest.quantization["cost"]["ppl_increase"] == pytest.approx(report["ppl_increase"])
