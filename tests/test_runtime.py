@@ -149,6 +149,27 @@ def test_capacity_overflow_is_a_clear_error(exported):
         runtime.generate([[1] * (limit - 4)], SamplingParams(max_new_tokens=8))
 
 
+def test_running_out_of_kv_bytes_mid_flight_is_an_error_that_loses_nothing(exported):
+    probe = Runtime(exported[1], device="cpu", threads=1)
+    prompt = _ids(probe)[0]
+    gen = probe.generator()
+    gen.add_request(prompt, GREEDY)
+    gen.step()
+    after_prefill = probe.engine.cache.allocated_bytes()
+    gen.close()
+    runtime = Runtime(exported[1], device="cpu", threads=1, max_kv_bytes=after_prefill)
+    gen = runtime.generator()
+    rid = gen.add_request(prompt, SamplingParams(max_new_tokens=200, ignore_eos=True))
+    with pytest.raises(CapacityError, match="over its limit"):
+        while not gen.is_done():
+            gen.step()
+    tokens = gen.result(rid).token_ids
+    assert 1 < len(tokens) < 200  # it ran until the slots it had were full, then said so
+    assert probe.generate([prompt], SamplingParams(max_new_tokens=len(tokens), ignore_eos=True))[0].token_ids == tokens
+    gen.cancel(rid)
+    assert gen.is_done() and gen.result(rid).finish_reason == "cancelled" and runtime.engine.rows == 0
+
+
 def test_a_full_batch_queues_requests_instead_of_failing(exported):
     runtime = Runtime(exported[1], device="cpu", threads=1, max_batch=2)
     prompts = _ids(runtime)

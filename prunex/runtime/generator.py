@@ -34,7 +34,7 @@ class Completion:
     prompt_tokens: int
     token_ids: list[int]
     text: str
-    finish_reason: str | None  # "stop" (EOS or a stop string), "length" (max_new_tokens), None while running
+    finish_reason: str | None  # "stop" (EOS / stop string), "length" (max_new_tokens), "cancelled"; None: running
     first_token_seconds: float | None = None  # from the step that admitted it to its first token
 
 
@@ -125,6 +125,21 @@ class Generator:
             "kv_allocated_bytes": cache.allocated_bytes(), "kv_peak_allocated_bytes": cache.peak_allocated_bytes,
             "tokens": self._tokens, "seconds": time.perf_counter() - self._started,
         }
+
+    def cancel(self, request_id: int) -> None:
+        """Stop a waiting or running request now (finish_reason "cancelled"); its row leaves the cache."""
+        for request in self._waiting:
+            if request.id == request_id:
+                self._waiting.remove(request)
+                request.finish_reason = "cancelled"
+                self._done[request.id] = request
+                return
+        for request in self._running:
+            if request.id == request_id:
+                request.finish_reason = "cancelled"
+                self._retire()
+                return
+        raise PrunexError(f"no waiting or running request {request_id}")
 
     def close(self) -> None:
         """Drop every running and waiting request (their rows leave the cache)."""

@@ -118,27 +118,31 @@ class KVCacheManager:
             positions=torch.zeros(rows, width, dtype=torch.int64, **kw),
         )
 
-    def _replace(self, layer: int, slots: LayerSlots) -> None:
-        """Install new buffers for `layer`, enforcing the byte limit and tracking the peak."""
-        old = self.layers[layer]
-        total = self.allocated_bytes() + (slots.valid.numel() - old.valid.numel()) * self.bytes_per_entry
+    def _install(self, new: dict[int, LayerSlots]) -> None:
+        """Swap in new buffers for some layers at once, or raise CapacityError and change nothing."""
+        total = self.allocated_bytes() + sum(
+            (slots.valid.numel() - self.layers[layer].valid.numel()) * self.bytes_per_entry
+            for layer, slots in new.items()
+        )
         limit = self.limits.max_bytes
         if limit is not None and total > limit:
             raise CapacityError(
                 f"the KV cache would need {total / 2**20:.1f} MiB, over its limit of {limit / 2**20:.1f} MiB: "
                 "finish or cancel requests first, or raise the limit"
             )
-        self.layers[layer] = slots
+        for layer, slots in new.items():
+            self.layers[layer] = slots
         self.peak_allocated_bytes = max(self.peak_allocated_bytes, total)
 
     # --- rows join and leave -----------------------------------------------------------------------------
     def add_rows(self, new: list[dict[str, Tensor]], prompt_lengths: Tensor) -> None:
         """Append rows from a prefill: per layer, packed entries key/value (N, KV, Wn, D), kint (N, Wn, R),
-        valid (N, Wn), positions (N, Wn); prompt_lengths (N,) tokens fed per new row."""
+        valid (N, Wn), positions (N, Wn); prompt_lengths (N,) tokens fed per new row. All or nothing."""
         count = int(prompt_lengths.shape[0])
         if self.rows + count > self.limits.max_rows:
             raise CapacityError(f"the batch is full ({self.limits.max_rows} rows): wait for a request to finish")
         B = self.rows
+        grown: dict[int, LayerSlots] = {}
         for layer, entries in enumerate(new):
             old = self.layers[layer]
             new_width = entries["valid"].shape[1]
@@ -149,7 +153,8 @@ class KVCacheManager:
                 dst.narrow(0, 0, B).narrow(dim, 0, old.end).copy_(getattr(old, name).narrow(dim, 0, old.end))
                 dst.narrow(0, B, count).narrow(dim, 0, new_width).copy_(entries[name].to(dst.device, dst.dtype))
             slots.end = end
-            self._replace(layer, slots)
+            grown[layer] = slots
+        self._install(grown)
         self.tokens_seen = torch.cat([self.tokens_seen, prompt_lengths.to(torch.int64).cpu()])
 
     def remove_rows(self, keep: Tensor) -> None:
@@ -166,14 +171,21 @@ class KVCacheManager:
             self.layers = [self._allocate(0, 0) for _ in range(self.num_layers)]
 
     # --- a decode step -----------------------------------------------------------------------------------
+    def reserve(self, entries: int) -> None:
+        """Make room for `entries` more columns in every layer before a step (compacting or growing full
+        layers); raises CapacityError before the step changes anything."""
+        for layer, slots in enumerate(self.layers):
+            if slots.end + entries > slots.width:
+                self.compact(layer, free=entries)
+
     def apply_step(self, layer: int, keep_past: Tensor, new: dict[str, Tensor]) -> None:
-        """After a step: `keep_past` (B, W) is the layer's new validity; append the new entries (B, ..., Wn, ...)."""
+        """After a step: `keep_past` (B, W) is the layer's new validity; append the new entries (B, ..., Wn, ...)
+        into the room `reserve` made."""
         slots = self.layers[layer]
         slots.valid.copy_(keep_past)
         width_new = new["valid"].shape[1]
         if slots.end + width_new > slots.width:
-            self.compact(layer, free=width_new)
-            slots = self.layers[layer]
+            raise PrunexError("internal: apply_step without reserve")
         for name in FIELDS:
             dim = 2 if name in ("key", "value") else 1
             getattr(slots, name).narrow(dim, slots.end, width_new).copy_(new[name])
@@ -195,7 +207,7 @@ class KVCacheManager:
             getattr(packed, name).narrow(dim, 0, kept).copy_(_gather_slots(getattr(slots, name), order, dim))
         packed.valid.narrow(1, 0, kept).copy_(torch.arange(kept, device=self.device)[None, :] < counts[:, None])
         packed.end = kept
-        self._replace(layer, packed)
+        self._install({layer: packed})
         self.compactions += 1
 
     def compact_sparse_layers(self) -> None:
