@@ -205,7 +205,9 @@ def quantize(
     eval_windows: int = typer.Option(8, min=1, help="Decoders: held-out Wikipedia windows for the check."),
     eval_context: int = typer.Option(512, min=8, help="Decoders: tokens per window."),
     eval_limit: Optional[int] = typer.Option(None, min=1, help="Encoders: test examples (default: all)."),
-    per_channel: bool = typer.Option(True, help="One weight scale per output channel."),
+    per_channel: bool = typer.Option(True, help="static: one weight scale per output channel."),
+    keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="Leave nodes whose name holds this in fp32 "
+                                        "(repeatable; e.g. down_proj, whose inputs have outlier channels)."),
     force: bool = typer.Option(False, help="Write even when the cost passes a bound."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
     threads: int = typer.Option(0, min=0, help="ONNX Runtime threads for the checks (0: as torch)."),
@@ -216,7 +218,8 @@ def quantize(
     from prunex.cli.exported_commands import quantize_command
     from prunex.quantize.int8 import QuantizeConfig
 
-    config = QuantizeConfig(mode=mode, per_channel=per_channel, calibration_text=calibration_text, task=task,
+    config = QuantizeConfig(mode=mode, per_channel=per_channel, keep_fp32=list(keep_fp32),
+                            calibration_text=calibration_text, task=task,
                             eval_windows=eval_windows, eval_context=eval_context, eval_limit=eval_limit,
                             max_ppl_increase=max_ppl_increase, max_accuracy_drop=max_accuracy_drop, force=force,
                             overwrite=overwrite, threads=threads or None)

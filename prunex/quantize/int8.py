@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -37,7 +37,8 @@ class QuantizeConfig:
     """Settings of one quantization pass."""
 
     mode: str = "dynamic"  # dynamic | static
-    per_channel: bool = True  # one weight scale per output column (better accuracy, same speed)
+    per_channel: bool = True  # static: one weight scale per output column (better accuracy, same speed)
+    keep_fp32: list[str] = field(default_factory=list)  # node-name substrings left in fp32 (e.g. "down_proj")
     calibration_text: str = "wikipedia"  # static, decoders: packaged text or a UTF-8 file (training split)
     calibration_samples: int = 8  # static: windows (decoder) or batches of 8 texts (encoder)
     task: str | None = None  # encoders: the labelled task to measure accuracy on (bbc, rotten-tomatoes, file)
@@ -66,7 +67,7 @@ def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, kind: st
     prepared = target.with_name("fp32-prepared.onnx")
     onnx.save(model, str(prepared))
     if config.mode == "dynamic":
-        _dynamic(model, prepared, target)
+        _dynamic(model, prepared, target, config.keep_fp32)
     else:
         _static(model, prepared, target, config, kind, source.parent)
     prepared.unlink()
@@ -76,7 +77,7 @@ def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, kind: st
     return untied
 
 
-def _dynamic(model: onnx.ModelProto, prepared: Path, target: Path) -> None:
+def _dynamic(model: onnx.ModelProto, prepared: Path, target: Path, keep_fp32: list[str]) -> None:
     """Weight MatMuls -> MatMulNBits (8 bits, blocks of 32 along the input, activations quantized to int8 per
     block at run time: accuracy_level 4); embedding Gathers -> int8 table (QuantizeLinear-free DynamicQuant).
 
@@ -91,8 +92,9 @@ def _dynamic(model: onnx.ModelProto, prepared: Path, target: Path) -> None:
     settings = {"block_size": MATMUL_BLOCK, "is_symmetric": True, "accuracy_level": 4, "bits": 8}
     algo = DefaultWeightOnlyQuantConfig(**settings, op_types_to_quantize=("MatMul",),
                                         quant_format=QuantFormat.QOperator)
+    fp32 = [n.name for n in model.graph.node if any(k in n.name for k in keep_fp32)]
     quantizer = MatMulNBitsQuantizer(onnx.load(str(prepared)), algo_config=algo, op_types_to_quantize=("MatMul",),
-                                     **settings)
+                                     nodes_to_exclude=fp32, **settings)
     quantizer.process()
     matmuls = quantizer.model.model
     for entry in matmuls.opset_import:  # the quantizer raises the standard opset; the graph's ops are unchanged
@@ -101,7 +103,7 @@ def _dynamic(model: onnx.ModelProto, prepared: Path, target: Path) -> None:
     onnx.save(matmuls, str(prepared))
     weights = {init.name for init in matmuls.graph.initializer}
     tables = [n.name for n in matmuls.graph.node if n.op_type == "Gather" and n.input[0] in weights
-              and _size_of(matmuls, n.input[0]) >= MIN_TABLE]
+              and _size_of(matmuls, n.input[0]) >= MIN_TABLE and n.name not in fp32]
     if not tables:
         onnx.save(matmuls, str(target))
         return
@@ -129,7 +131,8 @@ def _static(model: onnx.ModelProto, prepared: Path, target: Path, config: Quanti
     quantize_static(prepared, target, FeedReader(feeds), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=QUANTIZED_OPS, per_channel=config.per_channel,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    nodes_to_quantize=weight_nodes(model), extra_options={"MatMulConstBOnly": True})
+                    nodes_to_quantize=[n for n in weight_nodes(model) if not any(k in n for k in config.keep_fp32)],
+                    extra_options={"MatMulConstBOnly": True})
 
 
 def weight_nodes(model: onnx.ModelProto) -> list[str]:
@@ -192,7 +195,7 @@ def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, pr
         for file in source.iterdir():
             if file.is_file() and file.name not in (manifest.model_file, MANIFEST_FILE):
                 shutil.copy2(file, tmp / file.name)
-        manifest.quantization = {"mode": config.mode, "weights": "int8",
+        manifest.quantization = {"mode": config.mode, "weights": "int8", "kept_fp32": config.keep_fp32,
                                  "activations": "int8 dynamic" if config.mode == "dynamic" else "int8 static (QDQ)",
                                  "per_channel": config.per_channel, "ops": QUANTIZED_OPS, "source": str(source),
                                  "untied": untied}
