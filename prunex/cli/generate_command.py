@@ -47,8 +47,9 @@ def generate_exported(source: str, prompts: list[str], *, chat: bool, params, st
             typer.echo(c.text if chat else f"{p}{c.text}")
     typer.echo(
         f"[{stats['tokens']} tokens in {seconds:.2f} s: {stats['tokens'] / seconds:.1f} tok/s on {runtime.device}; "
-        f"kv kept {stats['kv_kept_fraction']:.3f}; kv peak {stats['kv_peak_allocated_bytes'] / 2**20:.1f} MiB "
-        f"allocated]", err=True,
+        f"kv kept {stats['kv_kept_fraction']:.3f}: {stats['kv_bytes'] / 2**20:.2f} MiB vs "
+        f"{stats['dense_kv_bytes'] / 2**20:.2f} MiB dense (peak {stats['kv_peak_allocated_bytes'] / 2**20:.2f} MiB "
+        f"allocated)]", err=True,
     )
 
 

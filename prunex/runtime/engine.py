@@ -117,6 +117,8 @@ class DecoderEngine:
         io.token_ids.copy_(token_ids.view(B, 1))
         io.positions.copy_(self.next_positions.view(B, 1))
         io.bind_cache(self.cache)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # torch's writes to the buffers land before ORT's stream reads them
         self.session.run_with_iobinding(io.binder.binding)
         for layer in range(m.num_layers):
             self.cache.apply_step(layer, io.keep[layer], io.new[layer])
