@@ -34,6 +34,7 @@ class DecodeBenchConfig:
     threads: int = 2
     device: str = "cpu"
     torch_peer: bool = True
+    optimum_python: str | None = None  # python of an env with optimum-onnx (transformers<4.58): adds that peer
 
 
 def _exported(source: str | None, dense: bool) -> Path:
@@ -83,6 +84,30 @@ def _run_worker(engine: str, directory: Path, batch: int, context: int, config: 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _run_optimum(main_dir: Path, batch: int, context: int, config: DecodeBenchConfig) -> dict:
+    """Optimum's ORTModelForCausalLM on the same prompts, in its own environment (see optimum_worker.py)."""
+    import tempfile
+
+    from prunex.bench.decode_worker import bench_prompts
+    from prunex.export.manifest import read_manifest
+    from prunex.models.sources import resolve_model_dir
+    from prunex.runtime.runtime import load_tokenizer
+
+    base = read_manifest(main_dir).base_model
+    model_dir = resolve_model_dir(base)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(bench_prompts(load_tokenizer(main_dir), batch, context), f)
+    worker = Path(__file__).with_name("optimum_worker.py")
+    command = [config.optimum_python, str(worker), "--model", str(model_dir), "--export",
+               str(cache_dir("optimum") / base), "--prompts", f.name, "--new-tokens", str(config.new_tokens),
+               "--threads", str(config.threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    Path(f.name).unlink()
+    if done.returncode != 0:
+        return {"error": " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def memory_bandwidth(size_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
     """Bytes/s of a large copy (read + write counted), the best of `repeats`."""
     source = np.ones(size_bytes // 4, np.float32)
@@ -117,9 +142,14 @@ def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchCo
             engines = [("prunex", "ort", main_dir), ("dense_ort", "ort", baseline_dir)]
             if config.torch_peer:
                 engines.append(("torch", "torch", main_dir))
+            if config.optimum_python:
+                engines.append(("optimum", "optimum", main_dir))
             for label, engine, directory in engines:
                 progress(f"b{batch} ctx{context}: {label} ...")
-                measured = _run_worker(engine, directory, batch, context, config)
+                if engine == "optimum":
+                    measured = _run_optimum(main_dir, batch, context, config)
+                else:
+                    measured = _run_worker(engine, directory, batch, context, config)
                 row[label] = measured
                 for key in ("decode_tokens_per_s", "time_to_first_token_s", "kv_bytes", "peak_rss_bytes"):
                     if key in measured:
@@ -139,7 +169,7 @@ def _ratios_and_floor(row: dict, main_dir: Path, baseline_dir: Path, bandwidth: 
     if "decode_tokens_per_s" not in prunex:
         return
     row["dense_kv_bytes"] = dense.get("kv_bytes", prunex.get("dense_kv_bytes"))
-    for peer in ("dense_ort", "torch"):
+    for peer in ("dense_ort", "torch", "optimum"):
         if f"{peer}_tokens_per_s" in row:
             row[f"speedup_vs_{peer}"] = row["prunex_tokens_per_s"] / row[f"{peer}_tokens_per_s"]
     if row["dense_kv_bytes"]:
@@ -153,12 +183,12 @@ def _ratios_and_floor(row: dict, main_dir: Path, baseline_dir: Path, bandwidth: 
 
 def _summary(row: dict) -> str:
     parts = [f"b{row['batch']} ctx{row['context']}:"]
-    for label in ("prunex", "dense_ort", "torch"):
+    for label in ("prunex", "dense_ort", "torch", "optimum"):
         if f"{label}_tokens_per_s" in row:
             parts.append(f"{label} {row[f'{label}_tokens_per_s']:.1f} tok/s")
         elif "error" in row.get(label, {}):
             parts.append(f"{label} failed ({row[label]['error']})")
-    for key in ("speedup_vs_dense_ort", "speedup_vs_torch", "kv_bytes_ratio"):
+    for key in ("speedup_vs_dense_ort", "speedup_vs_torch", "speedup_vs_optimum", "kv_bytes_ratio"):
         if key in row:
             parts.append(f"{key} x{row[key]:.2f}")
     return " ".join(parts)
@@ -175,7 +205,7 @@ def plot(report: dict, path: Path) -> bool:
         return False
     rows = report["results"]
     labels = [f"b{r['batch']}\nctx{r['context']}" for r in rows]
-    engines = [e for e in ("prunex", "dense_ort", "torch") if any(f"{e}_tokens_per_s" in r for r in rows)]
+    engines = [e for e in ("prunex", "dense_ort", "torch", "optimum") if any(f"{e}_tokens_per_s" in r for r in rows)]
     x = np.arange(len(rows))
     width = 0.8 / max(len(engines), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))

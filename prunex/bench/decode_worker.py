@@ -17,7 +17,8 @@ import time
 import torch
 
 
-def _prompts(tokenizer, batch: int, context: int) -> list[list[int]]:
+def bench_prompts(tokenizer, batch: int, context: int) -> list[list[int]]:
+    """The first `batch` windows of `context` tokens of the held-out Wikipedia text."""
     from prunex.data.text import split_text, token_windows
 
     windows = token_windows(tokenizer, split_text("wikipedia", "test"), context, limit=batch)
@@ -32,7 +33,7 @@ def measure_ort(directory: str, batch: int, context: int, new_tokens: int, threa
     from prunex.runtime.sampling import SamplingParams
 
     runtime = Runtime(directory, device=device, threads=threads, max_batch=batch)
-    prompts = _prompts(runtime.tokenizer, batch, context)
+    prompts = bench_prompts(runtime.tokenizer, batch, context)
     gen = runtime.generator()
     ids = [gen.add_request(p, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)) for p in prompts]
     started = time.perf_counter()
@@ -65,7 +66,7 @@ def measure_torch(directory: str, batch: int, context: int, new_tokens: int, thr
 
     torch.set_num_threads(threads)
     base = load_model(read_manifest(directory).base_model)
-    prompts = torch.tensor(_prompts(base.tokenizer, batch, context))  # (B, C)
+    prompts = torch.tensor(bench_prompts(base.tokenizer, batch, context))  # (B, C)
     stamps: list[float] = []
 
     class Stamp(LogitsProcessor):  # called once per generated token, right after each forward pass

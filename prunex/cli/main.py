@@ -286,6 +286,9 @@ def bench_decode_command(
     threads: int = typer.Option(2, min=1, help="Threads for every engine."),
     device: str = typer.Option("cpu", help="cpu or cuda for the ONNX Runtime engines."),
     torch_peer: bool = typer.Option(True, "--torch/--no-torch", help="Also run Hugging Face generate."),
+    optimum_python: Optional[str] = typer.Option(
+        None, help="Python of an environment with optimum-onnx (transformers<4.58): adds Optimum's ORT model."
+    ),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="PNG of the results (default: beside --out)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
@@ -295,7 +298,7 @@ def bench_decode_command(
     from prunex.bench.decode import DecodeBenchConfig, bench_decode, plot
 
     config = DecodeBenchConfig(batches=list(batch), contexts=list(context), new_tokens=new_tokens,
-                               threads=threads, device=device, torch_peer=torch_peer)
+                               threads=threads, device=device, torch_peer=torch_peer, optimum_python=optimum_python)
     report = bench_decode(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")
