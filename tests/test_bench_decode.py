@@ -1,0 +1,32 @@
+"""`prunex bench decode` end to end on a tiny exported model: the report has every engine's figures."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import dropping_policy
+from typer.testing import CliRunner
+
+from prunex.cli.main import app
+from prunex.export.decoder import export_decoder
+from prunex.prune.lm import PrunedLM
+
+
+def test_bench_decode_reports_prunex_dense_and_torch(tiny_llama, tmp_path):
+    lm = PrunedLM(tiny_llama, dropping_policy(tiny_llama))
+    export_decoder(lm, tmp_path / "pruned", source="tiny-llama")
+    export_decoder(lm, tmp_path / "dense", dense=True, source="tiny-llama")
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, [
+        "bench", "decode", str(tmp_path / "pruned"), "--baseline", str(tmp_path / "dense"), "--batch", "2",
+        "--context", "32", "--new-tokens", "4", "--threads", "1", "--out", str(out), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(out.read_text())["results"]
+    assert (row["batch"], row["context"]) == (2, 32)
+    for key in ("prunex_tokens_per_s", "dense_ort_tokens_per_s", "torch_tokens_per_s", "prunex_kv_bytes",
+                "dense_kv_bytes", "prunex_peak_rss_bytes", "prunex_time_to_first_token_s", "speedup_vs_dense_ort"):
+        assert row[key] > 0, key
+    assert row["prunex"]["kv_held_bytes"] < row["dense_ort"]["kv_held_bytes"]  # entries really left the cache
+    assert row["prunex"]["first_tokens"] and row["dense_ort"]["kv_kept_fraction"] == 1.0
+    assert out.with_suffix(".png").is_file()
