@@ -184,7 +184,14 @@ def test_a_full_batch_queues_requests_instead_of_failing(exported):
     assert [gen.result(i).token_ids for i in ids] == alone
 
 
-def test_cache_compaction_keeps_entries_in_order():
+def _entry(key: float, positions: list[int]) -> dict:
+    """One new entry per row (B=2) of a 1-layer, 1-head, D=2, R=1 cache."""
+    return {"key": torch.full((2, 1, 1, 2), key), "value": torch.full((2, 1, 1, 2), key + 100),
+            "kint": torch.zeros(2, 1, 1), "valid": torch.ones(2, 1, dtype=torch.bool),
+            "positions": torch.tensor(positions)[:, None]}
+
+
+def test_cache_reuses_holes_and_compacts_in_order():
     cache = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), CacheLimits(headroom=2))
     key = torch.arange(2 * 4 * 2, dtype=torch.float32).reshape(2, 1, 4, 2)
     valid = torch.tensor([[True, True, True, False], [True, True, False, False]])
@@ -192,20 +199,25 @@ def test_cache_compaction_keeps_entries_in_order():
                "positions": torch.arange(4).expand(2, 4)}
     cache.add_rows([entries], torch.tensor([3, 2]))
     slots = cache.layers[0]
-    assert slots.width == 6 and slots.end == 4 and cache.held_bytes() == 5 * cache.bytes_per_entry
+    assert slots.width == 6 and cache.held_bytes() == 5 * cache.bytes_per_entry
+    cache.reserve()
+    assert slots.write_slot.tolist() == [3, 2]  # each row's first free slot
     keep = slots.valid.clone()
-    keep[0, 0] = False  # row 0 drops its first entry
-    new = {"key": torch.full((2, 1, 1, 2), -1.0), "value": torch.full((2, 1, 1, 2), -2.0),
-           "kint": torch.zeros(2, 1, 1), "valid": torch.ones(2, 1, dtype=torch.bool),
-           "positions": torch.tensor([[3], [2]])}
-    cache.apply_step(0, keep, new)
+    keep[0, 0] = False  # row 0 drops its first entry: a hole
+    cache.apply_step(0, keep, _entry(-1.0, [3, 2]))
     cache.count_step()
+    cache.reserve()
+    assert cache.layers[0].write_slot.tolist() == [0, 3]  # the hole is reused
+    cache.apply_step(0, cache.layers[0].valid.clone(), _entry(-2.0, [4, 3]))
+    cache.count_step()
+    assert cache.layers[0].width == 6 and cache.compactions == 0
+    assert cache.layers[0].positions[0, :4].tolist() == [4, 1, 2, 3]
     cache.compact(0)
     slots = cache.layers[0]
-    assert slots.end == 3 and slots.valid.tolist()[0][:3] == [True, True, True]
-    assert slots.positions[0, :3].tolist() == [1, 2, 3] and slots.positions[1, :3].tolist() == [0, 1, 2]
-    assert torch.equal(slots.key[0, 0, :2], key[0, 0, 1:3]) and slots.key[0, 0, 2].tolist() == [-1.0, -1.0]
-    assert cache.dense_bytes() == 7 * cache.bytes_per_entry  # 4 + 3 tokens fed
+    assert slots.width == 4 + 2 and slots.valid.sum(1).tolist() == [4, 4]
+    assert slots.positions[0, :4].tolist() == [4, 1, 2, 3]  # slot order kept; order does not matter to attention
+    assert slots.key[0, 0, 0].tolist() == [-2.0, -2.0] and torch.equal(slots.key[0, 0, 1:3], key[0, 0, 1:3])
+    assert cache.dense_bytes() == (3 + 2 + 2 * 2) * cache.bytes_per_entry  # 9 tokens fed in all
     assert cache.peak_allocated_bytes >= cache.allocated_bytes()
 
 

@@ -113,7 +113,7 @@ class DecoderEngine:
         if self._io is None or self._io.rows != B:
             self._io = DecodeIO(self.session, m, B, self.device, self._inputs)
         io = self._io
-        self.cache.reserve(1)  # may compact or grow full layers (or raise CapacityError) before anything changes
+        self.cache.reserve()  # picks each row's free slot; may rebuild full layers or raise CapacityError
         io.token_ids.copy_(token_ids.view(B, 1))
         io.positions.copy_(self.next_positions.view(B, 1))
         io.bind_cache(self.cache)

@@ -1,12 +1,13 @@
-"""The runtime's KV-cache manager: per layer, fixed buffers with a validity mask and amortized compaction.
+"""The runtime's KV-cache manager: per layer, fixed slot buffers with a validity mask and amortized compaction.
 
 Each layer holds slot buffers key/value (B, KV, W, D), kint (B, W, R), valid (B, W) bool and pos (B, W) int64
 in torch tensors on the session's device. A step never moves the cache: ONNX Runtime reads the buffers in
-place (IOBinding), the step's `keep_past` (B, W) becomes the validity mask, and the new entries are written
-into the next free column `end` (shared by the rows of a layer). Dropped entries leave holes; a layer is
-compacted (kept entries packed to the front, in order) when its slots run out or when the fullest row's
-load (kept / end) falls under `min_load`, so compaction costs one copy of the kept entries now and then
-instead of one per step. Rows join (prefilled requests) and leave (finished requests) at any step.
+place (IOBinding), the step's `keep_past` (B, W) becomes the validity mask, and each row's new entry is written
+into a free slot of that row: the first hole a dropped entry left, so holes are reused and the width stays
+near the fullest row. Order inside a row does not matter (attention is a sum over keys; decisions use the
+stored positions). A layer is rebuilt (kept entries packed, with `headroom` free slots) only when a row has no
+free slot left, or when the fullest row's load (kept / W) falls under `min_load`: a copy of the kept entries
+now and then instead of one per step. Rows join (prefilled requests) and leave (finished requests) at any step.
 
 Memory is accounted in bytes of K, V and interaction keys: held (valid entries), allocated (slots) with its
 peak, and dense-equivalent (what a cache without pruning would hold for the same tokens).
@@ -34,20 +35,20 @@ class CacheLimits:
 
     max_rows: int = 16  # requests decoded together
     max_bytes: int | None = None  # K/V/kint bytes the slot buffers may allocate (None: no limit)
-    headroom: int = 32  # free slots added when a layer's buffer grows
-    min_load: float = 0.9  # compact a layer when its fullest row holds fewer than this share of `end`
+    headroom: int = 32  # free slots a layer gets when it is (re)built
+    min_load: float = 0.75  # rebuild a layer smaller when its fullest row fills less than this share of W
 
 
 @dataclass
 class LayerSlots:
-    """One layer's slot buffers for B rows and W slots; columns >= end are free in every row."""
+    """One layer's slot buffers for B rows and W slots; a slot is free where valid is False."""
 
     key: Tensor  # (B, KV, W, D)
     value: Tensor  # (B, KV, W, D)
     kint: Tensor  # (B, W, R)
     valid: Tensor  # (B, W) bool
     positions: Tensor  # (B, W) int64 logical positions
-    end: int = 0
+    write_slot: Tensor | None = None  # (B,) where the next entry of each row goes (set by `reserve`)
 
     @property
     def width(self) -> int:
@@ -146,13 +147,11 @@ class KVCacheManager:
         for layer, entries in enumerate(new):
             old = self.layers[layer]
             new_width = entries["valid"].shape[1]
-            end = max(old.end, new_width)
-            slots = self._allocate(B + count, end + self.limits.headroom)
+            slots = self._allocate(B + count, max(old.width, new_width + self.limits.headroom))
             for name in FIELDS:
                 dst, dim = getattr(slots, name), 2 if name in ("key", "value") else 1
-                dst.narrow(0, 0, B).narrow(dim, 0, old.end).copy_(getattr(old, name).narrow(dim, 0, old.end))
+                dst.narrow(0, 0, B).narrow(dim, 0, old.width).copy_(getattr(old, name))
                 dst.narrow(0, B, count).narrow(dim, 0, new_width).copy_(entries[name].to(dst.device, dst.dtype))
-            slots.end = end
             grown[layer] = slots
         self._install(grown)
         self.tokens_seen = torch.cat([self.tokens_seen, prompt_lengths.to(torch.int64).cpu()])
@@ -162,8 +161,7 @@ class KVCacheManager:
         keep = keep.to(torch.int64)
         index = keep.to(self.device)
         for layer, old in enumerate(self.layers):
-            slots = LayerSlots(*(t.index_select(0, index) for t in old.tensors()), end=old.end)
-            self.layers[layer] = slots
+            self.layers[layer] = LayerSlots(*(t.index_select(0, index) for t in old.tensors()))
         self.tokens_seen = self.tokens_seen.index_select(0, keep)
         if self.rows:
             self.compact_sparse_layers()
@@ -171,49 +169,55 @@ class KVCacheManager:
             self.layers = [self._allocate(0, 0) for _ in range(self.num_layers)]
 
     # --- a decode step -----------------------------------------------------------------------------------
-    def reserve(self, entries: int) -> None:
-        """Make room for `entries` more columns in every layer before a step (compacting or growing full
-        layers); raises CapacityError before the step changes anything."""
-        for layer, slots in enumerate(self.layers):
-            if slots.end + entries > slots.width:
-                self.compact(layer, free=entries)
+    def reserve(self) -> None:
+        """Before a step: pick each row's free slot for its new entry in every layer, rebuilding a layer where
+        some row has none; raises CapacityError before the step changes anything."""
+        for layer in range(self.num_layers):
+            free = ~self.layers[layer].valid  # (B, W)
+            slot = free.to(torch.uint8).argmax(1)  # (B,) first free slot of each row (0 when there is none)
+            if not bool(free.gather(1, slot[:, None]).all()):
+                self.compact(layer)
+                free = ~self.layers[layer].valid
+                slot = free.to(torch.uint8).argmax(1)
+            self.layers[layer].write_slot = slot
 
     def apply_step(self, layer: int, keep_past: Tensor, new: dict[str, Tensor]) -> None:
-        """After a step: `keep_past` (B, W) is the layer's new validity; append the new entries (B, ..., Wn, ...)
-        into the room `reserve` made."""
+        """After a step: `keep_past` (B, W) is the layer's new validity; the new entry of each row
+        (key/value (B, KV, 1, D), kint (B, 1, R), valid / positions (B, 1)) goes into its reserved slot."""
         slots = self.layers[layer]
-        slots.valid.copy_(keep_past)
-        width_new = new["valid"].shape[1]
-        if slots.end + width_new > slots.width:
+        if slots.write_slot is None:
             raise PrunexError("internal: apply_step without reserve")
-        for name in FIELDS:
-            dim = 2 if name in ("key", "value") else 1
-            getattr(slots, name).narrow(dim, slots.end, width_new).copy_(new[name])
-        slots.end += width_new
+        slots.valid.copy_(keep_past)
+        rows, slot = torch.arange(self.rows, device=self.device), slots.write_slot
+        slots.key[rows, :, slot] = new["key"][:, :, 0]
+        slots.value[rows, :, slot] = new["value"][:, :, 0]
+        slots.kint[rows, slot] = new["kint"][:, 0]
+        slots.valid[rows, slot] = new["valid"][:, 0]
+        slots.positions[rows, slot] = new["positions"][:, 0]
+        slots.write_slot = None
 
     def count_step(self) -> None:
         """Every row was fed one more token."""
         self.tokens_seen += 1
 
-    def compact(self, layer: int, free: int = 0) -> None:
-        """Pack the layer's valid entries to the front of each row (in order), with `free` + headroom slots."""
+    def compact(self, layer: int) -> None:
+        """Rebuild a layer: each row's valid entries packed to the front (in slot order), plus headroom."""
         slots = self.layers[layer]
         counts = slots.valid.sum(1)  # (B,)
         kept = int(counts.max()) if self.rows else 0
         order = torch.sort((~slots.valid).to(torch.uint8), dim=1, stable=True).indices[:, :kept]  # (B, kept)
-        packed = self._allocate(self.rows, kept + free + self.limits.headroom)
+        packed = self._allocate(self.rows, kept + self.limits.headroom)
         for name in FIELDS:
             dim = 2 if name in ("key", "value") else 1
             getattr(packed, name).narrow(dim, 0, kept).copy_(_gather_slots(getattr(slots, name), order, dim))
         packed.valid.narrow(1, 0, kept).copy_(torch.arange(kept, device=self.device)[None, :] < counts[:, None])
-        packed.end = kept
         self._install({layer: packed})
         self.compactions += 1
 
     def compact_sparse_layers(self) -> None:
-        """Compact every layer whose fullest row's load (kept / end) is under `min_load` (one host sync)."""
-        ends = torch.tensor([max(s.end, 1) for s in self.layers], dtype=torch.float64)
+        """Rebuild every layer whose fullest row's load (kept / W) is under `min_load` (one host sync)."""
+        widths = torch.tensor([max(s.width, 1) for s in self.layers], dtype=torch.float64)
         fullest = torch.stack([s.valid.sum(1).max() if self.rows else s.valid.new_zeros((), dtype=torch.int64)
                                for s in self.layers]).cpu().to(torch.float64)
-        for layer in torch.nonzero(fullest / ends < self.limits.min_load).flatten().tolist():
+        for layer in torch.nonzero(fullest / widths < self.limits.min_load).flatten().tolist():
             self.compact(layer)
