@@ -6,8 +6,8 @@ place (IOBinding), the step's `keep_past` (B, W) becomes the validity mask, and 
 into a free slot of that row: the first hole a dropped entry left, so holes are reused and the width stays
 near the fullest row. Order inside a row does not matter (attention is a sum over keys; decisions use the
 stored positions). A layer is rebuilt (kept entries packed, with `headroom` free slots) only when a row has no
-free slot left, or when the fullest row's load (kept / W) falls under `min_load`: a copy of the kept entries
-now and then instead of one per step. Rows join (prefilled requests) and leave (finished requests) at any step.
+free slot left, or when its fullest row plus headroom fills less than `min_load` of W: a copy of the kept
+entries now and then instead of one per step. Rows join (prefilled requests) and leave (finished requests) at any step.
 
 Memory is accounted in bytes of K, V and interaction keys: held (valid entries), allocated (slots) with its
 peak, and dense-equivalent (what a cache without pruning would hold for the same tokens).
@@ -36,7 +36,7 @@ class CacheLimits:
     max_rows: int = 16  # requests decoded together
     max_bytes: int | None = None  # K/V/kint bytes the slot buffers may allocate (None: no limit)
     headroom: int = 32  # free slots a layer gets when it is (re)built
-    min_load: float = 0.75  # rebuild a layer smaller when its fullest row fills less than this share of W
+    min_load: float = 0.75  # rebuild a layer when its fullest row + headroom fill less than this share of W
 
 
 @dataclass
@@ -215,9 +215,11 @@ class KVCacheManager:
         self.compactions += 1
 
     def compact_sparse_layers(self) -> None:
-        """Rebuild every layer whose fullest row's load (kept / W) is under `min_load` (one host sync)."""
+        """Rebuild every layer where (fullest row + headroom) / W is under `min_load` (one host sync): a rebuilt
+        layer has W = fullest row + headroom, so it is not rebuilt again until its rows shrink."""
         widths = torch.tensor([max(s.width, 1) for s in self.layers], dtype=torch.float64)
         fullest = torch.stack([s.valid.sum(1).max() if self.rows else s.valid.new_zeros((), dtype=torch.int64)
                                for s in self.layers]).cpu().to(torch.float64)
-        for layer in torch.nonzero(fullest / widths < self.limits.min_load).flatten().tolist():
+        load = (fullest + self.limits.headroom) / widths
+        for layer in torch.nonzero(load < self.limits.min_load).flatten().tolist():
             self.compact(layer)
