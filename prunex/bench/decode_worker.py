@@ -13,6 +13,7 @@ import argparse
 import json
 import resource
 import time
+from pathlib import Path
 
 import torch
 
@@ -89,6 +90,15 @@ def measure_torch(directory: str, batch: int, context: int, new_tokens: int, thr
     }
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that survives exec and
+    would count the parent's memory at fork time."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("engine", choices=["ort", "torch"])
@@ -104,7 +114,7 @@ def main() -> None:
         result = measure_ort(args.dir, args.batch, args.context, args.new_tokens, args.threads, args.device)
     else:
         result = measure_torch(args.dir, args.batch, args.context, args.new_tokens, args.threads)
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    result["peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(result))
 
 

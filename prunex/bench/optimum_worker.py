@@ -14,6 +14,15 @@ import time
 from pathlib import Path
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that survives exec and
+    would count the parent's memory at fork time."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="Hugging Face model dir (the base model)")
@@ -53,7 +62,7 @@ def main() -> None:
         "time_to_first_token_s": stamps[0] - started,
         "decode_tokens_per_s": batch * (len(stamps) - 1) / (stamps[-1] - stamps[0]),
         "first_tokens": out[0, context: context + 8].tolist(),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
     }))
 
 

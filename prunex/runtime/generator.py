@@ -23,6 +23,7 @@ from prunex.errors import PrunexError
 from prunex.runtime.engine import DecoderEngine
 from prunex.runtime.kv_cache import CapacityError
 from prunex.runtime.sampling import SamplingParams, choose_tokens, make_rng
+from prunex.runtime.session import torch_on_one_thread
 from prunex.runtime.text_stream import TextStream
 
 
@@ -152,12 +153,13 @@ class Generator:
     def step(self) -> list[StepEvent]:
         """Decode one token for every running request, admit waiting ones (prefill), retire finished ones."""
         events: list[StepEvent] = []
-        if self._running:
-            last = torch.tensor([r.tokens[-1] for r in self._running])
-            logits = self.engine.decode(last)  # (B, vocab)
-            events += self._take(self._running, logits)
-        events += self._admit()
-        self._retire()
+        with torch_on_one_thread():
+            if self._running:
+                last = torch.tensor([r.tokens[-1] for r in self._running])
+                logits = self.engine.decode(last)  # (B, vocab)
+                events += self._take(self._running, logits)
+            events += self._admit()
+            self._retire()
         return events
 
     def _admit(self) -> list[StepEvent]:
