@@ -13,7 +13,7 @@ if runtime.device_note:
 gen = runtime.generator()
 questions = ["What is the capital of France?", "Name three colours of the rainbow.", "What is 2 + 2?"]
 ids = {}
-for step, question in enumerate(questions):
+for question in questions:
     messages = [{"role": "user", "content": question}]
     ids[gen.add_request(runtime.encode(messages), prunex.SamplingParams(max_new_tokens=40, stop=["\n\n"]))] = question
     gen.step()  # requests join while the earlier ones are running

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
-from pathlib import Path
 
 import torch
+
+from prunex.bench.rss import peak_rss_bytes
 
 
 def bench_prompts(tokenizer, batch: int, context: int) -> list[list[int]]:
@@ -88,15 +88,6 @@ def measure_torch(directory: str, batch: int, context: int, new_tokens: int, thr
         "time_to_first_token_s": stamps[0] - started, "decode_tokens_per_s": batch * (len(stamps) - 1) / decode,
         "kv_bytes": dense, "dense_kv_bytes": dense, "first_tokens": out[0, context: context + 8].tolist(),
     }
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that survives exec and
-    would count the parent's memory at fork time."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main() -> None:

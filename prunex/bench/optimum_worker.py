@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that survives exec and
-    would count the parent's memory at fork time."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from rss import peak_rss_bytes  # beside this file: run by path, its folder is on sys.path
 
 
 def main() -> None:
