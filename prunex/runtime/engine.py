@@ -92,8 +92,7 @@ class DecoderEngine:
 
     def prefill(self, prompts: list[list[int]]) -> Tensor:
         """Add the prompts as new rows (after the current ones); returns their last-token logits (N, vocab)."""
-        if self.rows + len(prompts) > self.cache.limits.max_rows:
-            raise CapacityError(f"the batch is full ({self.cache.limits.max_rows} rows): wait for a request to finish")
+        self.cache.check_rows(len(prompts))  # before the prefill's work
         logits, new = self.run_prompts(prompts)
         entries = [{f: torch.from_numpy(layer[f]) for f in CACHE_FIELDS} for layer in new]
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)

@@ -136,12 +136,16 @@ class KVCacheManager:
         self.peak_allocated_bytes = max(self.peak_allocated_bytes, total)
 
     # --- rows join and leave -----------------------------------------------------------------------------
+    def check_rows(self, count: int) -> None:
+        """Raise CapacityError unless `count` more rows fit the batch."""
+        if self.rows + count > self.limits.max_rows:
+            raise CapacityError(f"the batch is full ({self.limits.max_rows} rows): wait for a request to finish")
+
     def add_rows(self, new: list[dict[str, Tensor]], prompt_lengths: Tensor) -> None:
         """Append rows from a prefill: per layer, packed entries key/value (N, KV, Wn, D), kint (N, Wn, R),
         valid (N, Wn), positions (N, Wn); prompt_lengths (N,) tokens fed per new row. All or nothing."""
         count = int(prompt_lengths.shape[0])
-        if self.rows + count > self.limits.max_rows:
-            raise CapacityError(f"the batch is full ({self.limits.max_rows} rows): wait for a request to finish")
+        self.check_rows(count)
         B = self.rows
         grown: dict[int, LayerSlots] = {}
         for layer, entries in enumerate(new):
@@ -171,15 +175,16 @@ class KVCacheManager:
     # --- a decode step -----------------------------------------------------------------------------------
     def reserve(self) -> None:
         """Before a step: pick each row's free slot for its new entry in every layer, rebuilding a layer where
-        some row has none; raises CapacityError before the step changes anything."""
-        for layer in range(self.num_layers):
-            free = ~self.layers[layer].valid  # (B, W)
+        some row has none (one host sync for all layers); raises CapacityError before the step changes anything."""
+        slots_found = []
+        for slots in self.layers:
+            free = ~slots.valid  # (B, W)
             slot = free.to(torch.uint8).argmax(1)  # (B,) first free slot of each row (0 when there is none)
-            if not bool(free.gather(1, slot[:, None]).all()):
-                self.compact(layer)
-                free = ~self.layers[layer].valid
-                slot = free.to(torch.uint8).argmax(1)
-            self.layers[layer].write_slot = slot
+            slots.write_slot = slot
+            slots_found.append(free.gather(1, slot[:, None]).all())
+        for layer in torch.nonzero(~torch.stack(slots_found)).flatten().tolist():
+            self.compact(layer)
+            self.layers[layer].write_slot = (~self.layers[layer].valid).to(torch.uint8).argmax(1)
 
     def apply_step(self, layer: int, keep_past: Tensor, new: dict[str, Tensor]) -> None:
         """After a step: `keep_past` (B, W) is the layer's new validity; the new entry of each row
