@@ -45,6 +45,7 @@ class TrainConfig:
     alpha_end: float = 8.0  # alpha at the last step (cosine schedule in between)
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch's default
+    device: str = "auto"  # auto (CUDA when there is a GPU) | cpu | cuda
 
 
 def to_dict(config: Any) -> dict[str, Any]:

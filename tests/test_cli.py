@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from prunex.cli.main import app, main
@@ -121,3 +122,16 @@ def test_train_out_is_a_file(tmp_path, monkeypatch, capsys):
     target.write_text("x")
     code, err = run_main(monkeypatch, capsys, "train", "--model", "tiny-llama", "--out", str(target))
     assert code == 2 and err.startswith("error: ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without a GPU gives")
+def test_train_on_cuda_without_a_gpu_says_what_to_do(tmp_path, monkeypatch, capsys):
+    code, err = run_main(monkeypatch, capsys, "train", "--model", "tiny-llama", "--device", "cuda", "--steps", "1",
+                         "--out", str(tmp_path / "x"))
+    assert code == 2 and "--device cpu" in err and "Traceback" not in err
+
+
+def test_unknown_device_is_refused(text_file, monkeypatch, capsys):
+    code, err = run_main(monkeypatch, capsys, "eval", "ppl", "tiny-gpt2", "--text-file", str(text_file),
+                         "--device", "tpu")
+    assert code == 2 and "auto, cpu, cuda" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prunex.data import text
 from prunex.data.text import load_articles, split_text, token_windows
 from prunex.errors import PrunexError
 from prunex.models.sources import byte_tokenizer
@@ -60,3 +61,17 @@ def test_token_windows_shape():
     assert tokenizer.decode(joined[0].tolist()) == "ab\n\ncd"
     with pytest.raises(PrunexError, match="fewer than one window"):
         token_windows(tokenizer, ["short"], 16)
+
+
+def test_packaged_corpus_extracted_once_then_read_from_the_cache(monkeypatch, prunex_cache):
+    calls = []
+
+    def fake_corpus() -> list[str]:
+        calls.append(1)
+        return ["first article", "second article"]
+
+    monkeypatch.setitem(text.TEXT_SOURCES, "fake", fake_corpus)
+    assert text._packaged_articles("fake") == ["first article", "second article"]
+    assert text._packaged_articles("fake") == ["first article", "second article"]
+    assert len(calls) == 1
+    assert (prunex_cache / "texts" / f"fake-v{text.TEXT_CACHE_VERSION}.json").is_file()

@@ -50,6 +50,7 @@ def train(
     init_bias: float = typer.Option(5.0, help="Initial keep-logit bias (large = keep all at first)."),
     interaction_dim: int = typer.Option(64, min=1, help="Width r of the interaction projections."),
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)."),
+    device: str = typer.Option("auto", help="dcp: auto (CUDA when PyTorch sees a GPU), cpu or cuda."),
     seed: int = typer.Option(0),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
     task: str = typer.Option("bbc", help="ltp: bbc, rotten-tomatoes, or a text/label CSV or JSONL."),
@@ -73,7 +74,7 @@ def train(
     _fresh_out_dir(out, force)
     config = TrainConfig(
         method=method, model=model, text=text, steps=steps, batch_size=batch_size, context=context, lr=lr,
-        train=train_what, sparsity_weight=sparsity_weight, loss=loss, seed=seed, threads=threads,
+        train=train_what, sparsity_weight=sparsity_weight, loss=loss, seed=seed, threads=threads, device=device,
     )
     dcp = DCPConfig(
         interaction_dim=interaction_dim, init_bias=init_bias, sink_tokens=sinks, recent_tokens=recent
@@ -97,6 +98,7 @@ def eval_ppl(
     windows: int = typer.Option(8, min=1, help="Windows to measure (at most)."),
     window: Optional[int] = typer.Option(None, help="Baseline: keep sinks + this many recent tokens (no training)."),
     sinks: int = typer.Option(4, min=0, help="Sink tokens of the --window baseline."),
+    device: str = typer.Option("cpu", help="PyTorch sources: cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Perplexity of SOURCE with pruning, and of its dense base on the same windows, with the sparsity; an
@@ -115,7 +117,9 @@ def eval_ppl(
 
         eval_ppl_exported(source, corpus, split, context, windows, as_json)
         return
-    lm = load_lm(source)
+    from prunex.devices import torch_device
+
+    lm = load_lm(source).to(torch_device(device))
     if window is not None:
         lm.policy = WindowPolicy(window=window, sink_tokens=sinks)
     lm._check_length(context)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import bz2
+import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from prunex.cache import cache_dir
 from prunex.data.splits import split_indices
 from prunex.errors import PrunexError
 from prunex.models.sources import package_dir
@@ -47,13 +49,27 @@ def _bbc() -> list[str]:
 
 
 TEXT_SOURCES: dict[str, Callable[[], list[str]]] = {"wikipedia": _wikipedia, "bbc": _bbc}
+# Bumped when the extraction or cleaning of a packaged corpus changes, so that old cached text is not reused.
+TEXT_CACHE_VERSION = 1
+
+
+def _packaged_articles(source: str) -> list[str]:
+    """A packaged corpus's articles, extracted once and cached as JSON under `$PRUNEX_CACHE/texts`."""
+    cached = cache_dir("texts") / f"{source}-v{TEXT_CACHE_VERSION}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text(encoding="utf-8"))
+    articles = TEXT_SOURCES[source]()
+    partial = cached.with_suffix(".tmp")
+    partial.write_text(json.dumps(articles), encoding="utf-8")
+    partial.replace(cached)  # atomic: a reader never sees half a file
+    return articles
 
 
 @lru_cache(maxsize=4)
 def load_articles(source: str) -> tuple[str, ...]:
     """All articles of a packaged corpus, or a user's text file as one article."""
     if source in TEXT_SOURCES:
-        return tuple(TEXT_SOURCES[source]())
+        return tuple(_packaged_articles(source))
     path = Path(source).expanduser()
     if not path.is_file():
         raise PrunexError(

@@ -38,6 +38,7 @@ def evaluate_perplexity(lm: PrunedLM, windows: torch.Tensor, show_progress: bool
     """Pruned and dense perplexity over (N, T) token windows, one window at a time."""
     nll = dense_nll = kept = causal = 0.0
     for window in track(windows, description="perplexity", disable=not show_progress, transient=True):
+        window = window.to(lm.device)
         pruned = lm.forward(window[None])
         dense = run_full(lm.adapter, None, window[None])
         nll += _nll(pruned.logits, window)

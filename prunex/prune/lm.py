@@ -41,6 +41,18 @@ class PrunedLM:
     def tokenizer(self):
         return self.base.tokenizer
 
+    @property
+    def device(self) -> torch.device:
+        """Where the base model's weights are."""
+        return next(self.base.model.parameters()).device
+
+    def to(self, device: torch.device) -> "PrunedLM":
+        """Move the base model and a learned policy to `device`; returns self."""
+        self.base.model.to(device)
+        if isinstance(self.policy, torch.nn.Module):
+            self.policy.to(device)
+        return self
+
     def forward(
         self, input_ids: Tensor, valid: Tensor | None = None, alpha: float = math.inf
     ) -> ForwardResult:

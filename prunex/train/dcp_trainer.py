@@ -12,6 +12,7 @@ from safetensors.torch import save_model
 
 from prunex.config import DCPConfig, TrainConfig, to_dict
 from prunex.data.text import split_text, token_windows
+from prunex.devices import torch_device
 from prunex.errors import PrunexError
 from prunex.loading import BASE_WEIGHTS_FILE
 from prunex.models.sources import load_model
@@ -46,7 +47,7 @@ def distill_loss(logits: torch.Tensor, dense_logits: torch.Tensor) -> torch.Tens
 def hard_figures(lm: PrunedLM, windows: torch.Tensor) -> dict[str, float]:
     """Perplexity and sparsity with hard decisions (inference mode) on a few windows."""
     losses, kept, total = [], 0.0, 0.0
-    for window in windows:
+    for window in windows.to(lm.device):
         result = lm.forward(window[None])
         losses.append(float(lm_loss(result.logits, window[None])))
         kept += float(result.kept_entries)
@@ -60,6 +61,7 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
         raise PrunexError(f"--train must be 'heads' or 'all', not {config.train!r}")
     if config.loss not in ("lm", "distill"):
         raise PrunexError(f"--loss must be 'lm' or 'distill', not {config.loss!r}")
+    device = torch_device(config.device)  # checked before the (slow) model load
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -69,7 +71,7 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
     model_config = base.model.config
     hidden = getattr(model_config, "hidden_size", None) or model_config.n_embd
     policy = DCPPolicy(model_config.num_hidden_layers, hidden, dcp)
-    lm = PrunedLM(base, policy)
+    lm = PrunedLM(base, policy).to(device)
     lm._check_length(config.context)
 
     windows = token_windows(base.tokenizer, split_text(config.text, "train", config.seed), config.context)
@@ -88,7 +90,7 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
         for step in range(config.steps):
             alpha = alpha_at(step, config)
             picks = [order[(step * config.batch_size + i) % len(order)] for i in range(config.batch_size)]
-            batch = windows[torch.stack(picks)]  # (B, context)
+            batch = windows[torch.stack(picks)].to(lm.device)  # (B, context)
             result = lm.forward(batch, alpha=alpha)
             loss_lm = lm_loss(result.logits, batch)
             if config.loss == "distill":
@@ -110,12 +112,15 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
 
     base.model.eval()
     policy.eval()
-    figures = {"train_seconds": round(time.time() - started, 1), "validation": hard_figures(lm, validation)}
+    figures = {
+        "train_seconds": round(time.time() - started, 1), "device": str(lm.device),
+        "validation": hard_figures(lm, validation),
+    }
     meta = CheckpointMeta(
         method="dcp", base_model=base.model_id, base_model_hash=base.weights_hash, config=to_dict(dcp),
         training={"config": to_dict(config), "figures": figures, "last_steps": history[-5:]},
     )
     out = save_checkpoint(out_dir, meta, policy.state_dict())
     if config.train == "all":
-        save_model(base.model, str(out / BASE_WEIGHTS_FILE))  # tied weights stored once
+        save_model(base.model.cpu(), str(out / BASE_WEIGHTS_FILE))  # tied weights stored once
     return meta
