@@ -33,14 +33,15 @@ def test_default_checkpoint_is_small_and_tied_to_smollm2(default_lm):
 
 def test_default_prunes_most_of_the_kv_at_small_perplexity_cost(default_lm):
     """16 held-out Wikipedia windows of 1024 tokens (the README's figures): over 75% of the KV pruned,
-    perplexity within 7% of dense, and lower than the sinks + window baseline at the same sparsity."""
+    perplexity within 5% of dense (the quality bar), and lower than the sinks + window baseline at the same
+    sparsity."""
     windows = token_windows(default_lm.tokenizer, split_text("wikipedia", "test"), 1024, 16)
     report = evaluate_perplexity(default_lm, windows, show_progress=False)
     assert report.sparsity > 0.75
-    assert report.ppl_ratio < 1.07
+    assert report.ppl_ratio < 1.05
     policy = default_lm.policy
     try:
-        default_lm.policy = WindowPolicy(window=104, sink_tokens=4)  # kept ~0.193, as ours
+        default_lm.policy = WindowPolicy(window=124, sink_tokens=4)  # kept ~0.23, as ours
         baseline = evaluate_perplexity(default_lm, windows, show_progress=False)
     finally:
         default_lm.policy = policy
