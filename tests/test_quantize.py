@@ -82,6 +82,7 @@ def test_int8_keeps_prunex_nodes_and_stays_close(decoder, mode):
     assert "MatMulNBits" in ops if mode == "dynamic" else "QuantizeLinear" in ops
     manifest = read_manifest(out)
     assert manifest.quantization["weights"] == "int8" and manifest.quantization["mode"] == mode
+    assert manifest.quantization["block_size"] == (32 if mode == "dynamic" else None)
     assert manifest.quantization["cost"]["ppl_increase"] == pytest.approx(report["ppl_increase"])
     # Stated tolerance: mean |logit diff| within 10% of the mean |fp32 logit|, and >= 90% equal top-1 tokens
     # (a keep decision that flips near its threshold can move single positions more).
@@ -110,6 +111,8 @@ def test_quantize_refuses_bad_input(decoder, tmp_path):
         quantize_dir(tmp_path, tmp_path / "o", _config(text))
     with pytest.raises(PrunexError, match="--mode"):
         quantize_dir(root / "fp32", tmp_path / "o", _config(text, mode="int4"))
+    with pytest.raises(PrunexError, match="--block-size"):
+        quantize_dir(root / "fp32", tmp_path / "o", _config(text, block_size=100))
 
 
 def test_untie_gives_the_output_projection_its_own_table():

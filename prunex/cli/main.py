@@ -202,6 +202,8 @@ def quantize(
     mode: str = typer.Option("dynamic", help="dynamic: int8 weights, activations at run time (CPU); static: QDQ "
                              "int8 calibrated on real text (CUDA / TensorRT)."),
     calibration_text: str = typer.Option("wikipedia", help="static, decoders: wikipedia, bbc or a UTF-8 file."),
+    block_size: int = typer.Option(32, help="dynamic: input channels per scale (16..256; smaller is more "
+                                   "accurate)."),
     task: Optional[str] = typer.Option(None, help="Encoders: labelled set for the accuracy check (default: the "
                                        "checkpoint's task)."),
     max_ppl_increase: float = typer.Option(0.03, min=0.0, help="Refuse when perplexity rises more (0.03 = 3%)."),
@@ -222,7 +224,7 @@ def quantize(
     from prunex.cli.exported_commands import quantize_command
     from prunex.quantize.int8 import QuantizeConfig
 
-    config = QuantizeConfig(mode=mode, per_channel=per_channel, keep_fp32=list(keep_fp32),
+    config = QuantizeConfig(mode=mode, block_size=block_size, per_channel=per_channel, keep_fp32=list(keep_fp32),
                             calibration_text=calibration_text, task=task,
                             eval_windows=eval_windows, eval_context=eval_context, eval_limit=eval_limit,
                             max_ppl_increase=max_ppl_increase, max_accuracy_drop=max_accuracy_drop, force=force,

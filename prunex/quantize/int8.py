@@ -28,7 +28,7 @@ from prunex.quantize.passes import untie_shared_weights
 
 MODES = ("dynamic", "static")
 QUANTIZED_OPS = ["MatMul", "Gather"]
-MATMUL_BLOCK = 32  # dynamic: weights and activations get one scale per 32 input channels
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits accepts
 MIN_TABLE = 4096  # dynamic: embedding tables smaller than this stay fp32
 
 
@@ -37,6 +37,7 @@ class QuantizeConfig:
     """Settings of one quantization pass."""
 
     mode: str = "dynamic"  # dynamic | static
+    block_size: int = 32  # dynamic: input channels per weight / activation scale (smaller: more accurate)
     per_channel: bool = True  # static: one weight scale per output column (better accuracy, same speed)
     keep_fp32: list[str] = field(default_factory=list)  # node-name substrings left in fp32 (e.g. "down_proj")
     calibration_text: str = "wikipedia"  # static, decoders: packaged text or a UTF-8 file (training split)
@@ -54,6 +55,8 @@ class QuantizeConfig:
     def check(self) -> None:
         if self.mode not in MODES:
             raise PrunexError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.block_size not in BLOCK_SIZES:
+            raise PrunexError(f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {self.block_size}")
 
 
 def _size(directory: Path) -> int:
@@ -67,7 +70,7 @@ def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, kind: st
     prepared = target.with_name("fp32-prepared.onnx")
     onnx.save(model, str(prepared))
     if config.mode == "dynamic":
-        _dynamic(model, prepared, target, config.keep_fp32)
+        _dynamic(model, prepared, target, config.keep_fp32, config.block_size)
     else:
         _static(model, prepared, target, config, kind, source.parent)
     prepared.unlink()
@@ -77,9 +80,9 @@ def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, kind: st
     return untied
 
 
-def _dynamic(model: onnx.ModelProto, prepared: Path, target: Path, keep_fp32: list[str]) -> None:
-    """Weight MatMuls -> MatMulNBits (8 bits, blocks of 32 along the input, activations quantized to int8 per
-    block at run time: accuracy_level 4); embedding Gathers -> int8 table (QuantizeLinear-free DynamicQuant).
+def _dynamic(model: onnx.ModelProto, prepared: Path, target: Path, keep_fp32: list[str], block_size: int) -> None:
+    """Weight MatMuls -> MatMulNBits (8 bits, one scale per `block_size` input channels, activations quantized
+    to int8 per block at run time: accuracy_level 4); embedding Gathers -> int8 table (DynamicQuant).
 
     ONNX Runtime's per-tensor dynamic MatMul quantization (DynamicQuantizeMatMul) was tried first: SmolLM2's
     MLP down-projection input has outlier channels, and one scale for the whole activation tensor cost +68%
@@ -89,7 +92,7 @@ def _dynamic(model: onnx.ModelProto, prepared: Path, target: Path, keep_fp32: li
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     opset = {o.domain: o.version for o in model.opset_import}
-    settings = {"block_size": MATMUL_BLOCK, "is_symmetric": True, "accuracy_level": 4, "bits": 8}
+    settings = {"block_size": block_size, "is_symmetric": True, "accuracy_level": 4, "bits": 8}
     algo = DefaultWeightOnlyQuantConfig(**settings, op_types_to_quantize=("MatMul",),
                                         quant_format=QuantFormat.QOperator)
     fp32 = [n.name for n in model.graph.node if any(k in n.name for k in keep_fp32)]
@@ -198,7 +201,8 @@ def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, pr
         manifest.quantization = {"mode": config.mode, "weights": "int8", "kept_fp32": config.keep_fp32,
                                  "activations": "int8 dynamic" if config.mode == "dynamic" else "int8 static (QDQ)",
                                  "per_channel": config.per_channel, "ops": QUANTIZED_OPS, "source": str(source),
-                                 "untied": untied}
+                                 "untied": untied, "block_size": config.block_size if config.mode == "dynamic"
+                                 else None}
         write_manifest(tmp, manifest)
         progress("measuring the fp32 source and the int8 result on the same data ...")
         before, after = _measure(source, kind, config, windows), _measure(tmp, kind, config, windows)
