@@ -139,7 +139,7 @@ def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchCo
     for context in config.contexts:
         for batch in config.batches:
             row: dict = {"batch": batch, "context": context, "new_tokens": config.new_tokens}
-            engines = [("prunex", "ort", main_dir), ("dense_ort", "ort", baseline_dir)]
+            engines = [("prunex", "ort", main_dir), ("baseline", "ort", baseline_dir)]
             if config.torch_peer:
                 engines.append(("torch", "torch", main_dir))
             if config.optimum_python:
@@ -165,30 +165,30 @@ def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchCo
 
 
 def _ratios_and_floor(row: dict, main_dir: Path, baseline_dir: Path, bandwidth: float) -> None:
-    prunex, dense = row.get("prunex", {}), row.get("dense_ort", {})
+    prunex, baseline = row.get("prunex", {}), row.get("baseline", {})
     if "decode_tokens_per_s" not in prunex:
         return
-    row["dense_kv_bytes"] = dense.get("kv_bytes", prunex.get("dense_kv_bytes"))
-    for peer in ("dense_ort", "torch", "optimum"):
+    row["baseline_kv_bytes"] = baseline.get("kv_bytes", prunex.get("dense_kv_bytes"))
+    for peer in ("baseline", "torch", "optimum"):
         if f"{peer}_tokens_per_s" in row:
             row[f"speedup_vs_{peer}"] = row["prunex_tokens_per_s"] / row[f"{peer}_tokens_per_s"]
-    if row["dense_kv_bytes"]:
-        row["kv_bytes_ratio"] = row["dense_kv_bytes"] / prunex["kv_bytes"]
+    if row["baseline_kv_bytes"]:
+        row["kv_bytes_ratio"] = row["baseline_kv_bytes"] / prunex["kv_bytes"]
     row["prunex_floor_tokens_per_s"] = _floor_tokens_per_s(row["batch"], weight_bytes(main_dir),
                                                            prunex["kv_held_bytes"], bandwidth)
-    if "kv_bytes" in dense:
-        row["dense_ort_floor_tokens_per_s"] = _floor_tokens_per_s(row["batch"], weight_bytes(baseline_dir),
-                                                                  dense["kv_bytes"], bandwidth)
+    if "kv_bytes" in baseline:
+        row["baseline_floor_tokens_per_s"] = _floor_tokens_per_s(row["batch"], weight_bytes(baseline_dir),
+                                                                 baseline["kv_bytes"], bandwidth)
 
 
 def _summary(row: dict) -> str:
     parts = [f"b{row['batch']} ctx{row['context']}:"]
-    for label in ("prunex", "dense_ort", "torch", "optimum"):
+    for label in ("prunex", "baseline", "torch", "optimum"):
         if f"{label}_tokens_per_s" in row:
             parts.append(f"{label} {row[f'{label}_tokens_per_s']:.1f} tok/s")
         elif "error" in row.get(label, {}):
             parts.append(f"{label} failed ({row[label]['error']})")
-    for key in ("speedup_vs_dense_ort", "speedup_vs_torch", "speedup_vs_optimum", "kv_bytes_ratio"):
+    for key in ("speedup_vs_baseline", "speedup_vs_torch", "speedup_vs_optimum", "kv_bytes_ratio"):
         if key in row:
             parts.append(f"{key} x{row[key]:.2f}")
     return " ".join(parts)
@@ -205,7 +205,7 @@ def plot(report: dict, path: Path) -> bool:
         return False
     rows = report["results"]
     labels = [f"b{r['batch']}\nctx{r['context']}" for r in rows]
-    engines = [e for e in ("prunex", "dense_ort", "torch", "optimum") if any(f"{e}_tokens_per_s" in r for r in rows)]
+    engines = [e for e in ("prunex", "baseline", "torch", "optimum") if any(f"{e}_tokens_per_s" in r for r in rows)]
     x = np.arange(len(rows))
     width = 0.8 / max(len(engines), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
