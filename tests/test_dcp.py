@@ -202,3 +202,20 @@ def test_recent_tokens_are_protected(tiny_llama):
         assert torch.all(keep[0][protected] == 1)
     hard, _ = policy.full(0, x, positions, math.inf)
     assert torch.any(hard[0][(n - j >= 3)] == 0)  # older tokens can still go
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_gpt2"])
+def test_generation_on_cuda_equals_cpu(family, request):
+    """PrunedLM.to("cuda"): same tokens, same K/V kept, logits within float noise (checked on an H100)."""
+    base = request.getfixturevalue(family)
+    lm = PrunedLM(base, dropping_policy(base))
+    prompts = [[5, 9, 33, 70, 12, 8, 100], [3, 4], [200, 1, 2, 3]]
+    cpu = lm.generate(prompts, max_new_tokens=12, return_logits=True)
+    try:
+        gpu = lm.to(torch.device("cuda")).generate(prompts, max_new_tokens=12, return_logits=True)
+    finally:
+        lm.to(torch.device("cpu"))  # the fixture's model is shared with other tests
+    assert gpu.token_ids == cpu.token_ids and gpu.kv_kept_fraction == cpu.kv_kept_fraction
+    assert torch.allclose(gpu.step_logits.cpu(), cpu.step_logits, atol=1e-4)

@@ -47,7 +47,7 @@ class PrunedLM:
         return next(self.base.model.parameters()).device
 
     def to(self, device: torch.device) -> "PrunedLM":
-        """Move the base model and a learned policy to `device`; returns self."""
+        """Move the base model and a learned policy to `device` (forward, generate and training follow)."""
         self.base.model.to(device)
         if isinstance(self.policy, torch.nn.Module):
             self.policy.to(device)
@@ -86,14 +86,16 @@ class PrunedLM:
         input_ids = torch.zeros(B, T, dtype=torch.long)
         for row, prompt in enumerate(prompts):
             input_ids[row, : len(prompt)] = torch.tensor(prompt)
-        valid = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+        device = self.device
+        input_ids, lengths = input_ids.to(device), lengths.to(device)
+        valid = torch.arange(T, device=device)[None, :] < lengths[:, None]  # (B, T)
 
         prefill = run_full(self.adapter, self.policy, input_ids, valid, collect_prefill=True)
         cache = PrunedKVCache.from_prefill(prefill.prefill, valid)
-        logits = prefill.logits[torch.arange(B), lengths - 1]  # (B, vocab)
+        logits = prefill.logits[torch.arange(B, device=device), lengths - 1]  # (B, vocab)
         positions = lengths.clone()  # (B,) logical position of the next token
         new_tokens: list[list[int]] = [[] for _ in range(B)]
-        finished = torch.zeros(B, dtype=torch.bool)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
         step_logits = []
         for step in range(max_new_tokens):
             next_ids = logits.argmax(-1)  # (B,)
