@@ -21,13 +21,11 @@ def eval_ppl_exported(source: str, corpus: str, split: str, context: int, window
         raise PrunexError(f"--context {context} exceeds the model's context of {manifest.max_positions}")
     token_ids = token_windows(load_tokenizer(source), split_text(corpus, split), context, windows)
     report = exported_perplexity(source, token_ids, show_progress=not as_json)
+    quantization = manifest.quantization.get("mode", "none")
     result = {"source": source, "text": corpus, "split": split, "method": manifest.method,
-              "quantization": manifest.quantization.get("mode", "none"), **report.to_dict()}
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    typer.echo(f"perplexity {report.perplexity:.3f} (onnx, {result['quantization']} quantization), kv kept at the "
-               f"end {report.kv_kept_at_end:.3f}, {report.tokens} tokens in {report.windows} windows of {context}")
+              "quantization": quantization, **report.to_dict()}
+    _echo(result, as_json, f"perplexity {report.perplexity:.3f} (onnx, {quantization} quantization), kv kept at "
+          f"the end {report.kv_kept_at_end:.3f}, {report.tokens} tokens in {report.windows} windows of {context}")
 
 
 def eval_accuracy_exported(source: str, task: str, split: str, limit: int | None, as_json: bool) -> None:
@@ -39,14 +37,17 @@ def eval_accuracy_exported(source: str, task: str, split: str, limit: int | None
     load_labelled(task)  # an unknown task is refused before the model loads
     manifest = read_encoder_manifest(source)
     report = exported_accuracy(source, task, split, limit)
+    quantization = manifest.quantization.get("mode", "none")
     result = {"source": source, "task": task, "split": split, "method": manifest.method,
-              "quantization": manifest.quantization.get("mode", "none"), **report.to_dict()}
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    typer.echo(f"accuracy {report.accuracy:.4f} on {report.examples} {task} {split} examples (onnx, "
-               f"{result['quantization']} quantization); tokens {report.mean_tokens:.1f} in, "
-               f"{report.mean_tokens_kept:.1f} left after the last layer")
+              "quantization": quantization, **report.to_dict()}
+    _echo(result, as_json, f"accuracy {report.accuracy:.4f} on {report.examples} {task} {split} examples (onnx, "
+          f"{quantization} quantization); tokens {report.mean_tokens:.1f} in, "
+          f"{report.mean_tokens_kept:.1f} left after the last layer")
+
+
+def _echo(result: dict, as_json: bool, line: str) -> None:
+    """Print an eval result: one JSON object with --json, else the one-line summary."""
+    typer.echo(json.dumps(result) if as_json else line)
 
 
 def quantize_command(source: Path, out: Path, config, as_json: bool) -> None:
