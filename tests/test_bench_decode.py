@@ -19,7 +19,7 @@ def test_bench_decode_reports_prunex_dense_and_torch(tiny_llama, tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, [
         "bench", "decode", str(tmp_path / "pruned"), "--baseline", str(tmp_path / "dense"), "--batch", "2",
-        "--context", "32", "--new-tokens", "4", "--threads", "1", "--out", str(out), "--json",
+        "--context", "32", "--new-tokens", "4", "--threads", "1", "--repeats", "2", "--out", str(out), "--json",
     ])
     assert result.exit_code == 0, result.output
     [row] = json.loads(out.read_text())["results"]
@@ -30,3 +30,9 @@ def test_bench_decode_reports_prunex_dense_and_torch(tiny_llama, tmp_path):
     assert row["prunex"]["kv_held_bytes"] < row["baseline"]["kv_held_bytes"]  # entries really left the cache
     assert row["prunex"]["first_tokens"] and row["baseline"]["kv_kept_fraction"] == 1.0
     assert out.with_suffix(".png").is_file()
+    # two rounds: every engine ran twice; the ratio is the median of the rounds' own ratios
+    assert len(row["prunex_tokens_per_s_runs"]) == len(row["torch_tokens_per_s_runs"]) == 2
+    rounds = [p / b for p, b in zip(row["prunex_tokens_per_s_runs"], row["baseline_tokens_per_s_runs"])]
+    assert row["speedup_vs_baseline_runs"] == rounds
+    assert abs(row["speedup_vs_baseline"] - sum(rounds) / 2) < 1e-9
+    assert row["prunex_tokens_per_s"] in row["prunex_tokens_per_s_runs"]

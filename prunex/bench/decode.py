@@ -35,6 +35,7 @@ class DecodeBenchConfig:
     device: str = "cpu"
     torch_peer: bool = True
     optimum_python: str | None = None  # python of an env with optimum-onnx (transformers<4.58): adds that peer
+    repeats: int = 1  # rounds of every engine in turn; figures are medians, ratios the median of each round's
 
 
 def _exported(source: str | None, dense: bool) -> Path:
@@ -144,24 +145,55 @@ def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchCo
                 engines.append(("torch", "torch", main_dir))
             if config.optimum_python:
                 engines.append(("optimum", "optimum", main_dir))
-            for label, engine, directory in engines:
-                progress(f"b{batch} ctx{context}: {label} ...")
-                if engine == "optimum":
-                    measured = _run_optimum(main_dir, batch, context, config)
-                else:
-                    measured = _run_worker(engine, directory, batch, context, config)
-                row[label] = measured
-                for key in ("decode_tokens_per_s", "time_to_first_token_s", "kv_bytes", "peak_rss_bytes"):
-                    if key in measured:
-                        short = "tokens_per_s" if key == "decode_tokens_per_s" else key
-                        row[f"{label}_{short}"] = measured[key]
+            rounds: dict[str, list[dict]] = {label: [] for label, _, _ in engines}
+            for round_index in range(config.repeats):
+                for label, engine, directory in engines:
+                    tag = f" (round {round_index + 1}/{config.repeats})" if config.repeats > 1 else ""
+                    progress(f"b{batch} ctx{context}: {label}{tag} ...")
+                    if engine == "optimum":
+                        rounds[label].append(_run_optimum(main_dir, batch, context, config))
+                    else:
+                        rounds[label].append(_run_worker(engine, directory, batch, context, config))
+            for label, runs in rounds.items():
+                _add_median_run(row, label, runs)
             _ratios_and_floor(row, main_dir, baseline_dir, bandwidth)
+            _round_ratios(row, rounds)
             progress(_summary(row))
             results.append(row)
     return {
         "results": results, "prunex_dir": str(main_dir), "baseline_dir": str(baseline_dir),
         "config": asdict(config), "memory_bandwidth_gb_s": bandwidth / 1e9,
     }
+
+
+def _add_median_run(row: dict, label: str, runs: list[dict]) -> None:
+    """row[label]: the run with the median decode tokens/s (its figures stay consistent), or the first error;
+    row[f"{label}_tokens_per_s_runs"]: every round's tokens/s."""
+    done = sorted((r for r in runs if "decode_tokens_per_s" in r), key=lambda r: r["decode_tokens_per_s"])
+    if not done:
+        row[label] = runs[0]
+        return
+    measured = row[label] = done[(len(done) - 1) // 2]
+    for key in ("decode_tokens_per_s", "time_to_first_token_s", "kv_bytes", "peak_rss_bytes"):
+        if key in measured:
+            short = "tokens_per_s" if key == "decode_tokens_per_s" else key
+            row[f"{label}_{short}"] = measured[key]
+    if len(runs) > 1:
+        row[f"{label}_tokens_per_s_runs"] = [r.get("decode_tokens_per_s") for r in runs]
+
+
+def _round_ratios(row: dict, rounds: dict[str, list[dict]]) -> None:
+    """With several rounds, speedup_vs_<peer> is the median of the rounds' own ratios (each round runs the
+    engines back to back, so a ratio within a round sees the least drift of the machine)."""
+    prunex = rounds["prunex"]
+    if len(prunex) < 2:
+        return
+    for peer, runs in rounds.items():
+        ratios = [p["decode_tokens_per_s"] / r["decode_tokens_per_s"] for p, r in zip(prunex, runs)
+                  if peer != "prunex" and "decode_tokens_per_s" in p and "decode_tokens_per_s" in r]
+        if ratios:
+            row[f"speedup_vs_{peer}_runs"] = ratios
+            row[f"speedup_vs_{peer}"] = float(np.median(ratios))
 
 
 def _ratios_and_floor(row: dict, main_dir: Path, baseline_dir: Path, bandwidth: float) -> None:
@@ -190,7 +222,9 @@ def _summary(row: dict) -> str:
             parts.append(f"{label} failed ({row[label]['error']})")
     for key in ("speedup_vs_baseline", "speedup_vs_torch", "speedup_vs_optimum", "kv_bytes_ratio"):
         if key in row:
-            parts.append(f"{key} x{row[key]:.2f}")
+            runs = row.get(f"{key}_runs")
+            each = f" (rounds: {' '.join(f'x{r:.2f}' for r in runs)})" if runs else ""
+            parts.append(f"{key} x{row[key]:.2f}{each}")
     return " ".join(parts)
 
 

@@ -290,6 +290,8 @@ def bench_decode_command(
     context: list[int] = typer.Option([512, 1024, 2048], "--context", min=8, help="Prompt tokens (repeatable)."),
     new_tokens: int = typer.Option(64, min=3, help="Tokens generated per row."),
     threads: int = typer.Option(2, min=1, help="Threads for every engine."),
+    repeats: int = typer.Option(1, min=1, help="Rounds of all engines in turn: medians, and the median of the "
+                                "rounds' ratios (use 3-5 on a noisy machine)."),
     device: str = typer.Option("cpu", help="cpu or cuda for the ONNX Runtime engines."),
     torch_peer: bool = typer.Option(True, "--torch/--no-torch", help="Also run Hugging Face generate."),
     optimum_python: Optional[str] = typer.Option(
@@ -304,7 +306,8 @@ def bench_decode_command(
     from prunex.bench.decode import DecodeBenchConfig, bench_decode, plot
 
     config = DecodeBenchConfig(batches=list(batch), contexts=list(context), new_tokens=new_tokens,
-                               threads=threads, device=device, torch_peer=torch_peer, optimum_python=optimum_python)
+                               threads=threads, device=device, torch_peer=torch_peer, optimum_python=optimum_python,
+                               repeats=repeats)
     report = bench_decode(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")
