@@ -127,6 +127,29 @@ def test_kv_compact_matches_numpy(kv_session, case):
         np.testing.assert_array_equal(positions_out[b, :n], feed["positions"][b][keep[b]])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_kv_compact_single_entry_fast_path_matches_numpy(dtype):
+    """T = 1 (a decode step's new token) takes the If branch that skips the packing plan: same results."""
+    model = ops.standalone_model(ops.KV_COMPACT, {"K": TensorProto.FLOAT16, "V": TensorProto.FLOAT16,
+                                                  "K_int": TensorProto.FLOAT16} if dtype == np.float16 else None)
+    session = _session(model)
+    for keep in (np.array([[True], [False], [True]]), np.zeros((B, 1), dtype=bool), np.ones((1, 1), dtype=bool)):
+        feed = _kv_inputs(keep, dtype=dtype)
+        _assert_all_equal(session.run(None, feed), ops.kv_compact_reference(**feed))
+
+
+def test_kv_compact_plain_body_matches_numpy():
+    """The body without the single-entry If (what static QDQ graphs carry) gives the same results."""
+    model = ops.standalone_model(ops.KV_COMPACT)
+    del model.functions[:]
+    model.functions.extend(ops.function_protos(single_entry_branch=False))
+    assert not any(n.op_type == "If" for f in model.functions for n in f.node)
+    session = _session(model)
+    for keep in [*_keep_cases().values(), np.array([[True], [False], [True]])]:
+        feed = _kv_inputs(keep)
+        _assert_all_equal(session.run(None, feed), ops.kv_compact_reference(**feed))
+
+
 def test_kv_compact_empty_rows_give_width_one():
     session = _session(ops.standalone_model(ops.KV_COMPACT))
     K_out, _, _, valid, lengths, _ = session.run(None, _kv_inputs(np.zeros((B, T), dtype=bool)))

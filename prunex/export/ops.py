@@ -82,11 +82,11 @@ _ONNX_DTYPES = {"float": TensorProto.FLOAT, "bool": TensorProto.BOOL, "int64": T
 # Function bodies (ONNX text format, parsed by onnx.parser)
 # ---------------------------------------------------------------------------------------------------------
 
-def _pack_plan(keep: str) -> str:
+def _pack_plan(keep: str, valid: str = "valid", lengths: str = "lengths") -> str:
     """Body lines turning a (B, T) bool tensor named `keep` into the packing plan.
 
-    Defines: B_1d, T_1d ([1] int64), T (), lengths (B,), W_1d ([1]), index (B, W) original indices (kept
-    first, in order), valid (B, W) bool, flat_index (B, W) = b * T + index (row offsets into a (B*T, ...)
+    Defines: B_1d, T_1d ([1] int64), T (), `lengths` (B,), W_1d ([1]), index (B, W) original indices (kept
+    first, in order), `valid` (B, W) bool, flat_index (B, W) = b * T + index (row offsets into a (B*T, ...)
     view).
     """
     return f"""
@@ -100,8 +100,8 @@ def _pack_plan(keep: str) -> str:
     B = Squeeze (B_1d)
     T = Squeeze (T_1d)
     keep_i = Cast <to = 7> ({keep})                     # (B, T) int64
-    lengths = ReduceSum <keepdims = 0> (keep_i, axis1)  # (B,)
-    max_len = ReduceMax <keepdims = 1> (lengths)        # [1]
+    {lengths} = ReduceSum <keepdims = 0> (keep_i, axis1)  # (B,)
+    max_len = ReduceMax <keepdims = 1> ({lengths})        # [1]
     W_1d = Max (max_len, one_1d)                        # [1] packed width, at least 1
     W = Squeeze (W_1d)
     t = Range (zero, T, one)                            # (T,)
@@ -111,8 +111,8 @@ def _pack_plan(keep: str) -> str:
     rank_top, index = TopK <axis = 1, largest = 0, sorted = 1> (rank, W_1d)  # (B, W)
     w = Range (zero, W, one)                            # (W,)
     w_row = Unsqueeze (w, axis0)                        # (1, W)
-    lengths_col = Unsqueeze (lengths, axis1)            # (B, 1)
-    valid = Less (w_row, lengths_col)                   # (B, W)
+    lengths_col = Unsqueeze ({lengths}, axis1)            # (B, 1)
+    {valid} = Less (w_row, lengths_col)                   # (B, W)
     rows = Range (zero, B, one)                         # (B,)
     row_base = Mul (rows, T)                            # (B,)
     row_base_col = Unsqueeze (row_base, axis1)          # (B, 1)
@@ -122,10 +122,14 @@ def _pack_plan(keep: str) -> str:
 
 _HEADER = '<domain: "{domain}", opset_import: ["" : {opset}], doc_string: "{doc}">'
 
-_KV_COMPACT_BODY = (
+_KV_COMPACT_SIGNATURE = (
     "KVCompact (K, V, K_int, keep, positions) => (K_out, V_out, K_int_out, valid, lengths, positions_out) {"
-    + _pack_plan("keep")
-    + """
+)
+
+
+def _kv_packing(K_out: str, V_out: str, K_int_out: str, valid: str, lengths: str, positions_out: str) -> str:
+    """Body lines packing K, V, K_int and positions by `keep` into the given output names."""
+    return _pack_plan("keep", valid=valid, lengths=lengths) + f"""
     # K and V: flat offsets (b * KVH + h) * T + index into a (B*KVH*T, D) view
     KVH_1d = Shape <start = 1, end = 2> (K)
     BH_1d = Mul (B_1d, KVH_1d)
@@ -138,14 +142,44 @@ _KV_COMPACT_BODY = (
     kv_index = Add (head_base_3d, index_3d)             # (B, KVH, W)
     K_flat = Flatten <axis = 3> (K)                     # (B*KVH*T, D)
     V_flat = Flatten <axis = 3> (V)                     # (B*KVH*T, Dv)
-    K_out = Gather <axis = 0> (K_flat, kv_index)        # (B, KVH, W, D)
-    V_out = Gather <axis = 0> (V_flat, kv_index)        # (B, KVH, W, Dv)
+    {K_out} = Gather <axis = 0> (K_flat, kv_index)        # (B, KVH, W, D)
+    {V_out} = Gather <axis = 0> (V_flat, kv_index)        # (B, KVH, W, Dv)
     # per-token tensors: offsets b * T + index into (B*T, ...) views
     K_int_flat = Flatten <axis = 2> (K_int)             # (B*T, R)
-    K_int_out = Gather <axis = 0> (K_int_flat, flat_index)  # (B, W, R)
-    minus1 = Constant <value = int64[1] {-1}> ()
+    {K_int_out} = Gather <axis = 0> (K_int_flat, flat_index)  # (B, W, R)
+    minus1 = Constant <value = int64[1] {{-1}}> ()
     positions_flat = Reshape (positions, minus1)        # (B*T,)
-    positions_out = Gather <axis = 0> (positions_flat, flat_index)  # (B, W)
+    {positions_out} = Gather <axis = 0> (positions_flat, flat_index)  # (B, W)
+"""
+
+
+_OUTPUTS = ("K_out", "V_out", "K_int_out", "valid", "lengths", "positions_out")
+_KV_COMPACT_PLAIN_BODY = _KV_COMPACT_SIGNATURE + _kv_packing(*_OUTPUTS) + "}\n"
+
+# One entry (T = 1: a decode step's new token) needs no packing: the outputs are the inputs, so an If skips the
+# plan's ~40 nodes there. Names in a branch may not shadow the function's, hence the *_packed / single_* names.
+_KV_COMPACT_BODY = (
+    _KV_COMPACT_SIGNATURE
+    + """
+    unit_1d = Constant <value = int64[1] {1}> ()
+    entries_1d = Shape <start = 1, end = 2> (keep)
+    single_1d = Equal (entries_1d, unit_1d)
+    single = Squeeze (single_1d)
+    K_out, V_out, K_int_out, valid, lengths, positions_out = If (single) <
+      then_branch = single_entry () => (K_1, V_1, K_int_1, valid_1, lengths_1, positions_1) {
+        K_1 = Identity (K)
+        V_1 = Identity (V)
+        K_int_1 = Identity (K_int)
+        valid_1 = Identity (keep)                       # (B, 1)
+        keep_1 = Cast <to = 7> (keep)                   # (B, 1) int64
+        lengths_1 = Squeeze (keep_1, unit_1d)           # (B,)
+        positions_1 = Identity (positions)
+      },
+      else_branch = packed () => (K_packed, V_packed, K_int_packed, valid_packed, lengths_packed,
+                                  positions_packed) {"""
+    + _kv_packing(*(f"{name.removesuffix('_out')}_packed" for name in _OUTPUTS))
+    + """      }
+    >
 }
 """
 )
@@ -173,21 +207,26 @@ _THRESHOLD_GATHER_BODY = (
 _BODIES = {KV_COMPACT: _KV_COMPACT_BODY, THRESHOLD_GATHER: _THRESHOLD_GATHER_BODY}
 
 
-def _function_proto(op_name: str, opset: int) -> onnx.FunctionProto:
+def _function_proto(op_name: str, opset: int, body: str) -> onnx.FunctionProto:
     """Parse one op's body into a FunctionProto of the prunex domain."""
     header = _HEADER.format(domain=DOMAIN, opset=opset, doc=OP_SCHEMAS[op_name]["doc"])
-    return parser.parse_function(header + "\n" + _BODIES[op_name])
+    return parser.parse_function(header + "\n" + body)
 
 
-def function_protos(onnx_opset: int = ONNX_OPSET) -> list[onnx.FunctionProto]:
+def function_protos(onnx_opset: int = ONNX_OPSET, single_entry_branch: bool = True) -> list[onnx.FunctionProto]:
     """The FunctionProtos of every prunex op, to append to `model.functions`.
 
     `onnx_opset` is the standard opset the bodies import: pass the model's own (17 or later) so the functions
-    and the graph agree.
+    and the graph agree. `single_entry_branch=False` gives KVCompact's body without its If (same results):
+    ONNX Runtime 1.32's QDQPropagationTransformer aborts the process on an If whose outer-scope input comes
+    from a DequantizeLinear, so static QDQ graphs take the plain body.
     """
     if onnx_opset < ONNX_OPSET:
         raise ValueError(f"the prunex ops need ONNX opset {ONNX_OPSET} or later, got {onnx_opset}")
-    return [_function_proto(name, onnx_opset) for name in OP_SCHEMAS]
+    bodies = dict(_BODIES)
+    if not single_entry_branch:
+        bodies[KV_COMPACT] = _KV_COMPACT_PLAIN_BODY
+    return [_function_proto(name, onnx_opset, bodies[name]) for name in OP_SCHEMAS]
 
 
 def opset_imports(onnx_opset: int = ONNX_OPSET) -> list[onnx.OperatorSetIdProto]:
