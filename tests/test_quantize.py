@@ -80,9 +80,12 @@ def test_int8_keeps_prunex_nodes_and_stays_close(decoder, mode):
     assert {f.name for f in model.functions} >= {"KVCompact"}
     ops = {n.op_type for n in model.graph.node}
     assert "MatMulNBits" in ops if mode == "dynamic" else "QuantizeLinear" in ops
+    branches = any(n.op_type == "If" for f in model.functions for n in f.node)
+    assert branches == (mode == "dynamic")  # static QDQ carries KVCompact's plain body (ORT's QDQ passes)
     manifest = read_manifest(out)
     assert manifest.quantization["weights"] == "int8" and manifest.quantization["mode"] == mode
-    assert manifest.quantization["block_size"] == (32 if mode == "dynamic" else None)
+    # the default block (128) is wider than the tiny model's 64 input channels: halved to fit, and recorded
+    assert manifest.quantization["block_size"] == (64 if mode == "dynamic" else None)
     assert manifest.quantization["cost"]["ppl_increase"] == pytest.approx(report["ppl_increase"])
     # Stated tolerance: mean |logit diff| within 10% of the mean |fp32 logit|, and >= 90% equal top-1 tokens
     # (a keep decision that flips near its threshold can move single positions more).

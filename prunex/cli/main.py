@@ -202,8 +202,8 @@ def quantize(
     mode: str = typer.Option("dynamic", help="dynamic: int8 weights, activations at run time (CPU); static: QDQ "
                              "int8 calibrated on real text (CUDA / TensorRT)."),
     calibration_text: str = typer.Option("wikipedia", help="static, decoders: wikipedia, bbc or a UTF-8 file."),
-    block_size: int = typer.Option(32, help="dynamic: input channels per scale (16..256; smaller is more "
-                                   "accurate)."),
+    block_size: int = typer.Option(128, help="dynamic: input channels per scale (16..256; smaller is more "
+                                   "accurate, larger decodes faster)."),
     task: Optional[str] = typer.Option(None, help="Encoders: labelled set for the accuracy check (default: the "
                                        "checkpoint's task)."),
     max_ppl_increase: float = typer.Option(0.03, min=0.0, help="Refuse when perplexity rises more (0.03 = 3%)."),
