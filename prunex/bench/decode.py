@@ -48,6 +48,8 @@ def _exported(source: str | None, dense: bool) -> Path:
     digest = hashlib.sha256(f"{path.resolve()}|{DECODER_GRAPH_VERSION}|{dense}".encode())
     for file in sorted(path.glob("*")) if path.is_dir() else []:
         digest.update(file.name.encode() + str(file.stat().st_size).encode() + str(file.stat().st_mtime).encode())
+    for code in sorted(Path(export_decoder.__code__.co_filename).parent.glob("*.py")):  # a changed exporter
+        digest.update(code.read_bytes())  # (e.g. a new op body) gives a new cached export
     out = cache_dir("exports") / f"{path.name}-{'dense' if dense else 'pruned'}-{digest.hexdigest()[:12]}"
     if not is_exported_dir(out):
         print(f"exporting {path} ({'dense' if dense else 'pruned'}) to {out} ...", file=sys.stderr)
