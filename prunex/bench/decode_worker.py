@@ -2,9 +2,9 @@
 prunex.bench.decode_worker ENGINE --dir D --batch B --context C --new-tokens N --threads T`; prints one JSON line.
 
 ENGINE is `ort` (prunex's runtime over an exported dir, pruned or dense or int8) or `torch` (Hugging Face
-`generate`, greedy, sdpa, on the exported dir's base model). Prompts: the first B windows of C tokens of the
-held-out Wikipedia text, tokenized by the model's tokenizer. Times: prefill of the whole batch (time to the
-first token of every row) and decode tokens/s over the N - 1 steps after it.
+`generate`, greedy, sdpa, on the exported dir's base model); both run on `--device`. Prompts: the first B
+windows of C tokens of the held-out Wikipedia text, tokenized by the model's tokenizer. Times: prefill of the
+whole batch (time to the first token of every row) and decode tokens/s over the N - 1 steps after it.
 """
 
 from __future__ import annotations
@@ -58,20 +58,26 @@ def measure_ort(directory: str, batch: int, context: int, new_tokens: int, threa
     }
 
 
-def measure_torch(directory: str, batch: int, context: int, new_tokens: int, threads: int) -> dict:
-    """Hugging Face generate (greedy, sdpa, fp32) on the base model of the exported dir."""
+def measure_torch(directory: str, batch: int, context: int, new_tokens: int, threads: int,
+                  device: str = "cpu") -> dict:
+    """Hugging Face generate (greedy, sdpa, fp32) on the base model of the exported dir, on `device`."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
+    from prunex.devices import torch_device
     from prunex.export.manifest import read_manifest
     from prunex.models.sources import load_model
 
     torch.set_num_threads(threads)
+    target = torch_device(device)
     base = load_model(read_manifest(directory).base_model)
-    prompts = torch.tensor(bench_prompts(base.tokenizer, batch, context))  # (B, C)
+    base.model.to(target)
+    prompts = torch.tensor(bench_prompts(base.tokenizer, batch, context), device=target)  # (B, C)
     stamps: list[float] = []
 
     class Stamp(LogitsProcessor):  # called once per generated token, right after each forward pass
         def __call__(self, input_ids, scores):
+            if target.type == "cuda":
+                torch.cuda.synchronize(target)  # the step's kernels are done, not just queued
             stamps.append(time.perf_counter())
             return scores
 
@@ -87,6 +93,7 @@ def measure_torch(directory: str, batch: int, context: int, new_tokens: int, thr
     return {
         "time_to_first_token_s": stamps[0] - started, "decode_tokens_per_s": batch * (len(stamps) - 1) / decode,
         "kv_bytes": dense, "dense_kv_bytes": dense, "first_tokens": out[0, context: context + 8].tolist(),
+        "device": target.type,
     }
 
 
@@ -104,7 +111,7 @@ def main() -> None:
     if args.engine == "ort":
         result = measure_ort(args.dir, args.batch, args.context, args.new_tokens, args.threads, args.device)
     else:
-        result = measure_torch(args.dir, args.batch, args.context, args.new_tokens, args.threads)
+        result = measure_torch(args.dir, args.batch, args.context, args.new_tokens, args.threads, args.device)
     result["peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(result))
 
