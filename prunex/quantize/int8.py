@@ -66,7 +66,8 @@ def _size(directory: Path) -> int:
 
 def block_size_for(model: onnx.ModelProto, requested: int) -> int:
     """`requested`, or less when a weight MatMul has fewer input channels: ONNX Runtime's MatMulNBits kernels
-    need a block no wider than K (a tiny test model's K can be 32). Powers of two, at least 16."""
+    need a block no wider than K (block 128 on the tiny test model, K = 64, aborts the process). Powers of two,
+    at least 16."""
     weights = {init.name: init for init in model.graph.initializer}
     inputs = [weights[n.input[1]].dims[0] for n in model.graph.node
               if n.op_type == "MatMul" and n.input[1] in weights and len(weights[n.input[1]].dims) == 2]
