@@ -40,6 +40,7 @@ class DecodeBenchConfig:
 
 def _exported(source: str | None, dense: bool) -> Path:
     """An exported dir of `source` (checkpoint, model name, None: built-in), cached under PRUNEX_CACHE."""
+    import prunex.export
     from prunex.export.decoder import export_decoder
     from prunex.export.manifest import DECODER_GRAPH_VERSION, is_exported_dir
     from prunex.loading import DEFAULT_CHECKPOINT, load_lm
@@ -48,8 +49,8 @@ def _exported(source: str | None, dense: bool) -> Path:
     digest = hashlib.sha256(f"{path.resolve()}|{DECODER_GRAPH_VERSION}|{dense}".encode())
     for file in sorted(path.glob("*")) if path.is_dir() else []:
         digest.update(file.name.encode() + str(file.stat().st_size).encode() + str(file.stat().st_mtime).encode())
-    for code in sorted(Path(export_decoder.__code__.co_filename).parent.glob("*.py")):  # a changed exporter
-        digest.update(code.read_bytes())  # (e.g. a new op body) gives a new cached export
+    for code in sorted(Path(prunex.export.__file__).parent.glob("*.py")):  # a changed exporter (e.g. a new
+        digest.update(code.read_bytes())  # op body) gives a new cached export
     out = cache_dir("exports") / f"{path.name}-{'dense' if dense else 'pruned'}-{digest.hexdigest()[:12]}"
     if not is_exported_dir(out):
         print(f"exporting {path} ({'dense' if dense else 'pruned'}) to {out} ...", file=sys.stderr)
@@ -158,7 +159,7 @@ def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchCo
                         rounds[label].append(_run_worker(engine, directory, batch, context, config))
             for label, runs in rounds.items():
                 _add_median_run(row, label, runs)
-            _ratios_and_floor(row, main_dir, baseline_dir, bandwidth)
+            _kv_ratio_and_floor(row, main_dir, baseline_dir, bandwidth)
             _round_ratios(row, rounds)
             progress(_summary(row))
             results.append(row)
@@ -185,27 +186,23 @@ def _add_median_run(row: dict, label: str, runs: list[dict]) -> None:
 
 
 def _round_ratios(row: dict, rounds: dict[str, list[dict]]) -> None:
-    """With several rounds, speedup_vs_<peer> is the median of the rounds' own ratios (each round runs the
-    engines back to back, so a ratio within a round sees the least drift of the machine)."""
+    """speedup_vs_<peer>: the median of the rounds' own ratios (each round runs the engines back to back, so a
+    ratio within a round sees the least drift of the machine); with several rounds, the list of them too."""
     prunex = rounds["prunex"]
-    if len(prunex) < 2:
-        return
     for peer, runs in rounds.items():
         ratios = [p["decode_tokens_per_s"] / r["decode_tokens_per_s"] for p, r in zip(prunex, runs)
                   if peer != "prunex" and "decode_tokens_per_s" in p and "decode_tokens_per_s" in r]
         if ratios:
-            row[f"speedup_vs_{peer}_runs"] = ratios
             row[f"speedup_vs_{peer}"] = float(np.median(ratios))
+        if len(ratios) > 1:
+            row[f"speedup_vs_{peer}_runs"] = ratios
 
 
-def _ratios_and_floor(row: dict, main_dir: Path, baseline_dir: Path, bandwidth: float) -> None:
+def _kv_ratio_and_floor(row: dict, main_dir: Path, baseline_dir: Path, bandwidth: float) -> None:
     prunex, baseline = row.get("prunex", {}), row.get("baseline", {})
     if "decode_tokens_per_s" not in prunex:
         return
     row["baseline_kv_bytes"] = baseline.get("kv_bytes", prunex.get("dense_kv_bytes"))
-    for peer in ("baseline", "torch", "optimum"):
-        if f"{peer}_tokens_per_s" in row:
-            row[f"speedup_vs_{peer}"] = row["prunex_tokens_per_s"] / row[f"{peer}_tokens_per_s"]
     if row["baseline_kv_bytes"]:
         row["kv_bytes_ratio"] = row["baseline_kv_bytes"] / prunex["kv_bytes"]
     row["prunex_floor_tokens_per_s"] = _floor_tokens_per_s(row["batch"], weight_bytes(main_dir),
