@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -135,3 +136,17 @@ def test_unknown_device_is_refused(text_file, monkeypatch, capsys):
     code, err = run_main(monkeypatch, capsys, "eval", "ppl", "tiny-gpt2", "--text-file", str(text_file),
                          "--device", "tpu")
     assert code == 2 and "auto, cpu, cuda" in err
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--prompt", "The capital of France is", "--max-new-tokens", "2", "--json"],
+    ["eval", "ppl", "smollm2", "--context", "32", "--windows", "1", "--json"],
+], ids=["generate-built-in", "eval-ppl-smollm2"])
+def test_json_commands_print_one_json_document_on_a_cold_cache(tmp_path, command):
+    """The first run converts the packaged SmolLM2 (and extracts the texts): that is said on stderr, never stdout."""
+    env = {**os.environ, "PRUNEX_CACHE": str(tmp_path / "cold-cache")}
+    result = subprocess.run([sys.executable, "-c", "from prunex.cli.main import main; main()", *command],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)  # the whole of stdout is one JSON document
+    assert "converting the packaged SmolLM2" in result.stderr

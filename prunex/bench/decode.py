@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ import numpy as np
 
 from prunex.cache import cache_dir
 from prunex.errors import PrunexError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,7 +45,7 @@ def _exported(source: str | None, dense: bool) -> Path:
     """An exported dir of `source` (checkpoint, model name, None: built-in), cached under PRUNEX_CACHE."""
     import prunex.export
     from prunex.export.decoder import export_decoder
-    from prunex.export.manifest import DECODER_GRAPH_VERSION, is_exported_dir
+    from prunex.format import DECODER_GRAPH_VERSION, is_exported_dir
     from prunex.loading import DEFAULT_CHECKPOINT, load_lm
 
     path = Path(source or DEFAULT_CHECKPOINT)
@@ -53,14 +56,14 @@ def _exported(source: str | None, dense: bool) -> Path:
         digest.update(code.read_bytes())  # op body) gives a new cached export
     out = cache_dir("exports") / f"{path.name}-{'dense' if dense else 'pruned'}-{digest.hexdigest()[:12]}"
     if not is_exported_dir(out):
-        print(f"exporting {path} ({'dense' if dense else 'pruned'}) to {out} ...", file=sys.stderr)
+        logger.info("exporting %s (%s) to %s ...", path, "dense" if dense else "pruned", out)
         export_decoder(load_lm(source), out, dense=dense, force=True, source=str(path))
     return out
 
 
 def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
     """The exported dirs to compare: SOURCE (exported, or exported now) and the baseline (default: dense)."""
-    from prunex.export.manifest import is_exported_dir, read_manifest
+    from prunex.format import is_exported_dir, read_manifest
 
     if source is not None and is_exported_dir(source):
         main = Path(source)
@@ -93,7 +96,7 @@ def _run_optimum(main_dir: Path, batch: int, context: int, config: DecodeBenchCo
     import tempfile
 
     from prunex.bench.decode_worker import bench_prompts
-    from prunex.export.manifest import read_manifest
+    from prunex.format import read_manifest
     from prunex.models.sources import resolve_model_dir
     from prunex.runtime.runtime import load_tokenizer
 
@@ -135,7 +138,7 @@ def _floor_tokens_per_s(batch: int, weights: int, kv_bytes: int, bandwidth: floa
     return batch / ((weights + kv_bytes) / bandwidth)
 
 
-def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchConfig, progress=print) -> dict:
+def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchConfig, progress=logger.info) -> dict:
     """Run every (batch, context) for every engine; returns {"results": [...], "machine": {...}}."""
     main_dir, baseline_dir = resolve_dirs(source, baseline)
     bandwidth = memory_bandwidth()

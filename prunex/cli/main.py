@@ -105,7 +105,7 @@ def eval_ppl(
     exported dir (fp32 or int8) runs on ONNX Runtime and reports its perplexity and the KV kept at the end."""
     from prunex.data.text import split_text, token_windows
     from prunex.eval.perplexity import evaluate_perplexity
-    from prunex.export.manifest import is_exported_dir
+    from prunex.format import is_exported_dir
     from prunex.loading import load_lm
     from prunex.prune.window import WindowPolicy
 
@@ -146,7 +146,7 @@ def eval_accuracy(
     """Accuracy of an LTP classifier with its token pruning, of its dense stage-1 model, and the FLOPs saved;
     an exported dir (fp32 or int8) runs on ONNX Runtime and reports its accuracy and tokens kept."""
     from prunex.cli.ltp_commands import eval_accuracy_command
-    from prunex.export.manifest import is_exported_dir
+    from prunex.format import is_exported_dir
 
     if is_exported_dir(source):
         from prunex.cli.exported_commands import eval_accuracy_exported
@@ -179,7 +179,7 @@ def generate(
     """Generate with the K/V cache pruned step by step: ONNX Runtime for an exported dir (sampling, streaming,
     batching), PyTorch (greedy) for a checkpoint or model name."""
     from prunex.cli.generate_command import generate_exported, generate_torch
-    from prunex.export.manifest import is_exported_dir
+    from prunex.format import is_exported_dir
 
     if source is not None and is_exported_dir(source):
         from prunex.runtime.sampling import SamplingParams
@@ -245,16 +245,16 @@ def export(
 ) -> None:
     """Export to ONNX, validated against PyTorch: a decoder (DCP, prunex::KVCompact) or an LTP encoder
     classifier (prunex::ThresholdGather between layers)."""
+    from prunex.checkpoints.meta import is_checkpoint, load_checkpoint
     from prunex.export.decoder import check_opset, export_decoder
     from prunex.export.folder import prepare_out
     from prunex.loading import DEFAULT_CHECKPOINT, load_lm
-    from prunex.train.checkpoint import is_checkpoint, load_checkpoint
 
     check_opset(opset)
     prepare_out(out, force)
     if source is not None and is_checkpoint(source) and load_checkpoint(source)[0].method == "ltp":
         from prunex.export.encoder import export_encoder
-        from prunex.train.ltp_checkpoint import load_ltp
+        from prunex.loading import load_ltp
 
         classifier, base = load_ltp(source)
         manifest = export_encoder(
@@ -352,6 +352,9 @@ def bench_classify_command(
 
 def main() -> None:
     """Console entry point: user errors become one clear line and exit code 2, never a traceback."""
+    from prunex.console import configure_cli_logging
+
+    configure_cli_logging()
     try:
         app()
     except PrunexError as err:

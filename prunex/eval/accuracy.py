@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from prunex.console import progress
 from prunex.data.batching import encode_texts, length_sorted_batches, pad_batch
 from prunex.data.labelled import split_labelled, task_max_length
 from prunex.errors import PrunexError
@@ -82,9 +83,8 @@ def measure(
     correct, flops, dense, tokens = 0, 0.0, 0.0, 0.0
     kept = torch.zeros(classifier.adapter.num_layers, dtype=torch.float64)
     batches = list(length_sorted_batches(encoded, batch_size))
-    from rich.progress import track
 
-    for batch in track(batches, description=description, disable=not show_progress, transient=True):
+    for batch in progress(batches, description, enabled=show_progress):
         ids, mask = pad_batch([encoded[i] for i in batch], pad_id)
         result = classifier(ids, mask, mode)
         target = torch.tensor([labels[i] for i in batch])
@@ -100,14 +100,15 @@ def measure(
 def _as_classifier(source: str | Path | LTPClassifier) -> LTPClassifier:
     if isinstance(source, LTPClassifier):
         return source
-    from prunex.train.ltp_checkpoint import load_ltp
+    from prunex.loading import load_ltp
 
     return load_ltp(source)[0]
 
 
 def _dense_reference(classifier: LTPClassifier) -> tuple[LTPClassifier, str]:
     """The stage-1 dense model stored with the checkpoint, else the same weights without pruning."""
-    from prunex.train.ltp_checkpoint import DENSE_FILE, load_ltp
+    from prunex.checkpoints.ltp import DENSE_FILE
+    from prunex.loading import load_ltp
 
     checkpoint = classifier.info.get("checkpoint")
     if classifier.stage == "base":
@@ -135,7 +136,7 @@ def evaluate_accuracy(
     """
     classifier = _as_classifier(checkpoint_or_model)
     if classifier.tokenizer is None:
-        raise PrunexError("the classifier has no tokenizer; load it with prunex.train.ltp_checkpoint.load_ltp")
+        raise PrunexError("the classifier has no tokenizer; load it with prunex.checkpoints.ltp.load_ltp")
     seed = classifier.info.get("split_seed", 0) if seed is None else seed
     max_length = max_length or classifier.info.get("max_length") or task_max_length(task)
     data = split_labelled(task, split, seed)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import track
+
+from prunex.console import progress
 
 
 @dataclass
@@ -53,7 +54,7 @@ def exported_perplexity(directory: str | Path, windows: torch.Tensor, threads: i
     engine = DecoderEngine(directory, device="cpu", threads=threads)
     nll, kept = 0.0, 0.0
     N, T = windows.shape
-    for window in track(windows, description="perplexity (onnx)", disable=not show_progress, transient=True):
+    for window in progress(windows, "perplexity (onnx)", enabled=show_progress):
         ids = window.tolist()
         logits, new = engine.run_prompts([ids], all_logits=True)  # (1, T, vocab)
         logprobs = _log_softmax(logits[0, :-1].astype(np.float64))  # (T-1, vocab)

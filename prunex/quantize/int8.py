@@ -13,6 +13,7 @@ dir is not written unless `force`.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,14 +23,15 @@ import onnx
 
 from prunex.errors import PrunexError
 from prunex.export.folder import prepare_out, write_atomically
-from prunex.export.manifest import MANIFEST_FILE, manifest_kind, read_encoder_manifest, read_manifest, write_manifest
-from prunex.export.ops import DOMAIN
+from prunex.format import DOMAIN, MANIFEST_FILE, manifest_kind, read_encoder_manifest, read_manifest, write_manifest
 from prunex.quantize.passes import untie_shared_weights, use_plain_function_bodies
 
 MODES = ("dynamic", "static")
 QUANTIZED_OPS = ["MatMul", "Gather"]
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits accepts
 MIN_TABLE = 4096  # dynamic: embedding tables smaller than this stay fp32
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -192,7 +194,7 @@ def _measure(directory: Path, kind: str, config: QuantizeConfig, windows) -> dic
     return exported_accuracy(directory, _task(directory, config), "test", config.eval_limit, config.threads).to_dict()
 
 
-def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, progress=print) -> dict:
+def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, progress=logger.info) -> dict:
     """Quantize the exported dir `source` into `out`; returns the report (and writes nothing on refusal)."""
     config.check()
     source, out = Path(source), Path(out)
@@ -248,6 +250,8 @@ def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, pr
         return report
 
     return write_atomically(out, fill)
+
+logger = logging.getLogger(__name__)
 
 
 class QuantizationRefused(PrunexError):

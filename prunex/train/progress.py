@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from prunex.console import STDERR
+
 
 class TrainProgress:
     """`with TrainProgress(total) as p: p.update({"loss": ..., ...})`: one advance per call."""
@@ -14,7 +16,7 @@ class TrainProgress:
         self.enabled = enabled
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[figures]}"), disable=not enabled,
+            TimeRemainingColumn(), TextColumn("{task.fields[figures]}"), disable=not enabled, console=STDERR,
         )
         self.task = self.progress.add_task("train", total=total, figures="")
 
