@@ -1,16 +1,21 @@
-"""Turn a SOURCE (pruning checkpoint dir, model name, or nothing) into a ready PrunedLM."""
+"""Turn a SOURCE (pruning checkpoint dir, model name, or nothing) into a ready model: `load_lm` (decoders,
+DCP) and `load_ltp` (encoder classifiers, LTP). Checkpoint files are read by `prunex.checkpoints`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load_file
+import safetensors.torch
 
+from prunex.checkpoints.ltp import MODEL_FILE, REQUIRED_TRAINING_FIELDS, dense_weights_file, read_ltp_meta
+from prunex.checkpoints.meta import check_base, is_checkpoint, load_checkpoint
+from prunex.config import LTPConfig, from_dict
 from prunex.errors import PrunexError
+from prunex.models.encoders import LoadedClassifier, load_classifier
 from prunex.models.sources import load_model
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import PrunedLM
-from prunex.train.checkpoint import check_base, is_checkpoint, load_checkpoint
+from prunex.prune.ltp import LTPClassifier, LTPThresholds
 
 # The shipped DCP checkpoint for the packaged SmolLM2 (see README: "The built-in default").
 DEFAULT_CHECKPOINT = Path(__file__).parent / "defaults" / "smollm2-dcp"
@@ -32,7 +37,7 @@ def policy_from_checkpoint(path: str | Path, lm_base) -> DCPPolicy:
     base_weights = Path(path) / BASE_WEIGHTS_FILE
     check_base(meta, lm_base.model_id, lm_base.weights_hash)
     if base_weights.is_file():
-        lm_base.model.load_state_dict(load_file(str(base_weights)), strict=False)
+        lm_base.model.load_state_dict(safetensors.torch.load_file(str(base_weights)), strict=False)
     config = lm_base.model.config
     hidden = getattr(config, "hidden_size", None) or config.n_embd
     policy = DCPPolicy(config.num_hidden_layers, hidden, meta.dcp_config())
@@ -60,3 +65,35 @@ def load_lm(source: str | Path | None = None) -> PrunedLM:
     return PrunedLM(load_model(str(source)), None)
 
 
+def load_ltp(path: str | Path, *, dense: bool = False) -> tuple[LTPClassifier, LoadedClassifier]:
+    """Rebuild a checkpoint's classifier (its base model is loaded and its hash verified).
+
+    dense=True loads the stage-1 dense classifier instead, with pruning off. Returns the classifier and the
+    loaded base (its id and hash are what a continued stage records).
+    """
+    folder = Path(path)
+    meta = read_ltp_meta(folder)
+    _, tensors = load_checkpoint(folder)
+    training = meta.training
+    base = load_classifier(meta.base_model, len(training["label_names"]))
+    check_base(meta, base.model_id, base.weights_hash)
+    weights = dense_weights_file(folder) if dense else folder / MODEL_FILE
+    if not weights.is_file():
+        raise PrunexError(f"{folder} has no {weights.name}: the checkpoint is incomplete, train it again")
+    try:
+        safetensors.torch.load_model(base.model, str(weights))
+    except RuntimeError as err:
+        raise PrunexError(f"{weights} does not fit the {meta.base_model!r} classifier: {err}") from err
+    thresholds = LTPThresholds(base.model.config.num_hidden_layers, from_dict(LTPConfig, meta.config))
+    try:
+        thresholds.load_state_dict({"offset": tensors["offset"]})
+    except (KeyError, RuntimeError) as err:
+        raise PrunexError(f"{folder} thresholds do not fit this model's layers: {err}") from err
+    info = {key: training[key] for key in REQUIRED_TRAINING_FIELDS if key not in ("stage", "label_names")}
+    info["checkpoint"] = str(folder)
+    classifier = LTPClassifier(
+        base.model, thresholds, tokenizer=base.tokenizer, stage="base" if dense else training["stage"],
+        label_names=list(training["label_names"]), info=info,
+    )
+    classifier.eval()
+    return classifier, base

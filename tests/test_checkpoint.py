@@ -9,13 +9,13 @@ import torch
 from conftest import dropping_policy
 
 import prunex.train.dcp_trainer as dcp_trainer
+from prunex.checkpoints.meta import META_FILE, WEIGHTS_FILE, CheckpointMeta, save_checkpoint
 from prunex.config import DCPConfig, TrainConfig
 from prunex.errors import PrunexError
 from prunex.loading import load_lm
 from prunex.models.sources import load_model, weights_hash
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import PrunedLM
-from prunex.train.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, save_checkpoint
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog. "

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prunex.checkpoints.meta import load_checkpoint
 from prunex.data.text import split_text, token_windows
 from prunex.eval.perplexity import evaluate_perplexity
 from prunex.loading import DEFAULT_CHECKPOINT, load_lm
 from prunex.prune.window import WindowPolicy
-from prunex.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

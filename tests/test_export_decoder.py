@@ -14,7 +14,7 @@ from prunex.cli.main import app
 from prunex.config import FORMAT_VERSION
 from prunex.errors import PrunexError
 from prunex.export.decoder import export_decoder
-from prunex.export.manifest import MANIFEST_FILE, read_manifest
+from prunex.format import MANIFEST_FILE, read_manifest
 from prunex.prune.lm import PrunedLM
 from prunex.runtime.runtime import Runtime
 from prunex.runtime.sampling import SamplingParams

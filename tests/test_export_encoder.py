@@ -9,13 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from prunex.checkpoints.ltp import save_ltp
 from prunex.cli.main import app
 from prunex.errors import PrunexError
 from prunex.export.encoder import export_encoder
-from prunex.export.manifest import read_encoder_manifest, read_manifest
+from prunex.format import read_encoder_manifest, read_manifest
 from prunex.models.encoders import load_classifier
 from prunex.prune.ltp import LTPClassifier, LTPConfig, LTPThresholds
-from prunex.train.ltp_checkpoint import save_ltp
 
 TEXTS = ("a long enough sentence for the pruner to drop a few of its many tokens", "short one", "mid length text here")
 

@@ -9,16 +9,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from prunex.checkpoints.ltp import DENSE_FILE, MODEL_FILE
+from prunex.checkpoints.meta import META_FILE, WEIGHTS_FILE, CheckpointMeta, save_checkpoint
 from prunex.cli.main import app, main
 from prunex.errors import PrunexError
 from prunex.eval.accuracy import evaluate_accuracy
+from prunex.loading import load_ltp
 from prunex.models.encoder_adapters import encoder_adapter, supported_encoder_types
 from prunex.models.encoders import TINY_ENCODER_VOCAB, load_classifier
 from prunex.prune.encoder_forward import dense_flops, layer_flops, run_encoder
 from prunex.prune.ltp import LTPClassifier, LTPConfig, LTPThresholds, token_importance
 from prunex.train import ltp_trainer
-from prunex.train.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, save_checkpoint
-from prunex.train.ltp_checkpoint import DENSE_FILE, MODEL_FILE, load_ltp
 from prunex.train.ltp_trainer import LTPTrainConfig, train_ltp
 
 ENCODERS = ("tiny-bert", "tiny-roberta")

@@ -23,7 +23,7 @@ from prunex.eval.exported import exported_perplexity
 from prunex.eval.perplexity import evaluate_perplexity
 from prunex.export.decoder import export_decoder
 from prunex.export.encoder import export_encoder
-from prunex.export.manifest import read_encoder_manifest, read_manifest
+from prunex.format import read_encoder_manifest, read_manifest
 from prunex.prune.lm import PrunedLM
 from prunex.quantize.int8 import QuantizationRefused, QuantizeConfig, quantize_dir
 from prunex.quantize.passes import untie_shared_weights

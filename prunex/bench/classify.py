@@ -12,7 +12,7 @@ import torch
 from prunex.data.batching import encode_texts
 from prunex.data.labelled import split_labelled
 from prunex.eval.accuracy import _dense_reference, measure
-from prunex.train.ltp_checkpoint import load_ltp
+from prunex.loading import load_ltp
 
 
 @dataclass

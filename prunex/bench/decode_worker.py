@@ -64,7 +64,7 @@ def measure_torch(directory: str, batch: int, context: int, new_tokens: int, thr
     from transformers import LogitsProcessor, LogitsProcessorList
 
     from prunex.devices import torch_device
-    from prunex.export.manifest import read_manifest
+    from prunex.format import read_manifest
     from prunex.models.sources import load_model
 
     torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ def eval_ppl_exported(source: str, corpus: str, split: str, context: int, window
     from prunex.data.text import split_text, token_windows
     from prunex.errors import PrunexError
     from prunex.eval.exported import exported_perplexity
-    from prunex.export.manifest import read_manifest
+    from prunex.format import read_manifest
     from prunex.runtime.runtime import load_tokenizer
 
     manifest = read_manifest(source)
@@ -32,7 +32,7 @@ def eval_accuracy_exported(source: str, task: str, split: str, limit: int | None
     """`prunex eval accuracy DIR`: accuracy of an exported encoder (fp32 or int8) on ONNX Runtime."""
     from prunex.data.labelled import load_labelled
     from prunex.eval.exported import exported_accuracy
-    from prunex.export.manifest import read_encoder_manifest
+    from prunex.format import read_encoder_manifest
 
     load_labelled(task)  # an unknown task is refused before the model loads
     manifest = read_encoder_manifest(source)

@@ -14,10 +14,9 @@ import torch
 
 from prunex.errors import PrunexError
 from prunex.export.folder import prepare_out, write_atomically
-from prunex.export.manifest import CACHE_FIELDS, MODEL_FILE, DecoderManifest, write_manifest
-from prunex.export.ops import KV_COMPACT, ONNX_OPSET
 from prunex.export.step_module import DecoderStep
 from prunex.export.tracing import export_with_prunex_ops
+from prunex.format import CACHE_FIELDS, KV_COMPACT, MODEL_FILE, ONNX_OPSET, DecoderManifest, write_manifest
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import PrunedLM
 

@@ -17,9 +17,8 @@ from torch import Tensor, nn
 from prunex.errors import PrunexError
 from prunex.export.decoder import check_opset
 from prunex.export.folder import prepare_out, write_atomically
-from prunex.export.manifest import MODEL_FILE, EncoderManifest, write_manifest
-from prunex.export.ops import ONNX_OPSET, THRESHOLD_GATHER
 from prunex.export.tracing import export_with_prunex_ops
+from prunex.format import MODEL_FILE, ONNX_OPSET, THRESHOLD_GATHER, EncoderManifest, write_manifest
 from prunex.prune.ltp import LTPClassifier
 
 

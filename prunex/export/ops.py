@@ -29,12 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, parser
 
-DOMAIN = "prunex"
-DOMAIN_VERSION = 1
-ONNX_OPSET = 17  # the default standard opset of the function bodies (every op used is unchanged up to 21)
-
-KV_COMPACT = "KVCompact"
-THRESHOLD_GATHER = "ThresholdGather"
+from prunex.format import DOMAIN, DOMAIN_VERSION, KV_COMPACT, ONNX_OPSET, THRESHOLD_GATHER
 
 # Per op: inputs and outputs in call order, each (name, shape, dtype, meaning). Shapes use the symbols of the
 # module doc; dtype "float" means any floating type (the bodies are type-polymorphic), the rest are exact.

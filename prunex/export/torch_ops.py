@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunex.export.ops import DOMAIN, KV_COMPACT, THRESHOLD_GATHER
+from prunex.format import DOMAIN, KV_COMPACT, THRESHOLD_GATHER
 from prunex.prune.kv_cache import _gather_tokens, pack_kept
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from prunex.export.ops import DOMAIN, DOMAIN_VERSION, function_protos
+from prunex.export.ops import function_protos
 from prunex.export.torch_ops import register_symbolics
+from prunex.format import DOMAIN, DOMAIN_VERSION
 
 
 def export_with_prunex_ops(

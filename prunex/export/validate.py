@@ -15,7 +15,7 @@ import onnx
 import torch
 
 from prunex.errors import PrunexError
-from prunex.export.manifest import read_manifest
+from prunex.format import read_manifest
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.forward import run_full
 from prunex.prune.kv_cache import PrunedKVCache
@@ -118,7 +118,7 @@ ENCODER_TEXTS = (
 def validate_encoder(classifier, dense: bool, directory: Path, tolerance: float = 1e-4,
                      texts: tuple[str, ...] = ENCODER_TEXTS) -> dict:
     """Check an exported encoder dir: checker, logits to tolerance, kept tokens per layer and positions equal."""
-    from prunex.export.manifest import read_encoder_manifest
+    from prunex.format import read_encoder_manifest
     from prunex.runtime.session import make_session
 
     manifest = read_encoder_manifest(directory)

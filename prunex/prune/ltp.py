@@ -14,42 +14,15 @@ delta = final_threshold * offset. Training uses the soft mask sigmoid((importanc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from prunex.config import LTP_STAGES, LTPConfig
 from prunex.errors import PrunexError
 from prunex.models.encoder_adapters import encoder_adapter
 from prunex.prune.encoder_forward import EncoderResult, run_encoder
-
-STAGES = ("base", "soft", "hard")
-DEFAULT_TEMPERATURE_FRACTION = 0.1  # T = final_threshold / 10 when not given
-
-
-@dataclass
-class LTPConfig:
-    """LTP hyper-parameters. `None` fields are resolved from the training data when training starts."""
-
-    final_threshold: float | None = None  # threshold of the last layer's base schedule; None: 1 / mean tokens
-    temperature: float | None = None  # T of the soft mask; None: final_threshold / 10
-
-    def resolved(self, mean_tokens: float) -> LTPConfig:
-        """This config with `None` fields filled in for data whose rows average `mean_tokens` real tokens.
-
-        final_threshold = 1 / mean_tokens is the importance of a token that receives exactly the average
-        attention: the last layer removes below-average tokens, earlier layers proportionally fewer (about
-        0.01 for 100-token inputs, the reference's setting for GLUE). T = final_threshold / 10 makes the
-        soft mask go from 0.27 to 0.73 across +-10% of the final threshold: sharp enough that the soft model
-        behaves like the hard one, wide enough that tokens near the thresholds pass gradients to them
-        (for 128 tokens this is T ~ 8e-4, inside the reference's 1e-3..1e-5 range).
-        """
-        final = self.final_threshold if self.final_threshold is not None else 1.0 / max(mean_tokens, 1.0)
-        temperature = self.temperature if self.temperature is not None else final * DEFAULT_TEMPERATURE_FRACTION
-        if final <= 0 or temperature <= 0:
-            raise PrunexError(f"final_threshold and temperature must be positive, got {final} and {temperature}")
-        return LTPConfig(final_threshold=float(final), temperature=float(temperature))
 
 
 def token_importance(probs: Tensor, alive: Tensor) -> Tensor:
@@ -110,8 +83,8 @@ class LTPClassifier(nn.Module):
         info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if stage not in STAGES:
-            raise PrunexError(f"unknown LTP stage {stage!r}; use one of {STAGES}")
+        if stage not in LTP_STAGES:
+            raise PrunexError(f"unknown LTP stage {stage!r}; use one of {LTP_STAGES}")
         self.model = model
         self.thresholds = thresholds
         self.adapter = encoder_adapter(model)

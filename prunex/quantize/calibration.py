@@ -23,7 +23,7 @@ def decoder_feeds(directory: Path, text: str = "wikipedia", samples: int = 8, le
     import onnx
 
     from prunex.data.text import split_text, token_windows
-    from prunex.export.manifest import read_manifest
+    from prunex.format import read_manifest
     from prunex.runtime.engine import prompt_feeds
     from prunex.runtime.runtime import load_tokenizer
 
@@ -38,7 +38,7 @@ def encoder_feeds(directory: Path, task: str, samples: int = 32, batch: int = 8)
     """Feeds of `samples` training texts of `task`, `batch` per feed."""
     from prunex.data.batching import encode_texts, pad_batch
     from prunex.data.labelled import split_labelled
-    from prunex.export.manifest import read_encoder_manifest
+    from prunex.format import read_encoder_manifest
     from prunex.runtime.runtime import load_tokenizer
 
     manifest = read_encoder_manifest(directory)

@@ -14,7 +14,7 @@ import numpy as np
 
 from prunex.data.batching import encode_texts
 from prunex.errors import PrunexError
-from prunex.export.manifest import read_encoder_manifest
+from prunex.format import read_encoder_manifest
 from prunex.runtime.runtime import load_tokenizer
 from prunex.runtime.session import make_session
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from prunex.errors import PrunexError
-from prunex.export.manifest import CACHE_FIELDS, DecoderManifest, read_manifest
+from prunex.format import CACHE_FIELDS, DecoderManifest, read_manifest
 from prunex.runtime.kv_cache import CacheLimits, CapacityError, KVCacheManager
 from prunex.runtime.session import make_session
 from prunex.runtime.step_io import DecodeIO

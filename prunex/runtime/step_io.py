@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunex.export.manifest import CACHE_FIELDS, DecoderManifest
+from prunex.format import CACHE_FIELDS, DecoderManifest
 from prunex.runtime.kv_cache import KVCacheManager
 from prunex.runtime.session import Binder
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_model
 
+from prunex.checkpoints.meta import CheckpointMeta, save_checkpoint
 from prunex.config import DCPConfig, TrainConfig, to_dict
 from prunex.data.text import split_text, token_windows
 from prunex.devices import torch_device
@@ -19,7 +20,6 @@ from prunex.models.sources import load_model
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.forward import run_full
 from prunex.prune.lm import PrunedLM
-from prunex.train.checkpoint import CheckpointMeta, save_checkpoint
 from prunex.train.progress import TrainProgress
 
 

@@ -11,6 +11,7 @@ dir (given as `model`), with the same task, split seed and input length.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +21,24 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_model
 
-from prunex.config import to_dict
+from prunex.checkpoints.ltp import DENSE_FILE, dense_weights_file, read_ltp_meta, save_ltp
+from prunex.checkpoints.meta import CheckpointMeta
+from prunex.config import LTP_STAGES, LTPConfig, to_dict
 from prunex.data.batching import encode_texts, pad_batch
 from prunex.data.labelled import TASKS, split_labelled, task_max_length
 from prunex.errors import PrunexError
 from prunex.eval.accuracy import measure
+from prunex.loading import load_ltp
 from prunex.models.encoder_adapters import encoder_adapter
 from prunex.models.encoders import LoadedClassifier, load_classifier
-from prunex.prune.ltp import STAGES, LTPClassifier, LTPConfig, LTPThresholds
-from prunex.train.checkpoint import CheckpointMeta
-from prunex.train.ltp_checkpoint import DENSE_FILE, dense_weights_file, load_ltp, read_ltp_meta, save_ltp
+from prunex.prune.ltp import LTPClassifier, LTPThresholds
 from prunex.train.progress import TrainProgress
 
-STAGE_CHOICES = (*STAGES, "all")
+STAGE_CHOICES = (*LTP_STAGES, "all")
 _PREVIOUS = {"soft": "base", "hard": "soft"}
 _TRAIN_MODE = {"base": "dense", "soft": "soft", "hard": "hard"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,12 +182,12 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
     optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
     train_ids, train_labels = run.train
-    generator = torch.Generator().manual_seed(config.seed + STAGES.index(stage))
+    generator = torch.Generator().manual_seed(config.seed + LTP_STAGES.index(stage))
     order = torch.randperm(len(train_ids), generator=generator).tolist()
     pad_id = classifier.tokenizer.pad_token_id
 
     if show_progress:
-        print(f"prunex ltp: stage {stage} ({mode} forward), {config.steps} steps x {config.batch_size}", flush=True)
+        logger.info("ltp: stage %s (%s forward), %d steps x %d", stage, mode, config.steps, config.batch_size)
     classifier.train()
     history: list[dict[str, float]] = []
     started = time.time()
@@ -242,7 +246,7 @@ def train_ltp(
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    stages = STAGES if config.stage == "all" else (config.stage,)
+    stages = LTP_STAGES if config.stage == "all" else (config.stage,)
     if stages[0] == "base":
         run = _fresh_run(config, ltp)
     else:

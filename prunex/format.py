@@ -1,4 +1,6 @@
-"""`prunex.json`: the manifest beside an exported `model.onnx`, the only contract with the runtime.
+"""The exporter/runtime contract: `prunex.json` (the manifest beside `model.onnx`) and the op-domain constants.
+
+Both `prunex.export` and `prunex.runtime` import this module; it imports neither (nor `onnx`).
 
 The runtime reads io names from here (per-layer names are templates such as `past_key.%d`) and never
 hard-codes them. Files from a newer format version are refused (`prunex.config.read_json`).
@@ -12,7 +14,13 @@ from typing import Any
 
 from prunex.config import from_dict, read_json, to_dict, write_json
 from prunex.errors import PrunexError
-from prunex.export.ops import DOMAIN, DOMAIN_VERSION
+
+# The prunex op domain: custom ops of exported graphs (bodies in prunex.export.ops).
+DOMAIN = "prunex"
+DOMAIN_VERSION = 1
+ONNX_OPSET = 17  # the default standard opset of the function bodies (every op used is unchanged up to 21)
+KV_COMPACT = "KVCompact"
+THRESHOLD_GATHER = "ThresholdGather"
 
 MANIFEST_FILE = "prunex.json"
 MODEL_FILE = "model.onnx"
