@@ -19,11 +19,13 @@ from prunex.export.decoder import check_opset
 from prunex.export.folder import prepare_out, write_atomically
 from prunex.export.tracing import export_with_prunex_ops
 from prunex.format import MODEL_FILE, ONNX_OPSET, THRESHOLD_GATHER, EncoderManifest, write_manifest
+from prunex.prune.encoder_forward import run_encoder
 from prunex.prune.ltp import LTPClassifier
 
 
 class EncoderGraph(nn.Module):
-    """The hard-mode layer loop of `run_encoder` with ThresholdGather between layers (dense: no removal)."""
+    """The encoder layer loop (`run_encoder`, hard mode) with `prunex::ThresholdGather` removing the tokens
+    (dense: no removal)."""
 
     def __init__(self, classifier: LTPClassifier, dense: bool) -> None:
         super().__init__()
@@ -32,34 +34,9 @@ class EncoderGraph(nn.Module):
         self.dense = dense
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a, pruner = self.adapter, self.classifier.thresholds
-        B, T = input_ids.shape
-        H, D = a.num_heads, a.head_dim
-        alive = attention_mask.bool()  # (B, n) tokens present at this layer
-        hidden = a.embed(input_ids)  # (B, T, d)
-        positions = torch.arange(T, device=input_ids.device).expand(B, T)  # (B, n) original positions
-        thresholds = pruner.thresholds()  # (L,)
-        kept = []
-        for layer in range(a.num_layers):
-            n = hidden.shape[1]
-            q, k, v = a.qkv(layer, hidden)  # (B, H, n, D) each
-            scores = (q @ k.transpose(-1, -2)) * a.attention_scale(layer)  # (B, H, n, n)
-            probs = scores.masked_fill(~alive[:, None, None, :], float("-inf")).softmax(-1)  # (B, H, n, n)
-            residual, alive_next = hidden, alive
-            if not self.dense:
-                importance = pruner.score(layer, probs, alive)  # (B, n)
-                first = torch.arange(n, device=hidden.device)[None, :].expand(B, n) == 0  # (B, n) [CLS]
-                residual, alive_next, index = torch.ops.prunex.threshold_gather(
-                    hidden, importance, thresholds[layer], alive, first
-                )  # (B, W, d), (B, W), (B, W)
-                W = index.shape[1]
-                probs = probs.gather(2, index[:, None, :, None].expand(B, H, W, n))  # (B, H, W, n) kept queries
-                positions = torch.where(alive_next, positions.gather(1, index), -1)  # (B, W)
-            attended = (probs @ v).transpose(1, 2).reshape(B, -1, H * D)  # (B, W, d)
-            hidden = a.ffn_block(layer, a.attention_block(layer, attended, residual))  # (B, W, d)
-            kept.append(alive_next.sum(-1))
-            alive = alive_next
-        return a.classify(hidden), torch.stack(kept, dim=1), positions
+        result = run_encoder(self.adapter, input_ids, attention_mask, self.classifier.thresholds,
+                             "dense" if self.dense else "hard", gather=torch.ops.prunex.threshold_gather)
+        return result.logits, result.kept, result.positions  # (B, C), (B, L), (B, W)
 
 
 def build_encoder_manifest(classifier: LTPClassifier, dense: bool, opset: int, source: str,

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from prunex.format import DOMAIN, KV_COMPACT, THRESHOLD_GATHER
-from prunex.prune.kv_cache import _gather_tokens, pack_kept
+from prunex.prune.encoder_forward import threshold_gather as threshold_gather_torch
+from prunex.prune.kv_cache import gather_tokens, pack_kept
 
 
 @torch.library.custom_op("prunex::kv_compact", mutates_args=())
@@ -26,12 +27,12 @@ def kv_compact(
     """
     index, valid = pack_kept(keep)  # (B, W) each
     return (
-        _gather_tokens(K, index, 2).clone(),
-        _gather_tokens(V, index, 2).clone(),
-        _gather_tokens(K_int, index, 1).clone(),
+        gather_tokens(K, index, 2).clone(),
+        gather_tokens(V, index, 2).clone(),
+        gather_tokens(K_int, index, 1).clone(),
         valid,
         keep.sum(-1).to(torch.int64),
-        _gather_tokens(positions, index, 1).clone(),
+        gather_tokens(positions, index, 1).clone(),
     )
 
 
@@ -54,9 +55,8 @@ def threshold_gather(
     hidden: (B, T, H); scores: (B, T); threshold: () or broadcastable; mask, keep_always: (B, T) bool.
     Returns hidden_out (B, W, H), mask_out (B, W) bool, kept_index (B, W) int64.
     """
-    stay = ((scores > threshold) | keep_always.bool()) & mask.bool()  # (B, T)
-    index, valid = pack_kept(stay)  # (B, W)
-    return _gather_tokens(hidden, index, 1).clone(), valid, index
+    hidden_out, valid, index = threshold_gather_torch(hidden, scores, threshold, mask.bool(), keep_always.bool())
+    return hidden_out.clone(), valid, index
 
 
 def _threshold_gather_symbolic(g, hidden, scores, threshold, mask, keep_always):

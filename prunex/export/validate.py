@@ -85,7 +85,7 @@ def validate_decoder(
         positions = lengths.clone()
         for step in range(steps):
             tokens = logits.argmax(-1)  # (B,)
-            logits = reference._decode_step(torch_cache, tokens, positions)  # (B, vocab)
+            logits = reference.decode_step(torch_cache, tokens, positions)  # (B, vocab)
             step_logits = engine.decode(tokens)
             max_diff = max(max_diff, _compare(f"decode step {step + 1}", step_logits.numpy(), logits, tolerance))
             counts = [slots.valid.sum(1).numpy() for slots in engine.cache.layers]

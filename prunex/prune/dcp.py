@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from prunex.config import DCPConfig
 from prunex.prune.alpha_sigmoid import alpha_sigmoid
-from prunex.prune.policy import KeepPolicy, cumulative_keep, sink_mask
+from prunex.prune.policy import KeepPolicy, sink_mask
 
 
 class DCPPolicy(nn.Module, KeepPolicy):
@@ -36,19 +36,16 @@ class DCPPolicy(nn.Module, KeepPolicy):
         """(B, Tq, r) and (B, Tk, r) -> (B, Tq, Tk) keep logits."""
         return q_int @ k_int.transpose(-1, -2) / math.sqrt(self.state_dim) + self.bias[layer]
 
-    def full(self, layer: int, x: Tensor, positions: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-        q_int, k_int = self.q_int[layer](x), self.k_int[layer](x)  # (B, T, r) each
-        step_keep = alpha_sigmoid(self.logits(layer, q_int, k_int), alpha)  # (B, T, T)
-        protected = self.protected(positions[:, :, None], positions[:, None, :])  # (B, T, T)
-        step_keep = torch.where(protected, torch.ones_like(step_keep), step_keep)
-        return cumulative_keep(step_keep), k_int
+    def states(self, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.q_int[layer](x), self.k_int[layer](x)  # (B, S, r) each; k_int is cached
 
-    def step(
-        self, layer: int, x: Tensor, position: Tensor, cached_state: Tensor | None, cached_positions: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        q_int, k_int = self.q_int[layer](x), self.k_int[layer](x)  # (B, 1, r)
-        keep = self.logits(layer, q_int, cached_state)[:, 0] > 0  # (B, Tc)
-        return keep | self.protected(position[:, None], cached_positions), k_int
+    def step_keep(self, layer: int, query_state: Tensor | None, key_state: Tensor | None, query_positions: Tensor,
+                  key_positions: Tensor, alpha: float) -> Tensor:
+        logits = self.logits(layer, query_state, key_state)  # (B, S, K)
+        protected = self.protected(query_positions, key_positions)  # (B, S, K)
+        if math.isinf(alpha):
+            return (logits > 0) | protected
+        return torch.where(protected, torch.ones_like(logits), alpha_sigmoid(logits, alpha))
 
     def protected(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
         """Pairs whose key may not be dropped by that query: sinks, and keys among the recent tokens."""

@@ -23,6 +23,7 @@ D head dim, C labels, L layers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,7 +32,7 @@ from torch import Tensor
 
 from prunex.errors import PrunexError
 from prunex.models.encoder_adapters import EncoderAdapter
-from prunex.prune.kv_cache import pack_kept
+from prunex.prune.kv_cache import gather_tokens, pack_kept
 
 MODES = ("dense", "soft", "hard", "masked")
 
@@ -45,8 +46,8 @@ class TokenPruner(Protocol):
     def soft_mask(self, layer: int, scores: Tensor) -> Tensor:
         """(B, n) importance -> (B, n) keep weight in (0, 1), differentiable."""
 
-    def keep(self, layer: int, scores: Tensor) -> Tensor:
-        """(B, n) importance -> (B, n) bool hard decision."""
+    def threshold(self, layer: int) -> Tensor:
+        """() the hard decision's threshold: a token stays iff its importance is above it (or it is [CLS])."""
 
 
 @dataclass
@@ -76,13 +77,21 @@ def dense_flops(adapter: EncoderAdapter, lengths: Tensor) -> Tensor:
     return per_layer * adapter.num_layers
 
 
-def _gather_rows(tensor: Tensor, index: Tensor, dim: int) -> Tensor:
-    """Gather a (B, W) index along `dim` of a tensor whose dim 0 is the batch, broadcasting the rest."""
-    shape = [1] * tensor.dim()
-    shape[0], shape[dim] = index.shape
-    sizes = list(tensor.shape)
-    sizes[dim] = index.shape[1]
-    return tensor.gather(dim, index.view(shape).expand(sizes))
+def threshold_gather(hidden: Tensor, scores: Tensor, threshold: Tensor, alive: Tensor,
+                     keep_always: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """LTP removal: a present token stays iff its score is above `threshold` or it is in `keep_always`.
+
+    hidden (B, n, d), scores (B, n), threshold (), alive and keep_always (B, n) bool. Returns the kept hidden
+    states packed in order (B, W, d), their validity (B, W) and their indices (B, W) into n. The PyTorch twin
+    of `prunex::ThresholdGather` (the export passes `torch.ops.prunex.threshold_gather` instead).
+    """
+    stay = ((scores > threshold) | keep_always) & alive  # (B, n)
+    index, valid = pack_kept(stay)  # (B, W)
+    return gather_tokens(hidden, index, 1), valid, index
+
+
+# (hidden, scores, threshold, alive, keep_always) -> (hidden kept, valid, index), as `threshold_gather`
+TokenGather = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 def run_encoder(
@@ -91,8 +100,10 @@ def run_encoder(
     attention_mask: Tensor | None = None,
     pruner: TokenPruner | None = None,
     mode: str = "dense",
+    gather: TokenGather = threshold_gather,
 ) -> EncoderResult:
-    """Classify (B, T) right-padded ids, each row starting with [CLS]; see the module doc for `mode`."""
+    """Classify (B, T) right-padded ids, each row starting with [CLS]; see the module doc for `mode`.
+    `gather` removes the tokens in hard mode (the export passes the prunex op)."""
     if mode not in MODES:
         raise PrunexError(f"unknown pruning mode {mode!r}; use one of {MODES}")
     if mode != "dense" and pruner is None:
@@ -106,8 +117,6 @@ def run_encoder(
         raise PrunexError(f"{T} tokens exceed the encoder's {adapter.max_length} positions: truncate the inputs")
     H, D, d = adapter.num_heads, adapter.head_dim, adapter.hidden_size
     lengths = valid.sum(-1)  # (B,)
-    first = torch.zeros(1, T, dtype=torch.bool, device=device)
-    first[0, 0] = True  # (1, T) the [CLS] column; in hard mode [CLS] stays at index 0 of the packed rows
 
     hidden = adapter.embed(input_ids)  # (B, T, d)
     alive = valid  # (B, n) tokens present at this layer
@@ -115,31 +124,28 @@ def run_encoder(
     kept, flops = [], torch.zeros(B, dtype=torch.float64, device=device)
     mask_loss = hidden.new_zeros(())
     for layer in range(adapter.num_layers):
-        n = hidden.shape[1]
         q, k, v = adapter.qkv(layer, hidden)  # (B, H, n, D) each
         scores = (q @ k.transpose(-1, -2)) * adapter.attention_scale(layer)  # (B, H, n, n)
         probs = scores.masked_fill(~alive[:, None, None, :], float("-inf")).softmax(-1)  # (B, H, n, n)
         dropped_probs = adapter.attention_dropout(layer, probs)
-        residual = hidden
-        keep = alive
+        residual, alive_next = hidden, alive
+        is_cls = positions == 0  # (B, n) [CLS]: original position 0, index 0 of the packed rows too
         if mode != "dense":
             importance = pruner.score(layer, probs, alive)  # (B, n)
-            if mode != "soft":
-                keep = (pruner.keep(layer, importance) | first[:, :n]) & alive  # (B, n)
-        n_in, n_out = alive.sum(-1), keep.sum(-1)  # (B,)
         if mode == "hard":
-            index, alive_next = pack_kept(keep)  # (B, W) kept tokens first, in order; W = max kept
-            dropped_probs = _gather_rows(dropped_probs, index, 2)  # (B, H, W, n): only kept queries
-            residual = _gather_rows(hidden, index, 1)  # (B, W, d)
+            residual, alive_next, index = gather(hidden, importance, pruner.threshold(layer), alive,
+                                                 is_cls)  # (B, W, d), (B, W), (B, W)
+            dropped_probs = gather_tokens(dropped_probs, index, 2)  # (B, H, W, n): only kept queries
             positions = torch.where(alive_next, positions.gather(1, index), -1)  # (B, W)
-        else:
-            alive_next = keep
+        elif mode == "masked":
+            alive_next = ((importance > pruner.threshold(layer)) | is_cls) & alive  # (B, n)
+        n_in, n_out = alive.sum(-1), alive_next.sum(-1)  # (B,)
         attended = (dropped_probs @ v).transpose(1, 2).reshape(B, -1, H * D)  # (B, m, d), m = W or n
         hidden = adapter.attention_block(layer, attended, residual)  # (B, m, d)
         hidden = adapter.ffn_block(layer, hidden)  # (B, m, d)
         flops = flops + layer_flops(d, adapter.intermediate_size, n_in, n_out)
         if mode == "soft":
-            soft = torch.where(first, 1.0, pruner.soft_mask(layer, importance)) * valid  # (B, T)
+            soft = torch.where(is_cls, 1.0, pruner.soft_mask(layer, importance)) * valid  # (B, T)
             hidden = hidden * soft[..., None]
             mask_loss = mask_loss + (soft.sum() / valid.sum())
             n_out = ((soft > 0.5) & valid).sum(-1)  # what a hard decision would keep (not cumulative)

@@ -1,7 +1,7 @@
-"""The full-sequence forward of a decoder under a keep policy (training, evaluation, prefill).
+"""Whole sequences through the decoder loop (training, evaluation, prefill), with the pruning counted.
 
-Soft decisions (alpha < inf) enter attention as log(keep) added to the logits, as in DCP; hard decisions
-(alpha = inf) as a boolean mask. Sequences are right-padded; `valid` marks real tokens.
+Sequences are right-padded; `valid` marks real tokens. Soft decisions (alpha < inf) for training, hard ones
+(alpha = inf) for evaluation; see `prunex.prune.decoder`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from prunex.models.adapters import DecoderAdapter
+from prunex.prune.decoder import run_decoder
 from prunex.prune.policy import KeepPolicy
 
 
@@ -54,42 +54,21 @@ def run_full(
     device = input_ids.device
     valid = torch.ones(B, T, dtype=torch.bool, device=device) if valid is None else valid.bool()
     positions = torch.arange(T, device=device).expand(B, T)  # (B, T) logical positions
-    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()  # (T, T) key j <= query n
-    allowed = causal & valid[:, None, :]  # (B, T, T)
-    counted = allowed & valid[:, :, None]  # pairs between real tokens
+    run = run_decoder(adapter, policy, input_ids, positions, valid, alpha=alpha)
+    counted = valid[:, :, None] & valid[:, None, :] & torch.ones(T, T, dtype=torch.bool, device=device).tril()
     last = valid.sum(-1) - 1  # (B,) index of each row's last real token
-
-    hidden = adapter.embed(input_ids, positions)  # (B, T, d)
-    rope = adapter.position_context(hidden, positions)
     kept = torch.zeros((), device=device)
     mean_keep = torch.zeros((), device=device)
     prefill: list[LayerPrefill] = []
-    for layer in range(adapter.num_layers):
-        x = adapter.attention_input(layer, hidden)
-        q, k, v = adapter.qkv(layer, x, rope)  # (B, H, T, D), (B, KV, T, D) x2
-        state = None
-        if policy is None:
-            keep = allowed.to(x.dtype)
-            mask: Tensor = allowed
-        else:
-            keep, state = policy.full(layer, x, positions, alpha)  # (B, T, T)
-            keep = keep * allowed
-            if math.isinf(alpha):
-                mask = keep > 0.5
-            else:
-                mask = torch.where(allowed, keep.clamp_min(1e-30).log(), torch.full_like(keep, -math.inf))
-        kept = kept + (keep * counted).sum().detach()
-        mean_keep = mean_keep + (keep * counted).sum() / counted.sum()
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask[:, None], scale=adapter.attention_scale(layer), enable_gqa=True
-        )  # (B, H, T, D)
-        hidden = hidden + adapter.attention_output(layer, attended.transpose(1, 2).reshape(B, T, -1))
-        hidden = adapter.mlp_block(layer, hidden)
+    for layer in run.layers:
+        keep = layer.keep_new.to(run.hidden.dtype) * counted  # (B, T, T) pairs between real tokens
+        kept = kept + keep.sum().detach()
+        mean_keep = mean_keep + keep.sum() / counted.sum()
         if collect_prefill:
-            keep_last = keep[torch.arange(B, device=device), last] > 0.5  # (B, T)
-            prefill.append(LayerPrefill(k, v, state, keep_last & valid))
+            keep_last = layer.keep_new[torch.arange(B, device=device), last] > 0.5  # (B, T)
+            prefill.append(LayerPrefill(layer.k, layer.v, layer.state, keep_last & valid))
     return ForwardResult(
-        logits=adapter.logits(hidden),
+        logits=adapter.logits(run.hidden),
         kept_entries=kept,
         causal_entries=counted.sum() * adapter.num_layers,
         mean_keep=mean_keep / adapter.num_layers,

@@ -27,7 +27,7 @@ def pack_kept(keep: Tensor) -> tuple[Tensor, Tensor]:
     return order, valid
 
 
-def _gather_tokens(tensor: Tensor, index: Tensor, token_dim: int) -> Tensor:
+def gather_tokens(tensor: Tensor, index: Tensor, token_dim: int) -> Tensor:
     """Gather along `token_dim` with a (B, W) index, broadcasting over the other dims."""
     shape = [1] * tensor.dim()
     shape[0], shape[token_dim] = index.shape
@@ -47,10 +47,10 @@ class LayerCache:
         """Keep the entries where `keep` (B, Tc) is True (and valid), packed in order."""
         index, valid = pack_kept(keep & self.valid)
         return LayerCache(
-            k=_gather_tokens(self.k, index, 2),
-            v=_gather_tokens(self.v, index, 2),
-            state=None if self.state is None else _gather_tokens(self.state, index, 1),
-            positions=_gather_tokens(self.positions, index, 1),
+            k=gather_tokens(self.k, index, 2),
+            v=gather_tokens(self.v, index, 2),
+            state=None if self.state is None else gather_tokens(self.state, index, 1),
+            positions=gather_tokens(self.positions, index, 1),
             valid=valid,
         )
 

@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from prunex.errors import PrunexError
 from prunex.models.adapters import decoder_adapter
 from prunex.models.sources import LoadedModel
+from prunex.prune.decoder import run_decoder
 from prunex.prune.forward import ForwardResult, run_full
 from prunex.prune.kv_cache import PrunedKVCache
 from prunex.prune.policy import KeepPolicy
@@ -106,7 +106,7 @@ class PrunedLM:
                 finished |= next_ids == eos_token_id
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
-            logits = self._decode_step(cache, next_ids, positions)
+            logits = self.decode_step(cache, next_ids, positions)
             positions += 1
         held = cache.held_entries()  # (B,)
         dense = positions * self.adapter.num_layers  # tokens fed so far, per layer
@@ -119,25 +119,13 @@ class PrunedLM:
             step_logits=torch.stack(step_logits, dim=1) if return_logits else None,
         )
 
-    def _decode_step(self, cache: PrunedKVCache, token_ids: Tensor, positions: Tensor) -> Tensor:
-        """Feed one token per row at its logical position; returns (B, vocab) next-token logits."""
-        adapter, policy = self.adapter, self.policy
+    def decode_step(self, cache: PrunedKVCache, token_ids: Tensor, positions: Tensor) -> Tensor:
+        """Feed one token per row (B,) at its logical position (B,); the entries the new queries drop leave
+        `cache` and the new tokens join it. Returns (B, vocab) next-token logits."""
         B = token_ids.shape[0]
-        hidden = adapter.embed(token_ids[:, None], positions[:, None])  # (B, 1, d)
-        rope = adapter.position_context(hidden, positions[:, None])
-        for layer in range(adapter.num_layers):
-            x = adapter.attention_input(layer, hidden)
-            q, k, v = adapter.qkv(layer, x, rope)  # (B, H, 1, D), (B, KV, 1, D) x2
-            held = cache.layers[layer]
-            if policy is None:
-                keep, state = held.valid, None
-            else:
-                keep, state = policy.step(layer, x, positions, held.state, held.positions)  # (B, Tc)
-            held = cache.layers[layer] = held.append(keep, k, v, state, positions)
-            attended = F.scaled_dot_product_attention(
-                q, held.k, held.v, attn_mask=held.valid[:, None, None, :],
-                scale=adapter.attention_scale(layer), enable_gqa=True,
-            )  # (B, H, 1, D)
-            hidden = hidden + adapter.attention_output(layer, attended.transpose(1, 2).reshape(B, 1, -1))
-            hidden = adapter.mlp_block(layer, hidden)
-        return adapter.logits(hidden)[:, 0]
+        valid = torch.ones(B, 1, dtype=torch.bool, device=token_ids.device)
+        run = run_decoder(self.adapter, self.policy, token_ids[:, None], positions[:, None], valid, cache.layers)
+        for layer, step in enumerate(run.layers):
+            cache.layers[layer] = cache.layers[layer].append(step.keep_past[:, -1], step.k, step.v, step.state,
+                                                             positions)
+        return self.adapter.logits(run.hidden)[:, 0]

@@ -61,8 +61,12 @@ class LTPThresholds(nn.Module):
     def soft_mask(self, layer: int, scores: Tensor) -> Tensor:
         return torch.sigmoid((scores - self.thresholds()[layer]) / self.temperature)
 
+    def threshold(self, layer: int) -> Tensor:
+        return self.thresholds()[layer]
+
     def keep(self, layer: int, scores: Tensor) -> Tensor:
-        return scores > self.thresholds()[layer]
+        """(B, n) importance -> (B, n) bool: above the layer's threshold ([CLS] is kept by the layer loop)."""
+        return scores > self.threshold(layer)
 
 
 class LTPClassifier(nn.Module):

@@ -20,15 +20,10 @@ class WindowPolicy(KeepPolicy):
         if self.window <= self.sink_tokens:
             raise ValueError(f"window ({self.window}) must be larger than sink_tokens ({self.sink_tokens})")
 
-    def _keep(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+    def states(self, layer: int, x: Tensor) -> tuple[None, None]:
+        return None, None
+
+    def step_keep(self, layer: int, query_state: Tensor | None, key_state: Tensor | None, query_positions: Tensor,
+                  key_positions: Tensor, alpha: float) -> Tensor:
         recent = query_positions - key_positions < self.window - self.sink_tokens
-        return recent | sink_mask(key_positions, self.sink_tokens)
-
-    def full(self, layer: int, x: Tensor, positions: Tensor, alpha: float) -> tuple[Tensor, None]:
-        keep = self._keep(positions[:, :, None], positions[:, None, :])  # (B, T, T)
-        return keep.to(x.dtype), None
-
-    def step(
-        self, layer: int, x: Tensor, position: Tensor, cached_state: Tensor | None, cached_positions: Tensor
-    ) -> tuple[Tensor, None]:
-        return self._keep(position[:, None], cached_positions), None
+        return recent | sink_mask(key_positions, self.sink_tokens)  # (B, S, K) bool

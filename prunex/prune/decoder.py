@@ -1,0 +1,138 @@
+"""The one decoder layer loop under a keep policy, shared by training, evaluation, step-wise generation and export.
+
+A run feeds S new tokens per row (right-padded, `valid`) at their logical positions, over an optional read-only
+past of P cached entries per layer (`LayerCache`, valid entries marked). Each layer asks the policy which past
+and new entries every new query keeps (`KeepPolicy.decide`), attends over [past ; new] under those decisions and
+returns the new tokens' K/V with the decisions; what to do with them (count them, build a cache, compact them in
+the graph) is the caller's: `prune.forward.run_full` (whole sequences), `PrunedLM.decode_step` (one token over
+a physically pruned cache), `export.step_module.DecoderStep` (the ONNX step graph).
+
+Soft decisions (alpha < inf, training) enter attention as log(keep) added to the logits, as in DCP; hard ones as
+a boolean mask. Shapes: B batch, S new tokens, P past entries, H query heads, KV key/value heads, G = H / KV,
+D head dim, d hidden, r policy state width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prunex.models.adapters import DecoderAdapter
+from prunex.prune.kv_cache import LayerCache
+from prunex.prune.policy import KeepPolicy
+
+
+@dataclass
+class LayerRun:
+    """What one layer leaves: the new tokens' entries and the keep decisions of the new queries."""
+
+    k: Tensor  # (B, KV, S, D) keys of the new tokens, positions applied
+    v: Tensor  # (B, KV, S, D)
+    state: Tensor | None  # (B, S, r) policy state of the new tokens (DCP: k_int), or None
+    keep_past: Tensor | None  # (B, S, P) past entry j kept for query n (valid entries only); None without past
+    keep_new: Tensor  # (B, S, S) new key j kept for query n (causal, real keys only; bool or probability)
+
+
+@dataclass
+class DecoderRun:
+    hidden: Tensor  # (B, S, d) final hidden states, before the LM head
+    layers: list[LayerRun]
+
+
+def run_decoder(
+    adapter: DecoderAdapter,
+    policy: KeepPolicy | None,
+    input_ids: Tensor,
+    position_ids: Tensor,
+    valid: Tensor,
+    past: list[LayerCache] | None = None,
+    alpha: float = math.inf,
+    attention: str = "sdpa",
+) -> DecoderRun:
+    """Run (B, S) ids at (B, S) logical positions, `valid` (B, S) bool, over `past` (one read-only `LayerCache`
+    per layer, or None). `policy=None` is the dense model (keep = valid). alpha = inf: hard decisions."""
+    B, S = input_ids.shape
+    index = torch.arange(S, device=input_ids.device)
+    causal = index[None, None, :] <= index[None, :, None]  # (1, S, S) key j <= query n
+    allowed = causal & valid[:, None, :]  # (B, S, S) real, causal keys
+    itself = index[None, None, :] == index[None, :, None]  # (1, S, S): every query sees itself (padding too)
+    hidden = adapter.embed(input_ids, position_ids)  # (B, S, d)
+    rope = adapter.position_context(hidden, position_ids)
+    layers: list[LayerRun] = []
+    for layer in range(adapter.num_layers):
+        cached = None if past is None else past[layer]
+        x = adapter.attention_input(layer, hidden)
+        q, k, v = adapter.qkv(layer, x, rope)  # (B, H, S, D), (B, KV, S, D) x2
+        keep_past = None
+        if policy is None:
+            keep_new, state = allowed, None
+            if cached is not None:
+                keep_past = cached.valid[:, None, :].expand(B, S, -1)  # (B, S, P)
+        else:
+            decisions = policy.decide(layer, x, position_ids, valid, None if cached is None else cached.state,
+                                      None if cached is None else cached.positions, alpha)
+            keep_new, state = _restrict(decisions.keep_new, allowed), decisions.state
+            if cached is not None:
+                keep_past = _restrict(decisions.keep_past, cached.valid[:, None, :])
+        if keep_new.dtype == torch.bool:
+            mask_new, mask_past = keep_new | itself, keep_past  # (B, S, S), (B, S, P)
+        else:  # soft decisions (training): log(keep) is added to the attention logits
+            mask_new = _log_keep(keep_new, allowed | itself)
+            mask_past = None if cached is None else _log_keep(keep_past, cached.valid[:, None, :])
+        if attention == "sdpa":
+            attended = _attend_sdpa(q, k, v, cached, mask_past, mask_new, adapter.attention_scale(layer))
+        else:
+            attended = _attend_matmul(q, k, v, cached, mask_past, mask_new, adapter, layer, B, S)
+        hidden = hidden + adapter.attention_output(layer, attended.transpose(1, 2).reshape(B, S, -1))  # (B, S, d)
+        hidden = adapter.mlp_block(layer, hidden)
+        layers.append(LayerRun(k, v, state, keep_past, keep_new))
+    return DecoderRun(hidden, layers)
+
+
+def _restrict(keep: Tensor, allowed: Tensor) -> Tensor:
+    """Decisions limited to the allowed (real, causal) keys, in the decisions' own dtype."""
+    return keep & allowed if keep.dtype == torch.bool else keep * allowed
+
+
+def _log_keep(keep: Tensor, visible: Tensor) -> Tensor:
+    """Soft decisions as an additive attention mask: log(keep) where the key is visible, else -inf."""
+    return torch.where(visible, keep.clamp_min(1e-30).log(), -math.inf)
+
+
+def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor, cached: LayerCache | None, mask_past: Tensor | None,
+                 mask_new: Tensor, scale: float) -> Tensor:
+    """PyTorch's fused attention of q (B, H, S, D) over [past ; new] -> (B, H, S, D); masks (B, S, P) and
+    (B, S, S), both bool or both additive (soft decisions)."""
+    keys, values, mask = k, v, mask_new
+    if cached is not None:
+        keys, values = torch.cat([cached.k, k], dim=2), torch.cat([cached.v, v], dim=2)  # (B, KV, P+S, D)
+        mask = torch.cat([mask_past, mask_new], dim=-1)  # (B, S, P+S)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], scale=scale, enable_gqa=True)
+
+
+def _attend_matmul(q: Tensor, k: Tensor, v: Tensor, cached: LayerCache | None, mask_past: Tensor | None,
+                   mask_new: Tensor, adapter: DecoderAdapter, layer: int, B: int, S: int) -> Tensor:
+    """The same as `_attend_sdpa` for hard decisions, in plain ops that export to ONNX without copying the
+    cache: the G query heads of a KV head become G*S rows of one matmul. Sizes come from the adapter and the
+    caller (in a traced graph every shape read is a node)."""
+    if mask_new.dtype != torch.bool:
+        raise ValueError("matmul attention takes hard decisions (alpha = inf); use sdpa for soft ones")
+    H, KV, scale = adapter.num_heads, adapter.num_kv_heads, adapter.attention_scale(layer)
+    G = H // KV
+    q_rows = q.reshape(B, KV, G * S, -1)  # (B, KV, G*S, D)
+    scores = (q_rows @ k.transpose(-1, -2)) * scale  # (B, KV, G*S, S)
+    if cached is None:
+        mask = mask_new[:, None].expand(B, G, S, S).reshape(B, 1, G * S, S)
+        probs = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1)
+        return (probs @ v).reshape(B, H, S, -1)
+    P = cached.k.shape[2]
+    scores = torch.cat([(q_rows @ cached.k.transpose(-1, -2)) * scale, scores], dim=-1)  # (B, KV, G*S, P+S)
+    mask = torch.cat([mask_past, mask_new], dim=-1)  # (B, S, P+S)
+    mask = mask[:, None].expand(B, G, S, P + S).reshape(B, 1, G * S, P + S)
+    probs = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1)
+    attended = probs[..., :P] @ cached.v + probs[..., P:] @ v  # (B, KV, G*S, D)
+    return attended.reshape(B, H, S, -1)
