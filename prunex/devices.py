@@ -6,13 +6,18 @@ import torch
 
 from prunex.errors import PrunexError
 
-TORCH_DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # what every --device accepts (PyTorch work and ONNX Runtime sessions)
+
+
+def check_device_name(name: str) -> None:
+    """Refuse a device name prunex does not know, saying which it does."""
+    if name not in DEVICES:
+        raise PrunexError(f"device must be one of {', '.join(DEVICES)}, not {name!r}")
 
 
 def torch_device(name: str = "auto") -> torch.device:
     """`auto` is CUDA when PyTorch sees a GPU, else the CPU; `cuda` without a GPU is a clear error."""
-    if name not in TORCH_DEVICES:
-        raise PrunexError(f"device must be one of {', '.join(TORCH_DEVICES)}, not {name!r}")
+    check_device_name(name)
     if name == "cuda" and not torch.cuda.is_available():
         raise PrunexError("--device cuda: this PyTorch sees no CUDA GPU; use --device cpu (or auto)")
     if name == "auto":

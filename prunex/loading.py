@@ -3,6 +3,7 @@ DCP) and `load_ltp` (encoder classifiers, LTP). Checkpoint files are read by `pr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -11,6 +12,7 @@ from prunex.checkpoints.ltp import MODEL_FILE, REQUIRED_TRAINING_FIELDS, dense_w
 from prunex.checkpoints.meta import check_base, is_checkpoint, load_checkpoint
 from prunex.config import LTPConfig, from_dict
 from prunex.errors import PrunexError
+from prunex.format import is_exported_dir, manifest_kind
 from prunex.models.encoders import LoadedClassifier, load_classifier
 from prunex.models.sources import load_model
 from prunex.prune.dcp import DCPPolicy
@@ -20,6 +22,26 @@ from prunex.prune.ltp import LTPClassifier, LTPThresholds
 # The shipped DCP checkpoint for the packaged SmolLM2 (see README: "The built-in default").
 DEFAULT_CHECKPOINT = Path(__file__).parent / "defaults" / "smollm2-dcp"
 BASE_WEIGHTS_FILE = "base.safetensors"  # only in checkpoints trained with --train all
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a SOURCE argument names."""
+
+    kind: str  # "exported" (prunex export dir) | "checkpoint" (pruning checkpoint dir) | "model" (name or HF dir)
+    path: str  # the dir or model name; the built-in checkpoint when none was given
+    method: str  # exported: "decoder" | "encoder"; checkpoint: "dcp" | "ltp"; model: ""
+
+
+def resolve_source(source: str | Path | None) -> Source:
+    """Classify a SOURCE: an exported dir, a pruning checkpoint (None: the built-in one) or a model."""
+    if source is None:
+        return Source("checkpoint", str(default_checkpoint()), "dcp")
+    if is_exported_dir(source):
+        return Source("exported", str(source), manifest_kind(source))
+    if is_checkpoint(source):
+        return Source("checkpoint", str(source), load_checkpoint(source)[0].method)
+    return Source("model", str(source), "")
 
 
 def default_checkpoint() -> Path:

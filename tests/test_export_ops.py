@@ -10,8 +10,9 @@ import torch
 from onnx import TensorProto
 
 from prunex.export import ops
-from prunex.prune.kv_cache import LayerCache, pack_kept
+from prunex.prune.kv_cache import LayerCache
 from prunex.prune.ltp import LTPConfig, LTPThresholds
+from prunex.tensors import pack_kept
 
 B, KVH, T, D, R, H = 3, 2, 9, 4, 5, 6
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from prunex.prune.kv_cache import LayerCache, pack_kept
+from prunex.prune.kv_cache import LayerCache
+from prunex.tensors import pack_kept
 
 
 def test_pack_kept_keeps_order_and_pads():

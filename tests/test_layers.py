@@ -16,7 +16,7 @@ PACKAGE = Path(prunex.__file__).parent
 
 # Lowest first; a module may import its own layer or lower ones (never in a cycle), never a higher one.
 LAYERS = [
-    {"errors", "config", "format", "cache", "devices", "console"},
+    {"errors", "config", "format", "cache", "devices", "console", "tensors"},
     {"models", "data", "checkpoints"},
     {"prune", "runtime", "loading"},
     {"eval", "export"},

@@ -87,9 +87,11 @@ def measure_torch(directory: str, batch: int, context: int, new_tokens: int, thr
                                   min_new_tokens=new_tokens, do_sample=False,
                                   logits_processor=LogitsProcessorList([Stamp()]), pad_token_id=0)
     decode = stamps[-1] - stamps[0]
-    per_token = 2 * base.model.config.num_key_value_heads * (base.model.config.hidden_size //
-                                                             base.model.config.num_attention_heads) * 4
-    dense = batch * (context + new_tokens - 1) * base.model.config.num_hidden_layers * per_token
+    from prunex.tensors import kv_entry_bytes
+
+    config = base.model.config
+    per_token = kv_entry_bytes(config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
+    dense = batch * (context + new_tokens - 1) * config.num_hidden_layers * per_token
     return {
         "time_to_first_token_s": stamps[0] - started, "decode_tokens_per_s": batch * (len(stamps) - 1) / decode,
         "kv_bytes": dense, "dense_kv_bytes": dense, "first_tokens": out[0, context: context + 8].tolist(),

@@ -55,17 +55,13 @@ def generate_exported(source: str, prompts: list[str], *, chat: bool, params, st
 
 def generate_torch(source: str | None, prompts: list[str], *, chat: bool, max_new_tokens: int, as_json: bool) -> None:
     """Greedy generation in PyTorch with physical KV removal (checkpoints and model names)."""
+    from prunex.data.prompts import encode_prompt
     from prunex.loading import load_lm
 
     lm = load_lm(source)
     tokenizer = lm.tokenizer
-    if chat:
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]
-    else:
-        texts = list(prompts)
-    result = lm.generate([tokenizer(t)["input_ids"] for t in texts], max_new_tokens,
-                         eos_token_id=tokenizer.eos_token_id)
+    ids = [encode_prompt(tokenizer, _messages_or_text(p, chat)) for p in prompts]
+    result = lm.generate(ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
     outputs = [tokenizer.decode(ids, skip_special_tokens=True) for ids in result.token_ids]
     if as_json:
         rows = [{"prompt": p, "text": o, "token_ids": ids} for p, o, ids in zip(prompts, outputs, result.token_ids)]

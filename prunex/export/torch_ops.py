@@ -13,7 +13,7 @@ from torch import Tensor
 
 from prunex.format import DOMAIN, KV_COMPACT, THRESHOLD_GATHER
 from prunex.prune.encoder_forward import threshold_gather as threshold_gather_torch
-from prunex.prune.kv_cache import gather_tokens, pack_kept
+from prunex.tensors import gather_tokens, pack_kept
 
 
 @torch.library.custom_op("prunex::kv_compact", mutates_args=())

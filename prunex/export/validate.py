@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import torch
 
+from prunex.data.batching import pad_batch
 from prunex.errors import PrunexError
 from prunex.format import read_manifest
 from prunex.prune.dcp import DCPPolicy
@@ -68,12 +69,10 @@ def validate_decoder(
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
     engine = DecoderEngine(directory, device="cpu", threads=1, manifest=manifest)
 
-    lengths = torch.tensor([len(p) for p in prompts])  # (B,)
-    B, T = len(prompts), int(lengths.max())
-    ids = torch.zeros(B, T, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, : len(prompt)] = torch.tensor(prompt)
-    valid = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+    ids, mask = pad_batch(prompts, pad_id=0)  # (B, T) each
+    valid = mask.bool()
+    lengths = valid.sum(-1)  # (B,)
+    B = len(prompts)
     with torch.no_grad():
         full = run_full(reference.adapter, policy, ids, valid, collect_prefill=True)
         torch_cache = PrunedKVCache.from_prefill(full.prefill, valid)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from prunex.errors import PrunexError
 from prunex.models.encoder_adapters import EncoderAdapter
-from prunex.prune.kv_cache import gather_tokens, pack_kept
+from prunex.tensors import gather_tokens, pack_kept
 
 MODES = ("dense", "soft", "hard", "masked")
 

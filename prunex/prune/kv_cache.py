@@ -11,28 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-def pack_kept(keep: Tensor) -> tuple[Tensor, Tensor]:
-    """Order-preserving compaction plan.
-
-    keep: (B, N) bool. Returns index (B, W) of the kept entries in order, padded with dropped ones, and
-    valid (B, W) bool, where W is the largest per-row count (at least 1).
-    """
-    B, N = keep.shape
-    counts = keep.sum(-1)  # (B,)
-    width = max(int(counts.max()), 1)
-    # A stable sort on "dropped" puts kept entries first, in their original order.
-    order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices[:, :width]  # (B, W)
-    valid = torch.arange(width, device=keep.device)[None, :] < counts[:, None]
-    return order, valid
-
-
-def gather_tokens(tensor: Tensor, index: Tensor, token_dim: int) -> Tensor:
-    """Gather along `token_dim` with a (B, W) index, broadcasting over the other dims."""
-    shape = [1] * tensor.dim()
-    shape[0], shape[token_dim] = index.shape
-    expanded = index.view(shape).expand(*[s if i != token_dim else index.shape[1] for i, s in enumerate(tensor.shape)])
-    return tensor.gather(token_dim, expanded)
+from prunex.tensors import gather_tokens, kv_entry_bytes, pack_kept
 
 
 @dataclass
@@ -98,8 +77,7 @@ class PrunedKVCache:
         """Bytes of K/V (and policy state) held by the valid entries."""
         total = 0
         for layer in self.layers:
-            per_token = (layer.k[0, :, 0].numel() * 2) * layer.k.element_size()
-            if layer.state is not None:
-                per_token += layer.state.shape[-1] * layer.state.element_size()
+            per_token = kv_entry_bytes(layer.k.shape[1], layer.k.shape[3],
+                                       0 if layer.state is None else layer.state.shape[-1], layer.k.dtype)
             total += int(layer.lengths.sum()) * per_token
         return total

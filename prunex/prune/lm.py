@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from prunex.data.batching import pad_batch
 from prunex.errors import PrunexError
 from prunex.models.adapters import decoder_adapter
 from prunex.models.sources import LoadedModel
@@ -80,15 +81,12 @@ class PrunedLM:
             raise PrunexError("every prompt needs at least one token")
         if max_new_tokens < 1:
             raise PrunexError("max_new_tokens must be at least 1")
-        lengths = torch.tensor([len(p) for p in prompts])
-        self._check_length(int(lengths.max()) + max_new_tokens)
-        B, T = len(prompts), int(lengths.max())
-        input_ids = torch.zeros(B, T, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, : len(prompt)] = torch.tensor(prompt)
+        input_ids, mask = pad_batch(prompts, pad_id=0)  # (B, T) each
+        B = len(prompts)
+        self._check_length(input_ids.shape[1] + max_new_tokens)
         device = self.device
-        input_ids, lengths = input_ids.to(device), lengths.to(device)
-        valid = torch.arange(T, device=device)[None, :] < lengths[:, None]  # (B, T)
+        input_ids, valid = input_ids.to(device), mask.bool().to(device)
+        lengths = valid.sum(-1)  # (B,)
 
         prefill = run_full(self.adapter, self.policy, input_ids, valid, collect_prefill=True)
         cache = PrunedKVCache.from_prefill(prefill.prefill, valid)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunex.data.batching import encode_texts
+from prunex.data.batching import encode_texts, pad_rows
 from prunex.errors import PrunexError
 from prunex.format import read_encoder_manifest
 from prunex.runtime.runtime import load_tokenizer
@@ -59,12 +59,8 @@ class Classifier:
     def _run(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded rows -> logits (N, C), kept tokens after each layer (N, L)."""
         m = self.manifest
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), self.tokenizer.pad_token_id or 0, np.int64)
-        mask = np.zeros((len(rows), width), np.int64)
-        for i, row in enumerate(rows):  # per row, not per token
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
+        ids, valid = pad_rows(rows, self.tokenizer.pad_token_id or 0)  # (N, T) each
+        mask = valid.astype(np.int64)
         logits, kept = self.session.run([m.outputs["logits"], m.outputs["kept"]],
                                         {m.inputs["input_ids"]: ids, m.inputs["attention_mask"]: mask})
         return logits, kept

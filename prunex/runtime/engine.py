@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from prunex.data.batching import pad_rows
 from prunex.errors import PrunexError
 from prunex.format import CACHE_FIELDS, DecoderManifest, read_manifest
 from prunex.runtime.kv_cache import CacheLimits, CapacityError, KVCacheManager
@@ -25,16 +26,14 @@ def prompt_feeds(manifest: DecoderManifest, prompts: list[list[int]], all_logits
     """Graph feeds for right-padded prompts with an empty past: logits wanted at the last real token of each
     row, or at every position with `all_logits`. Only names in `graph_inputs` are fed (None: all)."""
     m = manifest
-    lengths = np.array([len(p) for p in prompts], dtype=np.int64)  # (N,)
-    N, T = len(prompts), int(lengths.max())
-    ids = np.zeros((N, T), np.int64)
-    for row, prompt in enumerate(prompts):  # per row, not per token
-        ids[row, : len(prompt)] = prompt
+    ids, valid = pad_rows(prompts)  # (N, T) each
+    N, T = ids.shape
+    lengths = valid.sum(-1)  # (N,)
     positions = np.broadcast_to(np.arange(T, dtype=np.int64), (N, T))
     wanted = positions if all_logits else (lengths - 1)[:, None]
     feeds = {
         m.inputs["input_ids"]: ids, m.inputs["position_ids"]: positions.copy(),
-        m.inputs["input_valid"]: np.arange(T)[None, :] < lengths[:, None],
+        m.inputs["input_valid"]: valid,
         m.inputs["logit_index"]: np.ascontiguousarray(wanted),
     }
     D, KV, R = m.head_dim, m.num_kv_heads, m.interaction_dim

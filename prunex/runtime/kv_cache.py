@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from prunex.errors import PrunexError
+from prunex.tensors import gather_tokens, kv_entry_bytes, pack_kept
 
 FIELDS = ("key", "value", "kint", "valid", "positions")
 
@@ -59,15 +60,6 @@ class LayerSlots:
         return self.key, self.value, self.kint, self.valid, self.positions
 
 
-def _gather_slots(tensor: Tensor, index: Tensor, dim: int) -> Tensor:
-    """tensor gathered along `dim` (the slot axis) with a (B, W') index."""
-    shape = list(tensor.shape)
-    shape[dim] = index.shape[1]
-    view = [index.shape[0]] + [1] * (tensor.dim() - 1)
-    view[dim] = index.shape[1]
-    return tensor.gather(dim, index.view(view).expand(shape))
-
-
 class KVCacheManager:
     """Per-layer slot buffers for a batch of rows, on `device`, shaped by an exported decoder's manifest."""
 
@@ -91,7 +83,7 @@ class KVCacheManager:
     @property
     def bytes_per_entry(self) -> int:
         """Bytes of one token's K, V and interaction key in one layer."""
-        return (2 * self.kv_heads * self.head_dim + self.kint_dim) * torch.finfo(self.dtype).bits // 8
+        return kv_entry_bytes(self.kv_heads, self.head_dim, self.kint_dim, self.dtype)
 
     def held_entries(self) -> Tensor:
         """(B,) valid entries per row, summed over layers."""
@@ -208,14 +200,13 @@ class KVCacheManager:
     def compact(self, layer: int) -> None:
         """Rebuild a layer: each row's valid entries packed to the front (in slot order), plus headroom."""
         slots = self.layers[layer]
-        counts = slots.valid.sum(1)  # (B,)
-        kept = int(counts.max()) if self.rows else 0
-        order = torch.sort((~slots.valid).to(torch.uint8), dim=1, stable=True).indices[:, :kept]  # (B, kept)
+        order, valid = pack_kept(slots.valid, min_width=0)  # (B, kept) each
+        kept = order.shape[1]
         packed = self._allocate(self.rows, kept + self.limits.headroom)
         for name in FIELDS:
             dim = 2 if name in ("key", "value") else 1
-            getattr(packed, name).narrow(dim, 0, kept).copy_(_gather_slots(getattr(slots, name), order, dim))
-        packed.valid.narrow(1, 0, kept).copy_(torch.arange(kept, device=self.device)[None, :] < counts[:, None])
+            getattr(packed, name).narrow(dim, 0, kept).copy_(gather_tokens(getattr(slots, name), order, dim))
+        packed.valid.narrow(1, 0, kept).copy_(valid)
         self._install({layer: packed})
         self.compactions += 1
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Union
 
+from prunex.data.prompts import Prompt, encode_prompt
 from prunex.errors import PrunexError
 from prunex.runtime.engine import DecoderEngine
 from prunex.runtime.generator import Completion, Generator
 from prunex.runtime.kv_cache import CacheLimits
 from prunex.runtime.sampling import SamplingParams
-
-Prompt = Union[str, list[int], list[dict]]  # text, token ids, or chat messages ({"role", "content"})
 
 
 def load_tokenizer(directory: str | Path):
@@ -53,19 +51,7 @@ class Runtime:
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a text, of chat messages (through the tokenizer's chat template), or ids as given."""
-        if isinstance(prompt, str):
-            return self.tokenizer(prompt)["input_ids"]
-        if prompt and all(isinstance(m, dict) for m in prompt):
-            if getattr(self.tokenizer, "chat_template", None) is None:
-                raise PrunexError("this model's tokenizer has no chat template: give plain text")
-            try:
-                return list(self.tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                                               return_dict=False))
-            except (KeyError, TypeError, ValueError) as err:
-                raise PrunexError(f"messages must be {{'role': ..., 'content': ...}} dicts: {err}") from err
-        if prompt and all(isinstance(t, int) for t in prompt):
-            return list(prompt)
-        raise PrunexError("a prompt is a string, a list of token ids, or a list of chat messages")
+        return encode_prompt(self.tokenizer, prompt)
 
     def generator(self) -> Generator:
         """A Generator over this runtime's engine (one at a time: it owns the KV cache)."""

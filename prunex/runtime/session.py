@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunex.devices import check_device_name
 from prunex.errors import PrunexError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 _NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_}
 
@@ -34,8 +33,7 @@ def choose_device(device: str = "auto") -> DeviceChoice:
     """Pick the execution providers for `device` ("auto" | "cpu" | "cuda")."""
     import onnxruntime as ort
 
-    if device not in DEVICES:
-        raise PrunexError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    check_device_name(device)
     if device == "cpu":
         return DeviceChoice("cpu", ["CPUExecutionProvider"])
     if "CUDAExecutionProvider" not in ort.get_available_providers():

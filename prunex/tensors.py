@@ -1,0 +1,35 @@
+"""Tensor helpers shared by the PyTorch paths (`prune`) and the runtime: the order-preserving packing plan of a
+pruned cache, the gather that applies it, and what one cached token costs in bytes."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def pack_kept(keep: Tensor, min_width: int = 1) -> tuple[Tensor, Tensor]:
+    """Order-preserving compaction plan.
+
+    keep: (B, N) bool. Returns index (B, W) of the kept entries in order, padded with dropped ones, and
+    valid (B, W) bool, where W is the largest per-row count (at least `min_width`).
+    """
+    counts = keep.sum(-1)  # (B,)
+    width = max(int(counts.max()) if counts.numel() else 0, min_width)
+    # A stable sort on "dropped" puts kept entries first, in their original order.
+    order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices[:, :width]  # (B, W)
+    valid = torch.arange(width, device=keep.device)[None, :] < counts[:, None]
+    return order, valid
+
+
+def gather_tokens(tensor: Tensor, index: Tensor, token_dim: int) -> Tensor:
+    """Gather along `token_dim` with a (B, W) index, broadcasting over the other dims (dim 0 is the batch)."""
+    shape = [1] * tensor.dim()
+    shape[0], shape[token_dim] = index.shape
+    sizes = list(tensor.shape)
+    sizes[token_dim] = index.shape[1]
+    return tensor.gather(token_dim, index.view(shape).expand(sizes))
+
+
+def kv_entry_bytes(num_kv_heads: int, head_dim: int, state_dim: int = 0, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes one token holds in one layer's cache: its key and value over the KV heads, plus a policy's state."""
+    return (2 * num_kv_heads * head_dim + state_dim) * torch.finfo(dtype).bits // 8
