@@ -94,6 +94,23 @@ def threshold_gather(hidden: Tensor, scores: Tensor, threshold: Tensor, alive: T
 TokenGather = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
+def _checked_valid(adapter: EncoderAdapter, input_ids: Tensor, attention_mask: Tensor | None,
+                   pruner: TokenPruner | None, mode: str) -> Tensor:
+    """The (B, T) bool mask of real tokens, after refusing what the loop cannot run."""
+    if mode not in MODES:
+        raise PrunexError(f"unknown pruning mode {mode!r}; use one of {MODES}")
+    if mode != "dense" and pruner is None:
+        raise PrunexError(f"mode {mode!r} needs a pruner (thresholds)")
+    B, T = input_ids.shape
+    valid = (torch.ones(B, T, dtype=torch.bool, device=input_ids.device) if attention_mask is None
+             else attention_mask.bool())
+    if not bool(valid[:, 0].all()):
+        raise PrunexError("every row needs a real first token ([CLS]): pad on the right")
+    if T > adapter.max_length:
+        raise PrunexError(f"{T} tokens exceed the encoder's {adapter.max_length} positions: truncate the inputs")
+    return valid
+
+
 def run_encoder(
     adapter: EncoderAdapter,
     input_ids: Tensor,
@@ -104,17 +121,9 @@ def run_encoder(
 ) -> EncoderResult:
     """Classify (B, T) right-padded ids, each row starting with [CLS]; see the module doc for `mode`.
     `gather` removes the tokens in hard mode (the export passes the prunex op)."""
-    if mode not in MODES:
-        raise PrunexError(f"unknown pruning mode {mode!r}; use one of {MODES}")
-    if mode != "dense" and pruner is None:
-        raise PrunexError(f"mode {mode!r} needs a pruner (thresholds)")
+    valid = _checked_valid(adapter, input_ids, attention_mask, pruner, mode)  # (B, T)
     B, T = input_ids.shape
     device = input_ids.device
-    valid = torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
-    if not bool(valid[:, 0].all()):
-        raise PrunexError("every row needs a real first token ([CLS]): pad on the right")
-    if T > adapter.max_length:
-        raise PrunexError(f"{T} tokens exceed the encoder's {adapter.max_length} positions: truncate the inputs")
     H, D, d = adapter.num_heads, adapter.head_dim, adapter.hidden_size
     lengths = valid.sum(-1)  # (B,)
 

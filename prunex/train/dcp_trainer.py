@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from prunex.models.sources import load_model
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.forward import run_full
 from prunex.prune.lm import PrunedLM
-from prunex.train.progress import TrainProgress
+from prunex.train.loop import batch_at, run_steps, shuffled_order
 
 
 def alpha_at(step: int, config: TrainConfig) -> float:
@@ -55,72 +54,81 @@ def hard_figures(lm: PrunedLM, windows: torch.Tensor) -> dict[str, float]:
     return {"perplexity": math.exp(sum(losses) / len(losses)), "sparsity": 1 - kept / total}
 
 
-def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_progress: bool = True) -> CheckpointMeta:
-    """Train DCP on `config.model` and write a checkpoint to `out_dir`; returns its metadata."""
+def _check(config: TrainConfig) -> None:
     if config.train not in ("heads", "all"):
         raise PrunexError(f"--train must be 'heads' or 'all', not {config.train!r}")
     if config.loss not in ("lm", "distill"):
         raise PrunexError(f"--loss must be 'lm' or 'distill', not {config.loss!r}")
-    device = torch_device(config.device)  # checked before the (slow) model load
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+
+
+def _pruned_model(config: TrainConfig, dcp: DCPConfig, device: torch.device) -> PrunedLM:
+    """The base model with fresh DCP heads, on `device`, its context checked against `config.context`."""
     base = load_model(config.model)
     if base.tokenizer is None:
         raise PrunexError(f"{config.model} has no tokenizer; prunex trains on text")
     model_config = base.model.config
     hidden = getattr(model_config, "hidden_size", None) or model_config.n_embd
-    policy = DCPPolicy(model_config.num_hidden_layers, hidden, dcp)
-    lm = PrunedLM(base, policy).to(device)
+    lm = PrunedLM(base, DCPPolicy(model_config.num_hidden_layers, hidden, dcp)).to(device)
     lm._check_length(config.context)
+    return lm
 
-    windows = token_windows(base.tokenizer, split_text(config.text, "train", config.seed), config.context)
-    validation = token_windows(base.tokenizer, split_text(config.text, "validation", config.seed), config.context, 2)
-    base.model.requires_grad_(config.train == "all")
-    groups = [{"params": list(policy.parameters()), "lr": config.lr}]
+
+def _optimizer(lm: PrunedLM, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the heads (and the base model with --train all, at its own learning rate)."""
+    lm.base.model.requires_grad_(config.train == "all")
+    groups = [{"params": list(lm.policy.parameters()), "lr": config.lr}]
     if config.train == "all":
-        base.model.train()
-        groups.append({"params": list(base.model.parameters()), "lr": config.base_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(config.seed))
+        lm.base.model.train()
+        groups.append({"params": list(lm.base.model.parameters()), "lr": config.base_lr})
+    return torch.optim.AdamW(groups, weight_decay=0.0)
 
-    started = time.time()
-    history = []
-    with TrainProgress(config.steps, enabled=show_progress) as progress:
-        for step in range(config.steps):
-            alpha = alpha_at(step, config)
-            picks = [order[(step * config.batch_size + i) % len(order)] for i in range(config.batch_size)]
-            batch = windows[torch.stack(picks)].to(lm.device)  # (B, context)
-            result = lm.forward(batch, alpha=alpha)
-            loss_lm = lm_loss(result.logits, batch)
-            if config.loss == "distill":
-                with torch.no_grad():
-                    dense_logits = run_full(lm.adapter, None, batch).logits
-                quality = distill_loss(result.logits, dense_logits)
-            else:
-                quality = loss_lm
-            loss = quality + config.sparsity_weight * result.mean_keep
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            figures = {
-                "step": step + 1, "alpha": alpha, "loss": loss.item(), "perplexity": math.exp(loss_lm.item()),
-                "sparsity": 1 - result.kept_fraction,
-            }
-            history.append(figures)
-            progress.update(figures)
 
-    base.model.eval()
-    policy.eval()
-    figures = {
-        "train_seconds": round(time.time() - started, 1), "device": str(lm.device),
-        "validation": hard_figures(lm, validation),
-    }
+def _train_step(lm: PrunedLM, batch: torch.Tensor, alpha: float, config: TrainConfig,
+                optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """One optimizer step on (B, context) ids: quality loss + sparsity weight x mean keep probability."""
+    result = lm.forward(batch, alpha=alpha)
+    loss_lm = lm_loss(result.logits, batch)
+    if config.loss == "distill":
+        with torch.no_grad():
+            dense_logits = run_full(lm.adapter, None, batch).logits
+        quality = distill_loss(result.logits, dense_logits)
+    else:
+        quality = loss_lm
+    loss = quality + config.sparsity_weight * result.mean_keep
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"alpha": alpha, "loss": loss.item(), "perplexity": math.exp(loss_lm.item()),
+            "sparsity": 1 - result.kept_fraction}
+
+
+def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_progress: bool = True) -> CheckpointMeta:
+    """Train DCP on `config.model` and write a checkpoint to `out_dir`; returns its metadata."""
+    _check(config)
+    device = torch_device(config.device)  # checked before the (slow) model load
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    lm = _pruned_model(config, dcp, device)
+    tokenizer = lm.tokenizer
+    windows = token_windows(tokenizer, split_text(config.text, "train", config.seed), config.context)
+    validation = token_windows(tokenizer, split_text(config.text, "validation", config.seed), config.context, 2)
+    optimizer = _optimizer(lm, config)
+    order = shuffled_order(len(windows), config.seed)
+
+    def step(index: int) -> dict[str, float]:
+        batch = windows[batch_at(order, index, config.batch_size)].to(lm.device)  # (B, context)
+        return {"step": index + 1, **_train_step(lm, batch, alpha_at(index, config), config, optimizer)}
+
+    history, seconds = run_steps(config.steps, step, show_progress)
+    lm.base.model.eval()
+    lm.policy.eval()
+    figures = {"train_seconds": round(seconds, 1), "device": str(lm.device), "validation": hard_figures(lm, validation)}
     meta = CheckpointMeta(
-        method="dcp", base_model=base.model_id, base_model_hash=base.weights_hash, config=to_dict(dcp),
+        method="dcp", base_model=lm.base.model_id, base_model_hash=lm.base.weights_hash, config=to_dict(dcp),
         training={"config": to_dict(config), "figures": figures, "last_steps": history[-5:]},
     )
-    out = save_checkpoint(out_dir, meta, policy.state_dict())
+    out = save_checkpoint(out_dir, meta, lm.policy.state_dict())
     if config.train == "all":
-        save_model(base.model.cpu(), str(out / BASE_WEIGHTS_FILE))  # tied weights stored once
+        save_model(lm.base.model.cpu(), str(out / BASE_WEIGHTS_FILE))  # tied weights stored once
     return meta
