@@ -9,6 +9,8 @@ from torch import Tensor
 
 from prunex.errors import PrunexError
 
+MAX_LOGPROBS = 20  # most likely alternatives a request may ask for with each token
+
 
 @dataclass
 class SamplingParams:
@@ -21,6 +23,7 @@ class SamplingParams:
     seed: int | None = None  # the same seed and prompt give the same tokens, whatever else is in the batch
     stop: list[str] = field(default_factory=list)  # strings that end the text (not included in it)
     ignore_eos: bool = False  # keep going past the end-of-sequence token
+    logprobs: int | None = None  # None: no log-probabilities; k >= 0: each token's, with the k most likely
 
     def check(self) -> None:
         """Raise PrunexError on settings that cannot work."""
@@ -34,6 +37,8 @@ class SamplingParams:
             raise PrunexError("top_p must be in (0, 1]")
         if any(not s for s in self.stop):
             raise PrunexError("stop strings must not be empty")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise PrunexError(f"logprobs must be between 0 and {MAX_LOGPROBS}")
 
 
 def make_rng(seed: int | None) -> torch.Generator:
@@ -65,3 +70,12 @@ def choose_tokens(logits: Tensor, params: list[SamplingParams], rngs: list[torch
             row_logits = filter_logits(logits[row].float().cpu() / p.temperature, p.top_k, p.top_p)
             tokens[row] = torch.multinomial(row_logits.softmax(-1), 1, generator=rng)[0]
     return tokens
+
+
+def token_logprobs(logits: Tensor, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """Log-probability of `token` under one row's raw logits (vocab,) (before temperature and filtering), and
+    the `top` most likely tokens with theirs."""
+    logprobs = logits.float().log_softmax(-1)  # (vocab,)
+    best = torch.topk(logprobs, top) if top else None
+    alternatives = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
+    return float(logprobs[token]), alternatives
