@@ -60,3 +60,25 @@ def load_lm(source: str | Path | None = None) -> PrunedLM:
     return PrunedLM(load_model(str(source)), None)
 
 
+def cached_export(source: str | None, dense: bool) -> Path:
+    """An exported dir of `source` (checkpoint, model name, None: built-in), exported once and cached under
+    PRUNEX_CACHE (`prunex bench decode` and `prunex serve` share it)."""
+    import hashlib
+    import sys
+
+    import prunex.export
+    from prunex.cache import cache_dir
+    from prunex.export.decoder import export_decoder
+    from prunex.export.manifest import DECODER_GRAPH_VERSION, is_exported_dir
+
+    path = Path(source or DEFAULT_CHECKPOINT)
+    digest = hashlib.sha256(f"{path.resolve()}|{DECODER_GRAPH_VERSION}|{dense}".encode())
+    for file in sorted(path.glob("*")) if path.is_dir() else []:
+        digest.update(file.name.encode() + str(file.stat().st_size).encode() + str(file.stat().st_mtime).encode())
+    for code in sorted(Path(prunex.export.__file__).parent.glob("*.py")):  # a changed exporter (e.g. a new
+        digest.update(code.read_bytes())  # op body) gives a new cached export
+    out = cache_dir("exports") / f"{path.name}-{'dense' if dense else 'pruned'}-{digest.hexdigest()[:12]}"
+    if not is_exported_dir(out):
+        print(f"exporting {path} ({'dense' if dense else 'pruned'}) to {out} ...", file=sys.stderr)
+        export_decoder(load_lm(source), out, dense=dense, force=True, source=str(path))
+    return out

@@ -10,7 +10,6 @@ run, so the distance to the limit is visible.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 
 from prunex.cache import cache_dir
 from prunex.errors import PrunexError
+from prunex.loading import cached_export
 
 
 @dataclass
@@ -38,26 +38,6 @@ class DecodeBenchConfig:
     repeats: int = 1  # rounds of every engine in turn; figures are medians, ratios the median of each round's
 
 
-def _exported(source: str | None, dense: bool) -> Path:
-    """An exported dir of `source` (checkpoint, model name, None: built-in), cached under PRUNEX_CACHE."""
-    import prunex.export
-    from prunex.export.decoder import export_decoder
-    from prunex.export.manifest import DECODER_GRAPH_VERSION, is_exported_dir
-    from prunex.loading import DEFAULT_CHECKPOINT, load_lm
-
-    path = Path(source or DEFAULT_CHECKPOINT)
-    digest = hashlib.sha256(f"{path.resolve()}|{DECODER_GRAPH_VERSION}|{dense}".encode())
-    for file in sorted(path.glob("*")) if path.is_dir() else []:
-        digest.update(file.name.encode() + str(file.stat().st_size).encode() + str(file.stat().st_mtime).encode())
-    for code in sorted(Path(prunex.export.__file__).parent.glob("*.py")):  # a changed exporter (e.g. a new
-        digest.update(code.read_bytes())  # op body) gives a new cached export
-    out = cache_dir("exports") / f"{path.name}-{'dense' if dense else 'pruned'}-{digest.hexdigest()[:12]}"
-    if not is_exported_dir(out):
-        print(f"exporting {path} ({'dense' if dense else 'pruned'}) to {out} ...", file=sys.stderr)
-        export_decoder(load_lm(source), out, dense=dense, force=True, source=str(path))
-    return out
-
-
 def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
     """The exported dirs to compare: SOURCE (exported, or exported now) and the baseline (default: dense)."""
     from prunex.export.manifest import is_exported_dir, read_manifest
@@ -66,12 +46,12 @@ def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
         main = Path(source)
         if baseline is None:
             recorded = read_manifest(main).source
-            baseline_dir = _exported(recorded or None, dense=True)
+            baseline_dir = cached_export(recorded or None, dense=True)
         else:
             baseline_dir = Path(baseline)
     else:
-        main = _exported(source, dense=False)
-        baseline_dir = Path(baseline) if baseline else _exported(source, dense=True)
+        main = cached_export(source, dense=False)
+        baseline_dir = Path(baseline) if baseline else cached_export(source, dense=True)
     if not is_exported_dir(baseline_dir):
         raise PrunexError(f"--baseline {baseline_dir} is not an exported dir (prunex export)")
     return main, baseline_dir

@@ -277,6 +277,32 @@ def export(
             f"{figures['max_logit_diff']:.2e} (tolerance {figures['tolerance']:g}), {what}"
         )
 
+@app.command()
+def serve(
+    source: Optional[str] = typer.Argument(
+        None, help="Exported dir (decoder or LTP encoder; fp32 or int8; pruned or dense), or a DCP checkpoint / "
+        "model name exported once into the cache; default: the built-in DCP model."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; loopback unless told otherwise."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, envvar="PRUNEX_API_KEY", help="Require `Authorization: Bearer "
+                                          "KEY` on every route but /health (env: PRUNEX_API_KEY)."),
+    max_batch: int = typer.Option(16, min=1, help="Requests decoded together (continuous batching)."),
+    max_queue: int = typer.Option(64, min=0, help="Requests that may wait for a row; past it the answer is 503 "
+                                  "with Retry-After at once."),
+    device: str = typer.Option("auto", help="auto (CUDA if onnxruntime-gpu and a GPU), cpu or cuda."),
+    threads: int = typer.Option(0, min=0, help="ONNX Runtime intra-op threads (0: as torch)."),
+    model_name: Optional[str] = typer.Option(None, help="The `model` clients send (default: the dir's name, or "
+                                             "SOURCE as given)."),
+) -> None:
+    """An OpenAI-compatible server (/v1/completions with echo + logprobs, /v1/chat/completions, streaming,
+    /v1/models, /health, /metrics, /tokenize, /detokenize, /tokenizer_info; /v1/classify for encoders)."""
+    from prunex.cli.serve_command import serve_command
+
+    serve_command(source, host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
+                  device=device, threads=threads or None, model_name=model_name)
+
+
 @bench_app.command("decode")
 def bench_decode_command(
     source: Optional[str] = typer.Argument(
