@@ -33,7 +33,9 @@ from prunex.serve.serving import ServedModel, ServeError, Serving
 log = logging.getLogger(__name__)
 
 ERRORS = {code: {"model": p.ErrorResponse} for code in (400, 401, 404, 413, 500, 503)}
-STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
+    "type": "string", "description": "a JSON chunk (the route's chunk object, or an error body), or [DONE]"}}}
+STREAMED = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
                   "description": "JSON, or server-sent events with `stream: true`"}}
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/classify", "/health", "/metrics",
           "/tokenize", "/detokenize", "/tokenizer_info")
