@@ -80,3 +80,12 @@ def test_a_failed_prefill_fails_only_its_request(exported):  # noqa: F811
     assert survivor.finish_reason == "length"
     gen.close()
     assert survivor.token_ids == runtime.generate([runtime.encode(TEXTS[1])], GREEDY)[0].token_ids
+
+
+def test_extreme_sampling_settings_stay_finite(exported):  # noqa: F811  (found by the server's fuzz test)
+    runtime = _runtime(exported)
+    prompt = runtime.encode(TEXTS[0])
+    greedy = runtime.generate([prompt], GREEDY)[0].token_ids
+    for params in (SamplingParams(max_new_tokens=10, ignore_eos=True, temperature=1.0, top_p=5e-324, seed=1),
+                   SamplingParams(max_new_tokens=10, ignore_eos=True, temperature=5e-324, seed=1)):
+        assert runtime.generate([prompt], params)[0].token_ids == greedy  # the nucleus is the top token

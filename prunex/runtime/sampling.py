@@ -10,6 +10,7 @@ from torch import Tensor
 from prunex.errors import PrunexError
 
 MAX_LOGPROBS = 20  # most likely alternatives a request may ask for with each token
+GREEDY_BELOW = 1e-5  # temperatures this small are greedy (logits / t would overflow to inf and NaN)
 
 
 @dataclass
@@ -17,7 +18,7 @@ class SamplingParams:
     """How one request picks its tokens and when it stops."""
 
     max_new_tokens: int = 64  # tokens generated at most (the first one included)
-    temperature: float = 0.0  # 0: greedy (argmax); > 0: sample from softmax(logits / temperature)
+    temperature: float = 0.0  # 0 (or under GREEDY_BELOW): greedy (argmax); > 0: sample from softmax(logits / t)
     top_k: int = 0  # keep the k most likely tokens before sampling (0: all)
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p (1: all)
     seed: int | None = None  # the same seed and prompt give the same tokens, whatever else is in the batch
@@ -57,6 +58,7 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = sorted_logits.softmax(-1)
         outside = probs.cumsum(-1) - probs >= top_p  # tokens after the nucleus is already full
+        outside[0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
         logits = logits.masked_fill(torch.zeros_like(outside).scatter(0, order, outside), float("-inf"))
     return logits
 
@@ -66,7 +68,7 @@ def choose_tokens(logits: Tensor, params: list[SamplingParams], rngs: list[torch
     with their own generator (so a row's tokens do not depend on the other rows)."""
     tokens = logits.argmax(-1).cpu()  # (B,)
     for row, (p, rng) in enumerate(zip(params, rngs)):
-        if p.temperature > 0:
+        if p.temperature >= GREEDY_BELOW:
             row_logits = filter_logits(logits[row].float().cpu() / p.temperature, p.top_k, p.top_p)
             tokens[row] = torch.multinomial(row_logits.softmax(-1), 1, generator=rng)[0]
     return tokens
