@@ -346,6 +346,35 @@ def bench_decode_command(
         typer.echo(json.dumps(report))
 
 
+@bench_app.command("serve")
+def bench_serve_command(
+    source: Optional[str] = typer.Argument(
+        None, help="Exported dir, or a DCP checkpoint / model name to export (cached); default: the built-in model."
+    ),
+    baseline: Optional[str] = typer.Option(None, help="Exported dir to compare with (default: the dense export)."),
+    clients: list[int] = typer.Option([8, 32, 64], "--clients", min=1, help="Concurrent streaming clients "
+                                      "(repeatable)."),
+    requests: int = typer.Option(64, min=1, help="Requests per client count (real prompts of mixed lengths)."),
+    max_tokens: int = typer.Option(32, min=1, help="Tokens generated per request (greedy)."),
+    prompt_length: list[int] = typer.Option([128, 512, 1024, 256], "--prompt-length", min=2,
+                                            help="Prompt lengths, cycled over the requests (repeatable)."),
+    max_batch: int = typer.Option(16, min=1, help="The server's --max-batch."),
+    threads: int = typer.Option(2, min=1, help="The server's ONNX Runtime threads."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
+) -> None:
+    """Load test of `prunex serve`: N concurrent streaming clients, the pruned export vs the dense export behind
+    the same server, side by side: requests/s, tokens/s, TTFT and inter-token latency p50/p95, peak RSS, errors."""
+    from prunex.bench.serve import ServeBenchConfig, bench_serve, markdown
+
+    config = ServeBenchConfig(clients=list(clients), requests=requests, max_tokens=max_tokens,
+                              prompt_lengths=list(prompt_length), threads=threads, max_batch=max_batch)
+    report = bench_serve(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(json.dumps(report) if as_json else markdown(report))
+
+
 @bench_app.command("classify")
 def bench_classify_command(
     source: str = typer.Argument(..., help="An LTP checkpoint dir (hard stage)."),
