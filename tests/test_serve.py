@@ -188,3 +188,40 @@ def test_tokenizer_routes(server, model_dir):
     assert httpx.post(f"{base}/detokenize", json={"tokens": tokens}).json() == {"prompt": "Hello"}
     info = httpx.get(f"{base}/tokenizer_info").json()
     assert info["eos_token"] == runtime.tokenizer.eos_token and "<assistant>" in info["chat_template"]
+
+
+def test_openapi_document_marks_extensions_and_keeps_openai_order(server):
+    document = httpx.get(f"{server[0]}/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    request = list(schemas["CompletionRequest"]["properties"])
+    assert request[:4] == ["model", "prompt", "best_of", "echo"]
+    assert schemas["CompletionRequest"]["properties"]["top_k"]["x-prunex-extension"] is True
+    assert schemas["Usage"]["properties"]["prunex"]["x-prunex-extension"] is True
+    assert document["paths"]["/v1/classify"]["post"]["x-prunex-extension"] is True
+    assert all("422" not in op["responses"] for path in document["paths"].values() for op in path.values())
+
+
+def test_the_cli_serves_an_exported_dir(model_dir):
+    import subprocess
+    import sys
+
+    from serve_helpers import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", "from prunex.cli.main import main; main()", "serve", model_dir,
+                               "--port", str(port), "--device", "cpu", "--threads", "1", "--api-key", "k"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):  # bounded: start-up and model load
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stderr.read()
+            time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="k", max_retries=0)
+        assert [m.id for m in client.models.list().data] == [model_dir.rsplit("/", 1)[-1]]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -10,6 +10,7 @@ route (docs and `/metrics` included) needs `Authorization: Bearer KEY`.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse
@@ -62,8 +64,9 @@ def load_served_model(source: str | None, device: str = "auto", threads: int | N
     from prunex.export.manifest import is_exported_dir, manifest_kind
     from prunex.loading import cached_export
 
-    directory = Path(source) if source is not None and is_exported_dir(source) else cached_export(source, False)
-    name = name or (directory.name if source is not None and is_exported_dir(source) else (source or "prunex"))
+    exported = source is not None and is_exported_dir(source)
+    directory = Path(source) if exported else cached_export(source, False)
+    name = name or (directory.name if exported else Path(source).name if source else "prunex")
     if manifest_kind(directory) == "encoder":
         from prunex.runtime.classifier import Classifier
 
@@ -121,8 +124,8 @@ class _Guard:
         if key is None or scope["path"] == "/health":
             return None
         headers = dict(scope["headers"])
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        if given != f"Bearer {key}":
+        given = headers.get(b"authorization", b"")
+        if not hmac.compare_digest(given, f"Bearer {key}".encode("latin-1")):
             return ServeError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
                               type="authentication_error", code="invalid_api_key")
         return None
@@ -284,6 +287,20 @@ def create_app(load: Callable[[], ServedModel], settings: ServeSettings | None =
         waiting requests, K/V bytes held vs the dense equivalent."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict:
+        """FastAPI's document without the 422 answers it adds by itself: validation errors are 400 here."""
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, description=app.description,
+                                   routes=app.routes)
+            for path in document["paths"].values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                document.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.state.prunex = state
     app.state.metrics = metrics
     return app

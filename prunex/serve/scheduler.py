@@ -156,13 +156,17 @@ class Scheduler:
                     return
                 inbox = list(self._inbox)
                 self._inbox.clear()
-            for action, ticket in inbox:
-                self._add(ticket) if action == "add" else self._cancel(ticket)
-            if self._scoring:
-                self._score(*self._scoring.popleft())  # one prompt between decode steps
-            if not self.generator.is_done():
-                self._step()
-            self._observe()
+            try:
+                for action, ticket in inbox:
+                    self._add(ticket) if action == "add" else self._cancel(ticket)
+                if self._scoring:
+                    self._score(*self._scoring.popleft())  # one prompt between decode steps
+                if not self.generator.is_done():
+                    self._step()
+                self._observe()
+            except Exception as err:  # a bug here must not leave clients waiting forever
+                log.exception("the scheduler loop failed; failing the requests in flight")
+                self._fail_all(err)
 
     def _deliver(self, ticket: Ticket, item: Item) -> None:
         try:
@@ -244,6 +248,16 @@ class Scheduler:
         except PrunexError:
             pass
         self._deliver(running.ticket, Failed(running.job.index, error or PrunexError("the engine failed")))
+
+    def _fail_all(self, error: Exception) -> None:
+        """Fail every request in flight and start from an empty generator."""
+        for running in self._requests.values():
+            self._deliver(running.ticket, Failed(running.job.index, error))
+        for ticket, job in self._scoring:
+            self._deliver(ticket, Failed(job.index, error))
+        self._requests.clear()
+        self._scoring.clear()
+        self.generator.close()
 
     def _cancel(self, ticket: Ticket) -> None:
         """A client went away: its waiting and running jobs leave now (rows freed before the next step)."""
