@@ -89,3 +89,15 @@ def test_extreme_sampling_settings_stay_finite(exported):  # noqa: F811  (found 
     for params in (SamplingParams(max_new_tokens=10, ignore_eos=True, temperature=1.0, top_p=5e-324, seed=1),
                    SamplingParams(max_new_tokens=10, ignore_eos=True, temperature=5e-324, seed=1)):
         assert runtime.generate([prompt], params)[0].token_ids == greedy  # the nucleus is the top token
+
+
+def test_prompt_logprobs_come_from_the_prefill_and_equal_scoring(exported):  # noqa: F811
+    runtime = _runtime(exported)
+    prompt = runtime.encode(TEXTS[0])
+    alone = runtime.generate([prompt], GREEDY)[0]
+    [done] = runtime.generate([prompt], SamplingParams(max_new_tokens=10, ignore_eos=True, prompt_logprobs=2))
+    assert done.token_ids == alone.token_ids  # the all-logits prefill fills the cache the same way
+    scored = score_prompt(runtime.engine, prompt, top=2).logprobs
+    assert np.allclose(done.prompt_logprobs.token_logprobs, scored.token_logprobs, atol=1e-6)
+    assert [[t for t, _ in top] for top in done.prompt_logprobs.top_logprobs] == [
+        [t for t, _ in top] for top in scored.top_logprobs]

@@ -151,7 +151,7 @@ def test_echo_logprobs_equal_eval_ppl_computation(client, model_dir):
     assert len(logprobs.token_logprobs) == len(ids) + 1 and logprobs.token_logprobs[0] is None
     assert logprobs.top_logprobs[0] is None and len(logprobs.top_logprobs[1]) == 1
     assert logprobs.text_offset[0] == 0 and len(logprobs.tokens) == len(ids) + 1
-    reference = score_prompt(runtime.engine, ids).token_logprobs
+    reference = score_prompt(runtime.engine, ids).logprobs.token_logprobs
     assert np.allclose(logprobs.token_logprobs[1:len(ids)], reference, atol=1e-4)
     # prunex eval ppl DIR on the same tokens: its perplexity is exp of their mean negative log-likelihood
     import torch
@@ -161,6 +161,12 @@ def test_echo_logprobs_equal_eval_ppl_computation(client, model_dir):
     # greedy: the generated token is the top alternative
     assert max(logprobs.top_logprobs[-1].values()) == pytest.approx(logprobs.token_logprobs[-1], abs=1e-5)
     assert done.choices[0].text.startswith(PROMPTS[4])
+    streamed = list(client.completions.create(model="tiny", prompt=[ids], max_tokens=3, temperature=0,
+                                              logprobs=1, echo=True, stream=True))
+    pieces = [c.choices[0] for c in streamed if c.choices and c.choices[0].logprobs]
+    assert pieces[0].text == PROMPTS[4] and pieces[0].logprobs.token_logprobs[0] is None
+    assert np.allclose(pieces[0].logprobs.token_logprobs[1:], reference, atol=1e-4)
+    assert [len(p.logprobs.tokens) for p in pieces[1:]] == [1, 1, 1]  # then one generated token a chunk
     scored = client.completions.create(model="tiny", prompt=[ids], max_tokens=0, echo=True, logprobs=0)
     assert scored.choices[0].text == PROMPTS[4] and scored.usage.completion_tokens == 0
     assert np.allclose(scored.choices[0].logprobs.token_logprobs[1:], reference, atol=1e-4)

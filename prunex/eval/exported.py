@@ -51,7 +51,7 @@ def exported_perplexity(directory: str | Path, windows: torch.Tensor, threads: i
     N, T = windows.shape
     for window in track(windows, description="perplexity (onnx)", disable=not show_progress, transient=True):
         score = score_prompt(engine, window.tolist())  # the server's echo + logprobs run the same function
-        nll -= float(score.token_logprobs.sum())
+        nll -= float(score.logprobs.token_logprobs.sum())
         kept += score.kv_entries / engine.manifest.num_layers / T
     tokens = N * (T - 1)
     return ExportedPerplexity(math.exp(nll / tokens), kept / N, tokens, N, T)

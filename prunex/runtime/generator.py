@@ -27,6 +27,7 @@ from prunex.errors import PrunexError
 from prunex.runtime.engine import DecoderEngine
 from prunex.runtime.kv_cache import CapacityError
 from prunex.runtime.sampling import SamplingParams, choose_tokens, make_rng, token_logprobs
+from prunex.runtime.scoring import PromptLogprobs, prompt_logprobs
 from prunex.runtime.session import torch_on_one_thread
 from prunex.runtime.text_stream import TextStream
 
@@ -45,6 +46,7 @@ class Completion:
     kv_entries: int = 0  # K/V entries its row held (summed over layers) when it left the cache, or now
     dense_kv_entries: int = 0  # entries a dense cache would hold for the same tokens
     error: Exception | None = None  # what failed it (finish_reason "error")
+    prompt_logprobs: PromptLogprobs | None = None  # with SamplingParams.prompt_logprobs
 
     @property
     def kv_kept_fraction(self) -> float:
@@ -62,6 +64,7 @@ class StepEvent:
     finish_reason: str | None  # set on the request's last event: "stop" | "length" | "error" (token_id -1)
     logprob: float | None = None  # log-probability of token_id (when the request asked for logprobs)
     top_logprobs: list[tuple[int, float]] | None = None  # the most likely tokens and their log-probabilities
+    prompt_logprobs: PromptLogprobs | None = None  # on a request's first event, when it asked for them
 
     @property
     def finished(self) -> bool:
@@ -81,6 +84,7 @@ class _Request:
     kv_entries: int = 0  # set when its row leaves the cache
     dense_kv_entries: int = 0
     error: Exception | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class Generator:
@@ -139,7 +143,7 @@ class Generator:
             raise PrunexError(f"no request {request_id} (a finished request's result is handed over once)")
         return Completion(request.id, len(request.prompt), list(request.tokens), request.stream.text,
                           request.finish_reason, request.first_token_seconds, request.kv_entries,
-                          request.dense_kv_entries, request.error)
+                          request.dense_kv_entries, request.error, request.prompt_logprobs)
 
     @property
     def waiting(self) -> int:
@@ -205,8 +209,9 @@ class Generator:
         while self._waiting and self.engine.rows < self.engine.cache.limits.max_rows:
             request = self._waiting[0]
             started = time.perf_counter()
+            scored = request.params.prompt_logprobs
             try:
-                logits = self.engine.prefill([request.prompt])  # (1, vocab)
+                logits = self.engine.prefill([request.prompt], all_logits=scored is not None)  # (1, [T,] vocab)
             except Exception as err:  # onnxruntime raises its own types; any failure is this request's
                 if isinstance(err, CapacityError) and self._running:
                     break  # back-pressure: it waits until rows finish
@@ -217,7 +222,11 @@ class Generator:
                 continue
             self._waiting.pop(0)
             self._running.append(request)
+            if scored is not None:  # one pass: the prompt's log-probabilities from the prefill's own logits
+                request.prompt_logprobs = prompt_logprobs(logits[0].cpu().numpy(), request.prompt, scored)
+                logits = logits[:, -1]  # (1, vocab)
             events += self._take([request], logits)
+            events[-1].prompt_logprobs = request.prompt_logprobs
             request.first_token_seconds = time.perf_counter() - started
         return events
 

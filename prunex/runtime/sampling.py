@@ -25,6 +25,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # strings that end the text (not included in it)
     ignore_eos: bool = False  # keep going past the end-of-sequence token
     logprobs: int | None = None  # None: no log-probabilities; k >= 0: each token's, with the k most likely
+    prompt_logprobs: int | None = None  # k >= 0: also the prompt tokens' log-probabilities (from the prefill)
 
     def check(self) -> None:
         """Raise PrunexError on settings that cannot work."""
@@ -38,8 +39,10 @@ class SamplingParams:
             raise PrunexError("top_p must be in (0, 1]")
         if any(not s for s in self.stop):
             raise PrunexError("stop strings must not be empty")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise PrunexError(f"logprobs must be between 0 and {MAX_LOGPROBS}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise PrunexError(f"{name} must be between 0 and {MAX_LOGPROBS}")
 
 
 def make_rng(seed: int | None) -> torch.Generator:

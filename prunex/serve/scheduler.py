@@ -4,7 +4,7 @@
     scheduler.start()
     ticket = scheduler.submit([Job(0, prompt_ids, SamplingParams(max_new_tokens=16))], asyncio.get_running_loop())
     while not isinstance(item := await ticket.queue.get(), (Finished, Failed)):
-        ...  # Scored, then Token items
+        ...  # Token items (a score-only job: one Scored item)
     ticket.cancel()  # a client that went away: its rows leave the batch at the next step boundary
 
 Requests join the running batch at step boundaries (continuous batching) up to `max_batch` rows; past that
@@ -29,7 +29,7 @@ from prunex.errors import PrunexError
 from prunex.runtime.generator import Completion, StepEvent
 from prunex.runtime.runtime import Runtime
 from prunex.runtime.sampling import SamplingParams
-from prunex.runtime.scoring import PromptScore, score_prompt
+from prunex.runtime.scoring import PromptLogprobs, score_prompt
 from prunex.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,14 @@ class Job:
 
     index: int
     prompt: list[int]
-    params: SamplingParams
-    generate: bool = True  # False: only score the prompt (max_tokens 0 with echo)
-    score_top: int | None = None  # score the prompt's tokens with this many alternatives (None: do not score)
+    params: SamplingParams  # prompt_logprobs: the prompt's tokens scored too (in the prefill's one pass)
+    generate: bool = True  # False: only score the prompt (max_tokens 0 with echo), outside the batch
 
 
 @dataclass
 class Scored:
     index: int
-    score: PromptScore
+    logprobs: PromptLogprobs
 
 
 @dataclass
@@ -180,10 +179,10 @@ class Scheduler:
 
     def _add(self, ticket: Ticket) -> None:
         for job in ticket.jobs:
-            if job.score_top is not None:
-                self._scoring.append((ticket, job))
-            else:
+            if job.generate:
                 self._admit(ticket, job)
+            else:
+                self._scoring.append((ticket, job))
 
     def _admit(self, ticket: Ticket, job: Job) -> None:
         try:
@@ -194,18 +193,16 @@ class Scheduler:
         self._requests[rid] = _Running(ticket, job)
 
     def _score(self, ticket: Ticket, job: Job) -> None:
+        """A score-only job: one pass of its prompt, outside the batch and the cache."""
         try:
-            score = score_prompt(self.runtime.engine, job.prompt, job.score_top or 0)
+            score = score_prompt(self.runtime.engine, job.prompt, job.params.prompt_logprobs or 0)
         except Exception as err:  # onnxruntime raises its own types: the request fails, the server goes on
             log.exception("scoring a prompt failed")
             self._deliver(ticket, Failed(job.index, err))
             return
-        self._deliver(ticket, Scored(job.index, score))
-        if job.generate:
-            self._admit(ticket, job)  # its prompt tokens are counted when it finishes
-        else:
-            self.metrics.prompt_tokens.inc(len(job.prompt))
-            self._deliver(ticket, Finished(job.index, None))
+        self.metrics.prompt_tokens.inc(len(job.prompt))
+        self._deliver(ticket, Scored(job.index, score.logprobs))
+        self._deliver(ticket, Finished(job.index, None))
 
     def _step(self) -> None:
         try:

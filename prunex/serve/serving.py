@@ -16,6 +16,7 @@ from prunex.runtime.classifier import Classifier
 from prunex.runtime.generator import Completion as RunCompletion
 from prunex.runtime.runtime import Runtime
 from prunex.runtime.sampling import SamplingParams
+from prunex.runtime.scoring import PromptLogprobs
 from prunex.serve import protocol as p
 from prunex.serve.scheduler import Failed, Finished, Job, QueueFull, Scheduler, Scored, Ticket, Token
 
@@ -57,7 +58,7 @@ class _Choice:
     """What one job has produced so far."""
 
     prompt: list[int]
-    score: object | None = None  # PromptScore
+    score: PromptLogprobs | None = None  # the prompt's, with echo + logprobs
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
     tops: list[list[tuple[int, float]]] = field(default_factory=list)
@@ -109,12 +110,14 @@ class Serving:
                              f"{context} by {n + m - context}: lower max_tokens or shorten the prompt",
                              param="max_tokens", code="context_length_exceeded")
 
-    def _params(self, req, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def _params(self, req, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None
+                ) -> SamplingParams:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         seed = None if req.seed is None else req.seed % 2**63
         params = SamplingParams(max_new_tokens=max(max_tokens, 1), temperature=req.temperature or 0.0,
                                 top_k=req.top_k or 0, top_p=req.top_p or 1.0, seed=seed, stop=stop,
-                                ignore_eos=bool(req.ignore_eos), logprobs=logprobs)
+                                ignore_eos=bool(req.ignore_eos), logprobs=logprobs,
+                                prompt_logprobs=prompt_logprobs)
         try:
             params.check()
         except PrunexError as err:
@@ -148,13 +151,13 @@ class Serving:
         if max_tokens == 0 and not req.echo:
             raise ServeError(400, "max_tokens 0 needs echo: true (it scores the prompt without generating)",
                              param="max_tokens")
-        params = self._params(req, max_tokens, req.logprobs)
+        scored = req.logprobs if req.echo else None  # the prompt's logprobs come with the echo
+        params = self._params(req, max_tokens, req.logprobs, scored)
         jobs, texts = [], []
         for index, prompt in enumerate(prompts):
             ids = runtime.encode(prompt) if isinstance(prompt, str) else list(prompt)
             self._check_prompt(ids, max_tokens)
-            score = req.logprobs if (req.echo and req.logprobs is not None) else None
-            jobs.append(Job(index, ids, params, generate=max_tokens > 0, score_top=score))
+            jobs.append(Job(index, ids, params, generate=max_tokens > 0))
             texts.append(prompt if isinstance(prompt, str) else runtime.tokenizer.decode(ids))
         return jobs, texts
 
@@ -213,8 +216,9 @@ class Serving:
     @staticmethod
     def _record(choice: _Choice, item) -> None:
         if isinstance(item, Scored):
-            choice.score = item.score
+            choice.score = item.logprobs
         elif isinstance(item, Token):
+            choice.score = item.event.prompt_logprobs or choice.score
             choice.tokens.append(item.event.token_id)
             choice.logprobs.append(item.event.logprob)
             choice.tops.append(item.event.top_logprobs or [])
@@ -280,10 +284,9 @@ class Serving:
             choice = p.CompletionChoice(finish_reason=finish, index=index, logprobs=logprobs, text=text)
             return p.Completion(id=ident, choices=[choice], created=created, model=self.model.name).model_dump_json()
 
-        if req.echo:
+        if req.echo and req.logprobs is None:  # with logprobs, the echo comes with the prompt's scores
             for index, text in enumerate(texts):
-                if jobs[index].score_top is None:
-                    yield chunk(index, text, None)
+                yield chunk(index, text, None)
         async for item in self.items(ticket, is_disconnected):
             choice = choices[item.index]
             try:
@@ -291,9 +294,11 @@ class Serving:
             except ServeError as err:  # mid-stream: one data line with the error body, then the end
                 yield json.dumps(err.body())
                 return
-            if isinstance(item, Scored):
-                yield chunk(item.index, texts[item.index], None, self._logprobs(choice, True, 0))
-            elif isinstance(item, Token):
+            scored_now = isinstance(item, Scored) or (isinstance(item, Token) and item.event.prompt_logprobs)
+            if scored_now and req.echo and req.logprobs is not None:
+                prompt_only = self._logprobs(choice, True, 0, tokens_from=len(choice.tokens))
+                yield chunk(item.index, texts[item.index], None, prompt_only)
+            if isinstance(item, Token):
                 logprobs = None
                 if req.logprobs is not None:
                     start = len(texts[item.index]) if not req.echo else 0
