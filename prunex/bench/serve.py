@@ -33,6 +33,7 @@ class ServeBenchConfig:
     prompt_lengths: list[int] = field(default_factory=lambda: [128, 512, 1024, 256])  # cycled over requests
     threads: int = 2
     max_batch: int = 16  # the server's --max-batch
+    repeats: int = 1  # rounds; figures are medians over them
 
 
 def _free_port() -> int:
@@ -132,38 +133,61 @@ def _wait_healthy(base: str, server: subprocess.Popen, timeout: float = 600) -> 
         time.sleep(0.5)
 
 
+FIGURES = ("requests_per_s", "tokens_per_s", "ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s", "peak_rss_bytes",
+           "errors")
+
+
+def _cell(engine: str, directory: Path, prompts: list[list[int]], clients: int, config: ServeBenchConfig,
+          progress) -> dict:
+    """One engine at one client count, on a fresh server (so the peak RSS is this cell's)."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = _serve(directory, config, port, clients)
+    try:
+        _wait_healthy(base, server)
+        row = asyncio.run(_load(base, prompts, clients, config))
+        row.update(engine=engine, peak_rss_bytes=_peak_rss(server.pid))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    progress(f"  {engine}, {clients} clients: {row['requests_per_s']:.2f} req/s, {row['tokens_per_s']:.1f} tok/s, "
+             f"errors {row['errors']}")
+    return row
+
+
 def bench_serve(source: str | None, baseline: str | None, config: ServeBenchConfig, progress=print) -> dict:
-    """Run the load against each engine's server in turn; one row per engine and client count."""
+    """Rounds of (client count x engine), the engines in turn within a round so that a noisy machine hits both;
+    figures are medians over rounds, the tokens/s ratio the median of the rounds' own ratios."""
     from prunex.bench.decode import resolve_dirs
 
     main, dense = resolve_dirs(source, baseline)
     prompts = bench_prompts(main, config)
+    cells: dict[tuple[str, int], list[dict]] = {}
+    for round_ in range(config.repeats):
+        for clients in config.clients:
+            progress(f"round {round_ + 1}/{config.repeats}, {clients} clients, {len(prompts)} requests ...")
+            for engine, directory in (("prunex", main), ("baseline", dense)):
+                cells.setdefault((engine, clients), []).append(_cell(engine, directory, prompts, clients, config,
+                                                                     progress))
     rows = []
-    for engine, directory in (("prunex", main), ("baseline", dense)):
-        for clients in config.clients:  # a fresh server per cell: peak RSS is that cell's
-            port = _free_port()
-            base = f"http://127.0.0.1:{port}"
-            server = _serve(directory, config, port, clients)
-            try:
-                _wait_healthy(base, server)
-                progress(f"{engine}: {clients} clients, {len(prompts)} requests ...")
-                row = asyncio.run(_load(base, prompts, clients, config))
-                row.update(engine=engine, dir=str(directory), peak_rss_bytes=_peak_rss(server.pid))
-                rows.append(row)
-                progress(f"  {row['requests_per_s']:.2f} req/s, {row['tokens_per_s']:.1f} tok/s, "
-                         f"errors {row['errors']}")
-            finally:
-                server.terminate()
-                server.wait(timeout=60)
-    return {"config": config.__dict__, "prompt_tokens": [len(p) for p in prompts], "rows": rows}
+    for (engine, clients), runs in cells.items():
+        row = {"engine": engine, "clients": clients, "runs": runs,
+               **{k: float(np.median([r[k] for r in runs if r[k] is not None] or [np.nan])) for k in FIGURES}}
+        if engine == "prunex":
+            ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs, cells[("baseline", clients)])]
+            row["tokens_per_s_vs_baseline"] = float(np.median(ratios))
+        rows.append(row)
+    return {"config": config.__dict__, "dirs": {"prunex": str(main), "baseline": str(dense)},
+            "prompt_tokens": [len(p) for p in prompts], "rows": rows}
 
 
 def markdown(report: dict) -> str:
-    """The report as a table, the engines side by side per client count."""
-    lines = ["| clients | engine | req/s | gen tok/s | TTFT p50 / p95 s | ITL p50 / p95 ms | peak RSS GB | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+    """The report as a table, the engines side by side per client count (medians over rounds)."""
+    lines = ["| clients | engine | req/s | gen tok/s | vs dense | TTFT p50 / p95 s | ITL p50 / p95 ms | peak RSS GB "
+             "| errors |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(report["rows"], key=lambda r: (r["clients"], r["engine"] != "prunex")):
+        ratio = f"x{r['tokens_per_s_vs_baseline']:.2f}" if "tokens_per_s_vs_baseline" in r else ""
         lines.append(f"| {r['clients']} | {r['engine']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
-                     f"{r['ttft_p50_s']:.1f} / {r['ttft_p95_s']:.1f} | {1000 * r['itl_p50_s']:.0f} / "
-                     f"{1000 * r['itl_p95_s']:.0f} | {r['peak_rss_bytes'] / 1e9:.2f} | {r['errors']} |")
+                     f"{ratio} | {r['ttft_p50_s']:.1f} / {r['ttft_p95_s']:.1f} | {1000 * r['itl_p50_s']:.0f} / "
+                     f"{1000 * r['itl_p95_s']:.0f} | {r['peak_rss_bytes'] / 1e9:.2f} | {r['errors']:.0f} |")
     return "\n".join(lines)

@@ -360,6 +360,8 @@ def bench_serve_command(
                                             help="Prompt lengths, cycled over the requests (repeatable)."),
     max_batch: int = typer.Option(16, min=1, help="The server's --max-batch."),
     threads: int = typer.Option(2, min=1, help="The server's ONNX Runtime threads."),
+    repeats: int = typer.Option(1, min=1, help="Rounds, the engines in turn in each (medians; use 2-3 on a noisy "
+                                "machine)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
 ) -> None:
@@ -368,7 +370,8 @@ def bench_serve_command(
     from prunex.bench.serve import ServeBenchConfig, bench_serve, markdown
 
     config = ServeBenchConfig(clients=list(clients), requests=requests, max_tokens=max_tokens,
-                              prompt_lengths=list(prompt_length), threads=threads, max_batch=max_batch)
+                              prompt_lengths=list(prompt_length), threads=threads, max_batch=max_batch,
+                              repeats=repeats)
     report = bench_serve(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")
