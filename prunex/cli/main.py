@@ -271,6 +271,32 @@ def export(
             f"{figures['max_logit_diff']:.2e} (tolerance {figures['tolerance']:g}), {what}"
         )
 
+@app.command()
+def serve(
+    source: Optional[str] = typer.Argument(
+        None, help="Exported dir (decoder or LTP encoder; fp32 or int8; pruned or dense), or a DCP checkpoint / "
+        "model name exported once into the cache; default: the built-in DCP model."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; loopback unless told otherwise."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, envvar="PRUNEX_API_KEY", help="Require `Authorization: Bearer "
+                                          "KEY` on every route but /health (env: PRUNEX_API_KEY)."),
+    max_batch: int = typer.Option(16, min=1, help="Requests decoded together (continuous batching)."),
+    max_queue: int = typer.Option(64, min=0, help="Requests that may wait for a row; past it the answer is 503 "
+                                  "with Retry-After at once."),
+    device: str = typer.Option("auto", help="auto (CUDA if onnxruntime-gpu and a GPU), cpu or cuda."),
+    threads: int = typer.Option(0, min=0, help="ONNX Runtime intra-op threads (0: as torch)."),
+    model_name: Optional[str] = typer.Option(None, help="The `model` clients send (default: the dir's name, or "
+                                             "SOURCE as given)."),
+) -> None:
+    """An OpenAI-compatible server (/v1/completions with echo + logprobs, /v1/chat/completions, streaming,
+    /v1/models, /health, /metrics, /tokenize, /detokenize, /tokenizer_info; /v1/classify for encoders)."""
+    from prunex.cli.serve_command import serve_command
+
+    serve_command(source, host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
+                  device=device, threads=threads or None, model_name=model_name)
+
+
 @bench_app.command("decode")
 def bench_decode_command(
     source: Optional[str] = typer.Argument(
@@ -312,6 +338,38 @@ def bench_decode_command(
         typer.echo("no plot: matplotlib is not installed (pip install 'prunex[bench]')", err=True)
     if as_json:
         typer.echo(json.dumps(report))
+
+
+@bench_app.command("serve")
+def bench_serve_command(
+    source: Optional[str] = typer.Argument(
+        None, help="Exported dir, or a DCP checkpoint / model name to export (cached); default: the built-in model."
+    ),
+    baseline: Optional[str] = typer.Option(None, help="Exported dir to compare with (default: the dense export)."),
+    clients: list[int] = typer.Option([8, 32, 64], "--clients", min=1, help="Concurrent streaming clients "
+                                      "(repeatable)."),
+    requests: int = typer.Option(64, min=1, help="Requests per client count (real prompts of mixed lengths)."),
+    max_tokens: int = typer.Option(32, min=1, help="Tokens generated per request (greedy)."),
+    prompt_length: list[int] = typer.Option([128, 512, 1024, 256], "--prompt-length", min=2,
+                                            help="Prompt lengths, cycled over the requests (repeatable)."),
+    max_batch: int = typer.Option(16, min=1, help="The server's --max-batch."),
+    threads: int = typer.Option(2, min=1, help="The server's ONNX Runtime threads."),
+    repeats: int = typer.Option(1, min=1, help="Rounds, the engines in turn in each (medians; use 2-3 on a noisy "
+                                "machine)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
+) -> None:
+    """Load test of `prunex serve`: N concurrent streaming clients, the pruned export vs the dense export behind
+    the same server, side by side: requests/s, tokens/s, TTFT and inter-token latency p50/p95, peak RSS, errors."""
+    from prunex.bench.serve import ServeBenchConfig, bench_serve, markdown
+
+    config = ServeBenchConfig(clients=list(clients), requests=requests, max_tokens=max_tokens,
+                              prompt_lengths=list(prompt_length), threads=threads, max_batch=max_batch,
+                              repeats=repeats)
+    report = bench_serve(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(json.dumps(report) if as_json else markdown(report))
 
 
 @bench_app.command("classify")

@@ -41,25 +41,19 @@ class ExportedAccuracy:
         return asdict(self)
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-
-
 def exported_perplexity(directory: str | Path, windows: torch.Tensor, threads: int | None = None,
                         show_progress: bool = True) -> ExportedPerplexity:
     """Perplexity of an exported decoder over (N, T) token windows, one window at a time."""
     from prunex.runtime.engine import DecoderEngine
+    from prunex.runtime.scoring import score_prompt
 
     engine = DecoderEngine(directory, device="cpu", threads=threads)
     nll, kept = 0.0, 0.0
     N, T = windows.shape
     for window in progress(windows, "perplexity (onnx)", enabled=show_progress):
-        ids = window.tolist()
-        logits, new = engine.run_prompts([ids], all_logits=True)  # (1, T, vocab)
-        logprobs = _log_softmax(logits[0, :-1].astype(np.float64))  # (T-1, vocab)
-        nll -= float(logprobs[np.arange(T - 1), ids[1:]].sum())
-        kept += float(np.mean([layer["valid"].sum() for layer in new])) / T
+        score = score_prompt(engine, window.tolist())  # the server's echo + logprobs run the same function
+        nll -= float(score.logprobs.token_logprobs.sum())
+        kept += score.kv_entries / engine.manifest.num_layers / T
     tokens = N * (T - 1)
     return ExportedPerplexity(math.exp(nll / tokens), kept / N, tokens, N, T)
 

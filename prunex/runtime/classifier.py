@@ -28,6 +28,7 @@ class Prediction:
     probabilities: list[float]  # (num_labels,) softmax of the logits
     tokens: int  # tokens the text was given as (after truncation)
     tokens_kept: int  # tokens left after the last layer (LTP removes the rest on the way)
+    tokens_kept_per_layer: list[int]  # (L,) tokens left after each layer
 
 
 def length_batches(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
@@ -83,6 +84,6 @@ class Classifier:
         probs = shifted / shifted.sum(-1, keepdims=True)  # (N, C)
         names = self.manifest.label_names or [str(i) for i in range(self.manifest.num_labels)]
         return [
-            Prediction(names[int(p.argmax())], int(p.argmax()), p.tolist(), length, int(k[-1]))
+            Prediction(names[int(p.argmax())], int(p.argmax()), p.tolist(), length, int(k[-1]), k.tolist())
             for p, k, length in zip(probs, kept, lengths)
         ]

@@ -89,10 +89,11 @@ class DecoderEngine:
                for layer in range(self.manifest.num_layers)]
         return logits, new
 
-    def prefill(self, prompts: list[list[int]]) -> Tensor:
-        """Add the prompts as new rows (after the current ones); returns their last-token logits (N, vocab)."""
+    def prefill(self, prompts: list[list[int]], all_logits: bool = False) -> Tensor:
+        """Add the prompts as new rows (after the current ones); returns their last-token logits (N, vocab), or
+        with `all_logits` the logits at every position (N, T, vocab) (the cache gets the same entries)."""
         self.cache.check_rows(len(prompts))  # before the prefill's work
-        logits, new = self.run_prompts(prompts)
+        logits, new = self.run_prompts(prompts, all_logits)
         entries = [{f: torch.from_numpy(layer[f]) for f in CACHE_FIELDS} for layer in new]
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)
         self.cache.add_rows(entries, lengths)

@@ -5,11 +5,15 @@
     while not gen.is_done():
         for event in gen.step():
             print(event.text, end="")
-    print(gen.result(rid).text)
+    print(gen.result(rid).text)    # a finished request's result is handed over once, then forgotten
 
 Each `step()` first decodes one token for every running row, then prefills the requests added since (their
 first token comes from the prefill), then lets finished rows leave the cache. Requests join and leave at any
 step; a request that cannot fit waits (`add_request` raises CapacityError only when it could never fit).
+A request whose prefill fails leaves the generator with finish_reason "error" (its Completion holds the
+exception) and the other requests go on; a failed decode step raises, and the running rows stay as they
+were. The generator keeps no history: finished requests are dropped once
+their result has been taken, so a long-running owner (the server's scheduler) does not grow.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch
 from prunex.errors import PrunexError
 from prunex.runtime.engine import DecoderEngine
 from prunex.runtime.kv_cache import CapacityError
-from prunex.runtime.sampling import SamplingParams, choose_tokens, make_rng
+from prunex.runtime.sampling import SamplingParams, choose_tokens, make_rng, token_logprobs
+from prunex.runtime.scoring import PromptLogprobs, prompt_logprobs
 from prunex.runtime.session import torch_on_one_thread
 from prunex.runtime.text_stream import TextStream
 
@@ -35,8 +40,18 @@ class Completion:
     prompt_tokens: int
     token_ids: list[int]
     text: str
-    finish_reason: str | None  # "stop" (EOS / stop string), "length" (max_new_tokens), "cancelled"; None: running
+    finish_reason: str | None  # "stop" (EOS / stop string), "length" (max_new_tokens), "cancelled", "error";
+    # None: running
     first_token_seconds: float | None = None  # from the step that admitted it to its first token
+    kv_entries: int = 0  # K/V entries its row held (summed over layers) when it left the cache, or now
+    dense_kv_entries: int = 0  # entries a dense cache would hold for the same tokens
+    error: Exception | None = None  # what failed it (finish_reason "error")
+    prompt_logprobs: PromptLogprobs | None = None  # with SamplingParams.prompt_logprobs
+
+    @property
+    def kv_kept_fraction(self) -> float:
+        """Share of the dense-equivalent K/V entries this request's row held (1.0 before it had a row)."""
+        return self.kv_entries / self.dense_kv_entries if self.dense_kv_entries else 1.0
 
 
 @dataclass
@@ -46,7 +61,14 @@ class StepEvent:
     request_id: int
     token_id: int
     text: str  # newly settled text (may be empty while a stop string could still be forming)
-    finished: bool
+    finish_reason: str | None  # set on the request's last event: "stop" | "length" | "error" (token_id -1)
+    logprob: float | None = None  # log-probability of token_id (when the request asked for logprobs)
+    top_logprobs: list[tuple[int, float]] | None = None  # the most likely tokens and their log-probabilities
+    prompt_logprobs: PromptLogprobs | None = None  # on a request's first event, when it asked for them
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
 
 
 @dataclass
@@ -59,6 +81,10 @@ class _Request:
     finish_reason: str | None = None
     first_token_seconds: float | None = None
     tokens: list[int] = field(default_factory=list)
+    kv_entries: int = 0  # set when its row leaves the cache
+    dense_kv_entries: int = 0
+    error: Exception | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class Generator:
@@ -101,13 +127,27 @@ class Generator:
         return not self._waiting and not self._running
 
     def result(self, request_id: int) -> Completion:
-        """The completion of a request (finished, or as far as it got)."""
-        request = self._done.get(request_id) or next(
-            (r for r in self._running + self._waiting if r.id == request_id), None)
+        """The completion of a request: as far as it got while it runs; once finished, handed over once (the
+        generator forgets it, so it keeps no history)."""
+        request = self._done.pop(request_id, None)
         if request is None:
-            raise PrunexError(f"no request {request_id}")
+            row = next((row for row, r in enumerate(self._running) if r.id == request_id), None)
+            if row is not None:
+                request = self._running[row]
+                cache = self.engine.cache
+                request.kv_entries = int(cache.held_entries()[row])
+                request.dense_kv_entries = int(cache.tokens_seen[row]) * cache.num_layers
+            else:
+                request = next((r for r in self._waiting if r.id == request_id), None)
+        if request is None:
+            raise PrunexError(f"no request {request_id} (a finished request's result is handed over once)")
         return Completion(request.id, len(request.prompt), list(request.tokens), request.stream.text,
-                          request.finish_reason, request.first_token_seconds)
+                          request.finish_reason, request.first_token_seconds, request.kv_entries,
+                          request.dense_kv_entries, request.error, request.prompt_logprobs)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     @property
     def running(self) -> int:
@@ -145,6 +185,7 @@ class Generator:
     def close(self) -> None:
         """Drop every running and waiting request (their rows leave the cache)."""
         self._waiting.clear()
+        self._done.clear()
         if self._running:
             self._running.clear()
             self.engine.remove_rows([])
@@ -168,15 +209,24 @@ class Generator:
         while self._waiting and self.engine.rows < self.engine.cache.limits.max_rows:
             request = self._waiting[0]
             started = time.perf_counter()
+            scored = request.params.prompt_logprobs
             try:
-                logits = self.engine.prefill([request.prompt])  # (1, vocab)
-            except CapacityError:
-                if not self._running:
-                    raise  # nothing will ever free room for it
-                break  # back-pressure: it waits until rows finish
+                logits = self.engine.prefill([request.prompt], all_logits=scored is not None)  # (1, [T,] vocab)
+            except Exception as err:  # onnxruntime raises its own types; any failure is this request's
+                if isinstance(err, CapacityError) and self._running:
+                    break  # back-pressure: it waits until rows finish
+                self._waiting.pop(0)  # nothing will ever free room for it, or the engine refused it
+                request.finish_reason, request.error = "error", err
+                self._done[request.id] = request
+                events.append(StepEvent(request.id, -1, "", "error"))
+                continue
             self._waiting.pop(0)
             self._running.append(request)
+            if scored is not None:  # one pass: the prompt's log-probabilities from the prefill's own logits
+                request.prompt_logprobs = prompt_logprobs(logits[0].cpu().numpy(), request.prompt, scored)
+                logits = logits[:, -1]  # (1, vocab)
             events += self._take([request], logits)
+            events[-1].prompt_logprobs = request.prompt_logprobs
             request.first_token_seconds = time.perf_counter() - started
         return events
 
@@ -184,7 +234,7 @@ class Generator:
         """Choose and record one token for each request from its logits row."""
         tokens = choose_tokens(logits, [r.params for r in requests], [r.rng for r in requests])
         events = []
-        for request, token in zip(requests, tokens.tolist()):
+        for row, (request, token) in enumerate(zip(requests, tokens.tolist())):
             request.tokens.append(token)
             self._tokens += 1
             text = request.stream.push(token)
@@ -194,7 +244,10 @@ class Generator:
                 request.finish_reason = "length"
             if request.finish_reason is not None:
                 text += request.stream.flush()
-            events.append(StepEvent(request.id, token, text, request.finish_reason is not None))
+            event = StepEvent(request.id, token, text, request.finish_reason)
+            if request.params.logprobs is not None:
+                event.logprob, event.top_logprobs = token_logprobs(logits[row], token, request.params.logprobs)
+            events.append(event)
         return events
 
     def _retire(self) -> None:
@@ -206,7 +259,9 @@ class Generator:
         for row, r in enumerate(self._running):
             if r.finish_reason is not None:
                 self._done[r.id] = r
-                self._held_at_finish += int(held[row])
-                self._dense_at_finish += int(self.engine.cache.tokens_seen[row]) * self.engine.cache.num_layers
+                r.kv_entries = int(held[row])
+                r.dense_kv_entries = int(self.engine.cache.tokens_seen[row]) * self.engine.cache.num_layers
+                self._held_at_finish += r.kv_entries
+                self._dense_at_finish += r.dense_kv_entries
         self._running = [self._running[row] for row in keep]
         self.engine.remove_rows(keep)

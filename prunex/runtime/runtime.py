@@ -47,16 +47,20 @@ class Runtime:
         self.tokenizer = load_tokenizer(self.directory)
         self.device = self.engine.device_choice.device
         self.device_note = self.engine.device_choice.reason
-        self.last_stats: dict = {}  # Generator.stats() of the last generate() / stream()
+        self.last_stats: dict = {}  # Generator.stats() of the last generate() / stream(), all its requests
+        # together; each Completion carries its own request's K/V figures
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a text, of chat messages (through the tokenizer's chat template), or ids as given."""
         return encode_prompt(self.tokenizer, prompt)
 
     def generator(self) -> Generator:
-        """A Generator over this runtime's engine (one at a time: it owns the KV cache)."""
+        """A Generator over this runtime's engine (one at a time: it owns the KV cache). `generate` and `stream`
+        take it for one call; concurrent callers (a server) share one generator driven by one loop instead:
+        see `prunex.serve.scheduler.Scheduler`."""
         if self.engine.rows:
-            raise PrunexError("the runtime's engine is busy with another generator's rows")
+            raise PrunexError("the runtime's engine is busy with another generator's rows: concurrent callers "
+                              "must share one Generator driven by one loop (prunex.serve.scheduler.Scheduler)")
         return Generator(self.engine, self.tokenizer, self.manifest.eos_token_id)
 
     def generate(self, prompts: list[Prompt], params: SamplingParams | None = None) -> list[Completion]:
@@ -67,17 +71,23 @@ class Runtime:
             while not gen.is_done():
                 gen.step()
             self.last_stats = gen.stats()
-            return [gen.result(i) for i in ids]
+            done = [gen.result(i) for i in ids]
+            failed = next((c.error for c in done if c.error is not None), None)
+            if failed is not None:
+                raise failed
+            return done
         finally:
             gen.close()
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
         """Yield the text of one request as it is generated."""
         gen = self.generator()
-        gen.add_request(self.encode(prompt), params)
+        rid = gen.add_request(self.encode(prompt), params)
         try:
             while not gen.is_done():
                 for event in gen.step():
+                    if event.finish_reason == "error":
+                        raise gen.result(rid).error
                     if event.text:
                         yield event.text
             self.last_stats = gen.stats()

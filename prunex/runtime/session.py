@@ -109,6 +109,12 @@ def torch_on_one_thread() -> Iterator[None]:
     ONNX Runtime's pool threads spin for a while after a run; torch ops that fan out to their own threads then
     wait for cores those threads hold (measured on 2 cores, batch 8: 60 ms a step with torch on 2 threads,
     41 ms on 1). The caller's torch setting is restored on exit.
+
+    torch's thread count is not one clean process-wide value: with OpenMP, a thread that sets it keeps its own
+    setting while the main thread's setting is what new threads start from (seen with torch 2.13). So toggling
+    it from several threads at once is not safe. A server must run all torch work on one thread and set that
+    thread to 1 once (`prunex.serve.scheduler` does, in its loop thread); this block is then a no-op there, and
+    the settings of uvicorn's and the caller's threads are never touched.
     """
     before = torch.get_num_threads()
     if before != 1:
