@@ -60,7 +60,7 @@ def csv_task(tmp_path_factory):
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])
-        for i in range(60):
+        for i in range(100):
             label = rng.choice(["pos", "neg"])
             words = ["good", "great", "fine"] if label == "pos" else ["bad", "awful", "poor"]
             writer.writerow([" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) + f" no {i}", label])
@@ -87,7 +87,7 @@ def test_config_resolution_from_mean_length():
     assert resolved.final_threshold == pytest.approx(1 / 128)
     assert resolved.temperature == pytest.approx(1 / 1280)
     assert 1e-5 <= resolved.temperature <= 1e-3  # the reference's range at GLUE lengths
-    assert LTPConfig(0.02, 1e-4).resolved(50.0) == LTPConfig(0.02, 1e-4)
+    assert LTPConfig(0.02, 1e-4, 3).resolved(50.0) == LTPConfig(0.02, 1e-4, 3)
     with pytest.raises(PrunexError, match="positive"):
         LTPConfig(-1.0, None).resolved(10.0)
 
@@ -115,7 +115,10 @@ def test_soft_mask_shapes_and_threshold_gradients(name):
     assert result.logits.shape == (4, 3) and result.kept.shape == (4, 3) and result.mask_loss.dim() == 0
     assert 0 < float(result.mask_loss.detach()) < 3  # a sum over 3 layers of means in (0, 1)
     assert (result.kept <= result.lengths[:, None]).all() and (result.kept >= 1).all()
-    torch.testing.assert_close(result.flops, dense_flops(classifier.adapter, result.lengths))  # nothing removed
+    assert (result.kept[:, 1:] <= result.kept[:, :-1]).all()  # as hard decisions: a removed token stays removed
+    n_in = torch.cat([result.lengths[:, None], result.kept[:, :-1]], dim=1)  # (B, L) what each layer would get
+    expected = sum(layer_flops(32, 64, n_in[:, layer], result.kept[:, layer]) for layer in range(3))
+    torch.testing.assert_close(result.flops, expected)  # the hard cost the soft decisions stand for
     loss = torch.nn.functional.cross_entropy(result.logits, torch.tensor([0, 1, 2, 0])) + 0.1 * result.mask_loss
     loss.backward()
     grad = classifier.thresholds.offset.grad
@@ -241,9 +244,17 @@ def test_unsupported_encoder_type_is_refused():
 # --- training, checkpoints, evaluation ------------------------------------------------------------------------
 
 
+def calibrated_scale(figures: dict) -> float:
+    """The product of the threshold scales the soft and hard stages' calibrations applied."""
+    scale = 1.0
+    for stage in ("soft", "hard"):
+        scale *= figures[stage].get("calibration", {"scale": 1.0})["scale"]
+    return scale
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, csv_task):
-    """All three stages, 3 steps each, on the CSV; captures the classifier handed to save_ltp."""
+    """All three stages, 15 steps each, on the CSV; captures the classifier handed to save_ltp."""
     out = tmp_path_factory.mktemp("ltp-ckpt") / "all"
     captured = {}
     original = ltp_trainer.save_ltp
@@ -253,7 +264,7 @@ def trained(tmp_path_factory, csv_task):
         captured["offset"] = classifier.thresholds.offset.detach().clone()
         return original(out_dir, classifier, base, training, dense_weights)
 
-    config = LTPTrainConfig(model="tiny-bert", task=str(csv_task), steps=3, batch_size=4, threads=1, lr=1e-3)
+    config = LTPTrainConfig(model="tiny-bert", task=str(csv_task), steps=15, batch_size=8, threads=1, lr=1e-2)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ltp_trainer, "save_ltp", spy)
         meta = train_ltp(config, out, LTPConfig(final_threshold=0.05), show_progress=False)
@@ -267,13 +278,15 @@ def test_train_writes_ltp_checkpoint(trained, csv_task):
     saved = json.loads((out / META_FILE).read_text())
     assert saved["format_version"] == 1 and saved["method"] == "ltp" and saved["base_model"] == "tiny-bert"
     assert saved["base_model_hash"] == load_classifier("tiny-bert").weights_hash  # the pretrained encoder's
-    assert saved["config"] == {"final_threshold": 0.05, "temperature": pytest.approx(0.005)}
     training = saved["training"]
+    scale = calibrated_scale(training["figures"])  # the thresholds scaled to the FLOPs target
+    assert saved["config"] == {"final_threshold": pytest.approx(0.05 * scale, rel=1e-3),
+                               "temperature": pytest.approx(0.005 * scale, rel=1e-3), "min_tokens": 8}
     assert training["stage"] == "hard" and training["label_names"] == ["neg", "pos"]
     assert training["task"] == str(csv_task.resolve()) and training["max_length"] == 512
     for stage in ("base", "soft", "hard"):
         figures = training["figures"][stage]
-        assert figures["steps"] == 3 and 0 <= figures["validation"]["accuracy"] <= 1
+        assert figures["steps"] == 15 and figures["validation"]["accuracy"] > 0.8  # the task is easy
         assert len(figures["validation"]["tokens_kept_per_layer"]) == 3
     assert training["figures"]["base"]["validation"]["relative_flops"] == 1.0
 
@@ -331,7 +344,7 @@ def test_evaluate_accuracy_reports(trained, csv_task):
     """Accuracy with pruning and of the stage-1 model, FLOPs, and kept tokens that never grow."""
     out, _, _ = trained
     report = evaluate_accuracy(out, str(csv_task), "test")
-    assert report.examples == 6 and report.dense_source == "stage-1 model" and report.stage == "hard"
+    assert report.examples == 10 and report.dense_source == "stage-1 model" and report.stage == "hard"
     assert 0 <= report.accuracy <= 1 and 0 <= report.dense_accuracy <= 1
     assert 0 < report.relative_flops <= 1
     assert report.gflops == pytest.approx(report.relative_flops * report.dense_gflops)
@@ -348,7 +361,7 @@ def test_bench_classify_times_both_models_on_the_same_examples(trained, csv_task
     out, _, _ = trained
     result = bench_classify(out, str(csv_task), "test", batch_size=4, repeats=2)
     report = evaluate_accuracy(out, str(csv_task), "test")
-    assert result.examples == 6 and result.repeats == 2
+    assert result.examples == 10 and result.repeats == 2
     assert result.pruned_examples_per_s > 0 and result.dense_examples_per_s > 0
     assert result.speedup == pytest.approx(result.pruned_examples_per_s / result.dense_examples_per_s)
     assert result.pruned_accuracy == report.accuracy and result.dense_accuracy == report.dense_accuracy
@@ -357,7 +370,7 @@ def test_bench_classify_times_both_models_on_the_same_examples(trained, csv_task
 
 def test_stages_one_at_a_time(tmp_path, csv_task):
     """base -> soft -> hard, each from the previous dir; wrong order and a wrong task are refused."""
-    common = {"task": str(csv_task), "steps": 2, "batch_size": 4, "threads": 1}
+    common = {"task": str(csv_task), "steps": 15, "batch_size": 8, "threads": 1, "lr": 1e-2, "distill": 0.0}
     train_ltp(LTPTrainConfig(model="tiny-bert", stage="base", **common), tmp_path / "b", show_progress=False)
     assert not (tmp_path / "b" / DENSE_FILE).exists()  # its model.safetensors is the stage-1 model
     with pytest.raises(PrunexError, match="'soft'-stage"):
@@ -371,7 +384,8 @@ def test_stages_one_at_a_time(tmp_path, csv_task):
     hard = train_ltp(LTPTrainConfig(model=str(tmp_path / "s"), stage="hard", **common), tmp_path / "h",
                      show_progress=False)
     assert hard.training["stage"] == "hard" and set(hard.training["figures"]) == {"base", "soft", "hard"}
-    assert hard.config == soft.config
+    hard_scale = hard.training["figures"]["hard"].get("calibration", {"scale": 1.0})["scale"]
+    assert hard.config["final_threshold"] == pytest.approx(soft.config["final_threshold"] * hard_scale, rel=1e-3)
     assert load_ltp(tmp_path / "h")[0].stage == "hard"
 
 
@@ -408,7 +422,8 @@ def test_cli_bad_stage_and_method(tmp_path, monkeypatch, capsys, csv_task):
 def test_cli_train_then_eval_json(tmp_path, csv_task):
     out = tmp_path / "ckpt"
     result = runner.invoke(app, ["train", "--method", "ltp", "--model", "tiny-bert", "--task", str(csv_task),
-                                 "--steps", "2", "--batch-size", "4", "--threads", "1", "--lambda", "0.2",
+                                 "--steps", "15", "--batch-size", "8", "--threads", "1", "--lambda", "0.2",
+                                     "--model-lr", "1e-2",
                                  "--out", str(out)])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     assert f"wrote {out} (hard stage)" in result.stdout

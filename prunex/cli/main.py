@@ -38,13 +38,19 @@ def train(
     method: str = typer.Option("dcp", help="dcp: decoder KV pruning; ltp: encoder token pruning."),
     model: str = typer.Option("smollm2", help="Packaged model (smollm2, tiny-llama, tiny-gpt2) or a HF dir."),
     text: str = typer.Option("wikipedia", help="Training text: wikipedia, bbc, or a UTF-8 text file."),
-    steps: int = typer.Option(200, min=1, help="Optimizer steps."),
+    steps: Optional[int] = typer.Option(
+        None, min=1, help="Optimizer steps (dcp: 200; ltp: per stage, default by epochs with early stopping)."
+    ),
     context: int = typer.Option(512, min=8, help="Tokens per training sequence."),
-    batch_size: int = typer.Option(1, min=1, help="Sequences per step."),
+    batch_size: Optional[int] = typer.Option(
+        None, min=1, help="Sequences per step (dcp: 1; ltp: 32 up to 128 tokens, else 16)."
+    ),
     sparsity_weight: float = typer.Option(0.3, min=0.0, help="Weight of the sparsity loss (mean keep prob)."),
     train_what: str = typer.Option("heads", "--train", help="heads: new parameters only; all: whole model."),
     loss: str = typer.Option("lm", help="lm: next-token cross-entropy; distill: KL from the dense model."),
-    lr: float = typer.Option(1e-3, help="Learning rate of the pruning parameters."),
+    lr: Optional[float] = typer.Option(
+        None, help="Learning rate of the pruning parameters (dcp: 1e-3; ltp: the thresholds', 1e-2)."
+    ),
     sinks: int = typer.Option(4, min=0, help="First tokens never dropped (attention sinks); 0 = pure DCP."),
     recent: int = typer.Option(0, min=0, help="Tokens protected while among the last N (0 = pure DCP)."),
     init_bias: float = typer.Option(5.0, help="Initial keep-logit bias (large = keep all at first)."),
@@ -55,7 +61,18 @@ def train(
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
     task: str = typer.Option("bbc", help="ltp: bbc, rotten-tomatoes, or a text/label CSV or JSONL."),
     stage: str = typer.Option("all", help="ltp: base, soft, hard (--model: previous stage dir), all."),
-    lam: Optional[float] = typer.Option(None, "--lambda", min=0.0, help="ltp: mask loss weight (0.1)."),
+    lam: Optional[float] = typer.Option(
+        None, "--lambda", min=0.0, help="ltp, experts: a fixed mask loss weight instead of --target-flops."
+    ),
+    target_flops: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0, help="ltp: relative FLOPs wanted on validation (default 0.5; off with --lambda)."
+    ),
+    model_lr: Optional[float] = typer.Option(None, min=0.0, help="ltp: encoder learning rate (1e-4)."),
+    epochs: Optional[float] = typer.Option(None, min=0.0, help="ltp: most epochs of the base stage (2)."),
+    distill: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0, help="ltp: hard stage weight of distilling the dense model (0.5; 0: off)."
+    ),
+    min_tokens: Optional[int] = typer.Option(None, min=1, help="ltp: tokens a row always keeps (8)."),
 ) -> None:
     """Fine-tune a model so that it learns which tokens to drop; writes pruning.safetensors + pruning.json."""
     from prunex.config import DCPConfig, TrainConfig
@@ -67,13 +84,15 @@ def train(
         return train_ltp_command(
             out=out, model="minilm" if model == "smollm2" else model, task=task, stage=stage, lam=lam, steps=steps,
             context=context, batch_size=batch_size, lr=lr, threads=threads, seed=seed, force=force,
+            target_flops=target_flops, model_lr=model_lr, epochs=epochs, distill=distill, min_tokens=min_tokens,
             prepare_out=_fresh_out_dir,
         )
     if method != "dcp":
         raise PrunexError(f"--method {method!r} is not available; use dcp or ltp")
     _fresh_out_dir(out, force)
     config = TrainConfig(
-        method=method, model=model, text=text, steps=steps, batch_size=batch_size, context=context, lr=lr,
+        method=method, model=model, text=text, steps=steps or 200, batch_size=batch_size or 1, context=context,
+        lr=1e-3 if lr is None else lr,
         train=train_what, sparsity_weight=sparsity_weight, loss=loss, seed=seed, threads=threads, device=device,
     )
     dcp = DCPConfig(

@@ -49,9 +49,9 @@ class EncoderGraph(nn.Module):
             residual, alive_next = hidden, alive
             if not self.dense:
                 importance = pruner.score(layer, probs, alive)  # (B, n)
-                first = torch.arange(n, device=hidden.device)[None, :].expand(B, n) == 0  # (B, n) [CLS]
+                protected = pruner.protected(layer, importance, alive)  # (B, n) [CLS] and the floor
                 residual, alive_next, index = torch.ops.prunex.threshold_gather(
-                    hidden, importance, thresholds[layer], alive, first
+                    hidden, importance, thresholds[layer], alive, protected
                 )  # (B, W, d), (B, W), (B, W)
                 W = index.shape[1]
                 probs = probs.gather(2, index[:, None, :, None].expand(B, H, W, n))  # (B, H, W, n) kept queries

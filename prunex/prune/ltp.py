@@ -10,6 +10,10 @@ a linear base schedule plus a learned offset (init 0). The offset is kept in uni
 that one learning rate suits tasks whose importance scale differs tenfold (it is ~1/length: 1/30 for review
 snippets, 1/400 for news articles); the threshold itself is the reference's `schedule + delta` with
 delta = final_threshold * offset. Training uses the soft mask sigmoid((importance - threshold) / T).
+
+A floor of `min_tokens` per row is never removed: [CLS] and the most important tokens of the layer, so a
+threshold tuned on long inputs cannot strip a short one down to [CLS] alone (a row shorter than the floor
+keeps every token).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from prunex.prune.encoder_forward import EncoderResult, run_encoder
 
 STAGES = ("base", "soft", "hard")
 DEFAULT_TEMPERATURE_FRACTION = 0.1  # T = final_threshold / 10 when not given
+DEFAULT_MIN_TOKENS = 8  # tokens per row that no layer removes ([CLS] and the most important), when not given
 
 
 @dataclass
@@ -34,6 +39,8 @@ class LTPConfig:
 
     final_threshold: float | None = None  # threshold of the last layer's base schedule; None: 1 / mean tokens
     temperature: float | None = None  # T of the soft mask; None: final_threshold / 10
+    min_tokens: int | None = None  # floor of tokens kept per row and layer ([CLS] included); None: 8 when
+    #                                training starts, 0 for checkpoints written before the floor existed
 
     def resolved(self, mean_tokens: float) -> LTPConfig:
         """This config with `None` fields filled in for data whose rows average `mean_tokens` real tokens.
@@ -47,9 +54,16 @@ class LTPConfig:
         """
         final = self.final_threshold if self.final_threshold is not None else 1.0 / max(mean_tokens, 1.0)
         temperature = self.temperature if self.temperature is not None else final * DEFAULT_TEMPERATURE_FRACTION
+        min_tokens = DEFAULT_MIN_TOKENS if self.min_tokens is None else self.min_tokens
         if final <= 0 or temperature <= 0:
             raise PrunexError(f"final_threshold and temperature must be positive, got {final} and {temperature}")
-        return LTPConfig(final_threshold=float(final), temperature=float(temperature))
+        if min_tokens < 1:
+            raise PrunexError(f"min_tokens must be at least 1 ([CLS] is always kept), got {min_tokens}")
+        return LTPConfig(final_threshold=float(final), temperature=float(temperature), min_tokens=int(min_tokens))
+
+    def scaled(self, factor: float) -> LTPConfig:
+        """This config with every threshold (and the soft mask's temperature) multiplied by `factor`."""
+        return LTPConfig(self.final_threshold * factor, self.temperature * factor, self.min_tokens)
 
 
 def token_importance(probs: Tensor, alive: Tensor) -> Tensor:
@@ -64,6 +78,22 @@ def token_importance(probs: Tensor, alive: Tensor) -> Tensor:
     return received / (H * rows.sum(-1, keepdim=True)) * rows
 
 
+def protected_tokens(scores: Tensor, alive: Tensor, min_tokens: int) -> Tensor:
+    """(B, n) bool: [CLS] (index 0) plus each row's `min_tokens - 1` most important other present tokens.
+
+    A token's rank is the number of other present tokens that score strictly higher (ties share a rank and
+    are all kept); ranks come from one (B, n, n) comparison, so the floor needs no sort and traces to ONNX.
+    """
+    n = scores.shape[1]
+    first = torch.arange(n, device=scores.device)[None, :] == 0  # (1, n) the [CLS] column
+    if min_tokens <= 1:
+        return first.expand_as(alive)
+    candidates = alive & ~first  # (B, n)
+    ranked = scores.masked_fill(~candidates, float("-inf"))  # (B, n)
+    higher = (ranked[:, None, :] > ranked[:, :, None]).sum(-1)  # (B, n) candidates scoring higher
+    return first | ((higher < min_tokens - 1) & candidates)
+
+
 class LTPThresholds(nn.Module):
     """Per-layer thresholds: a linear schedule plus a learned offset. Implements `TokenPruner`."""
 
@@ -74,6 +104,7 @@ class LTPThresholds(nn.Module):
         self.config = config
         self.final_threshold = config.final_threshold
         self.temperature = config.temperature
+        self.min_tokens = config.min_tokens or 0
         self.offset = nn.Parameter(torch.zeros(num_layers))  # (L,) learned, in units of final_threshold
         schedule = config.final_threshold * torch.arange(1, num_layers + 1, dtype=torch.float32) / num_layers
         self.register_buffer("schedule", schedule, persistent=False)  # (L,)
@@ -84,6 +115,9 @@ class LTPThresholds(nn.Module):
 
     def score(self, layer: int, probs: Tensor, alive: Tensor) -> Tensor:
         return token_importance(probs, alive)
+
+    def protected(self, layer: int, scores: Tensor, alive: Tensor) -> Tensor:
+        return protected_tokens(scores, alive, self.min_tokens)
 
     def soft_mask(self, layer: int, scores: Tensor) -> Tensor:
         return torch.sigmoid((scores - self.thresholds()[layer]) / self.temperature)
