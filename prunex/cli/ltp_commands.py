@@ -69,7 +69,7 @@ def train_ltp_command(
     )
 
 
-def eval_accuracy_command(source: str, task: str, split: str, limit: int | None, as_json: bool) -> None:
+def eval_accuracy_command(source: str, task: str, split: str | None, limit: int | None, as_json: bool) -> None:
     """`prunex eval accuracy SOURCE --task T`: accuracy with pruning, dense accuracy, FLOPs, kept tokens."""
     from prunex.data.labelled import load_labelled
     from prunex.eval.accuracy import evaluate_accuracy
@@ -82,7 +82,7 @@ def eval_accuracy_command(source: str, task: str, split: str, limit: int | None,
         return
     typer.echo(
         f"accuracy {report.accuracy:.4f} (dense {report.dense_accuracy:.4f}, {report.dense_source}) on "
-        f"{report.examples} {task} {split} examples\n"
+        f"{report.examples} {task} examples (split: {report.split})\n"
         f"relative FLOPs {report.relative_flops:.3f}: {report.gflops:.3f} GFLOPs per example "
         f"(dense {report.dense_gflops:.3f}), {report.mean_tokens:.1f} tokens in\n"
         f"tokens kept per layer {report.tokens_kept_per_layer}"

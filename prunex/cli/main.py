@@ -158,7 +158,10 @@ def eval_ppl(
 def eval_accuracy(
     source: str = typer.Argument(..., help="LTP checkpoint dir, or an exported encoder dir (ONNX Runtime)."),
     task: str = typer.Option(..., help="bbc, rotten-tomatoes, or a CSV/JSONL file with text and label."),
-    split: str = typer.Option("test", help="train, validation, test, or all (e.g. a separate eval file)."),
+    split: Optional[str] = typer.Option(
+        None, help="train, validation, test or all; default: test for a packaged task (or the checkpoint's own "
+        "training file), all for any other file (a separate evaluation set is scored whole)."
+    ),
     limit: Optional[int] = typer.Option(None, min=1, help="Measure only the first N examples of the split."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -169,8 +172,9 @@ def eval_accuracy(
 
     if is_exported_dir(source):
         from prunex.cli.exported_commands import eval_accuracy_exported
+        from prunex.data.labelled import default_split
 
-        eval_accuracy_exported(source, task, split, limit, as_json)
+        eval_accuracy_exported(source, task, split or default_split(task), limit, as_json)
         return
 
     eval_accuracy_command(source, task, split, limit, as_json)
@@ -342,22 +346,56 @@ def bench_decode_command(
 @bench_app.command("classify")
 def bench_classify_command(
     source: str = typer.Argument(..., help="An LTP checkpoint dir (hard stage)."),
-    task: str = typer.Option("bbc", help="bbc, rotten-tomatoes, or a CSV/JSONL file."),
-    split: str = typer.Option("test", help="train, validation, test, or all (e.g. a separate eval file)."),
-    batch_size: int = typer.Option(16, min=1, help="Examples per forward (length-sorted batches)."),
-    repeats: int = typer.Option(3, min=1, help="Timed passes of each model (median reported)."),
+    task: Optional[str] = typer.Option(
+        None, help="bbc, rotten-tomatoes, or a CSV/JSONL file (default: the checkpoint's own task)."
+    ),
+    split: Optional[str] = typer.Option(
+        None, help="train, validation, test or all (default: test; all for a file the model did not train on)."
+    ),
+    engine: str = typer.Option("ort", help="ort: the LTP and dense exports in ONNX Runtime, fp32 and int8; "
+                               "torch: the checkpoint and its stage-1 model in PyTorch."),
+    batch: list[int] = typer.Option([1, 16], "--batch", min=1, help="ort: examples per run (repeatable)."),
+    batch_size: int = typer.Option(16, min=1, help="torch: examples per forward (length-sorted batches)."),
+    repeats: int = typer.Option(3, min=1, help="Timed rounds of every engine in turn (medians reported)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use the first N examples only."),
-    threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)."),
+    threads: int = typer.Option(0, min=0, help="Threads per engine (0: ort 1, torch torch's default)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="ort: also write the JSON report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """PyTorch CPU throughput of the hard-pruned classifier vs its dense stage-1 model, on the same examples."""
+    """Classification throughput, pruned vs dense on the same examples in one run: by default the exported
+    LTP encoder against the dense export of the same classifier in ONNX Runtime (fp32 and int8)."""
+    if engine == "ort":
+        from prunex.bench.classify_ort import OrtClassifyConfig, bench_classify_ort
+
+        config = OrtClassifyConfig(task=task, split=split, batches=list(batch), repeats=repeats, limit=limit,
+                                   threads=threads or 1)
+        report = bench_classify_ort(source, config, progress=lambda line: typer.echo(line, err=True))
+        if out is not None:
+            out.write_text(json.dumps(report, indent=2) + "\n")
+        if as_json:
+            typer.echo(json.dumps(report))
+            return
+        typer.echo(f"{report['examples']} {report['task']} {report['split']} examples, {report['mean_tokens']} "
+                   f"tokens, relative FLOPs {report['relative_flops']:.3f}, {report['threads']} thread(s):")
+        for row in report["rows"]:
+            rates = ", ".join(f"{name} {e['examples_per_s']:.2f} ex/s ({e['accuracy']:.4f})"
+                              for name, e in row["engines"].items())
+            typer.echo(f"  batch {row['batch']}: {rates}; pruned/dense fp32 x{row['pruned_vs_dense_fp32']:.2f}, "
+                       f"int8 x{row['pruned_vs_dense_int8']:.2f}")
+        return
+    if engine != "torch":
+        raise PrunexError(f"--engine must be ort or torch, not {engine!r}")
     import torch
 
     from prunex.bench.classify import bench_classify
+    from prunex.data.labelled import default_split
+    from prunex.train.ltp_checkpoint import read_ltp_meta
 
     if threads:
         torch.set_num_threads(threads)
-    result = bench_classify(source, task, split, batch_size, repeats, limit)
+    trained_on = read_ltp_meta(source).training["task"]
+    task = task or trained_on
+    result = bench_classify(source, task, split or default_split(task, trained_on), batch_size, repeats, limit)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
     else:
