@@ -3,7 +3,9 @@
 Stage lengths are counted in epochs over the training split, so a task of 2,000 long articles and one of
 10,000 snippets both get a budget that fits them: the base stage runs up to `base_epochs` and stops on
 validation accuracy (checked every `check_epochs`, best weights kept); the soft and hard stages run
-`prune_epochs` each. Every stage gets at least `min_steps` steps, so a small file still trains.
+`prune_epochs` each. On long inputs an epoch is costly, so the interval between checks and the soft and hard
+stages are also capped at `max_tokens` training tokens (a CPU-sized budget: ~100k tokens is ~4 minutes of
+MiniLM on one core); every stage gets at least `min_steps` steps, so a small file still trains.
 """
 
 from __future__ import annotations
@@ -27,18 +29,22 @@ class StageBudget:
 
 def stage_budget(
     stage: str, examples: int, batch_size: int, *, steps: int, base_epochs: float, prune_epochs: float,
-    check_epochs: float, min_steps: int, patience: int,
+    check_epochs: float, min_steps: int, patience: int, mean_tokens: float = 0.0, max_tokens: int = 0,
 ) -> StageBudget:
-    """The budget of `stage` for a training split of `examples`; `steps` > 0 fixes it (no early stopping)."""
+    """The budget of `stage` for a training split of `examples` rows of `mean_tokens` tokens on average;
+    `steps` > 0 fixes it (no early stopping); `max_tokens` > 0 caps check intervals and the pruning stages."""
     if steps > 0:
         return StageBudget(steps)
     per_epoch = examples / batch_size
-    epochs = base_epochs if stage == "base" else prune_epochs
-    total = max(min_steps, math.ceil(epochs * per_epoch))
+    token_cap = math.ceil(max_tokens / (mean_tokens * batch_size)) if max_tokens and mean_tokens else math.inf
+
+    def capped(epochs: float) -> int:
+        return max(min_steps, min(math.ceil(epochs * per_epoch), token_cap))
+
     if stage != "base":
-        return StageBudget(total)
-    check_every = max(min_steps, math.ceil(check_epochs * per_epoch))
-    return StageBudget(total, check_every=min(check_every, total), patience=patience)
+        return StageBudget(capped(prune_epochs))
+    total = max(min_steps, math.ceil(base_epochs * per_epoch))
+    return StageBudget(total, check_every=min(capped(check_epochs), total), patience=patience)
 
 
 class EarlyStopping:

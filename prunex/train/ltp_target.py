@@ -3,7 +3,9 @@
 Two parts:
 - `LambdaController` (soft stage): after each step, lambda is multiplied by exp(gain * (f - target)), f being
   a running mean of the batch's relative FLOPs under the hard decisions the soft mask stands for; so the model
-  and thresholds train at about the pruning the user asked for, on snippets and on articles alike.
+  and thresholds train at about the pruning the user asked for, on snippets and on articles alike. The gain
+  is low and lambda bounded, so that a lag of the thresholds does not wind lambda up; the calibration below
+  makes the landing exact.
 - `calibrate_thresholds` (end of the soft stage, and again after the hard stage if it drifted): every
   threshold is scaled by one factor, found by bisection in log space, until the relative FLOPs of hard
   pruning on validation examples are within `tolerance` of the target.
@@ -22,13 +24,13 @@ from prunex.prune.ltp import LTPClassifier, LTPThresholds
 
 log = logging.getLogger(__name__)
 
-MIN_LAMBDA, MAX_LAMBDA = 1e-4, 10.0
+MIN_LAMBDA, MAX_LAMBDA = 1e-3, 1.0  # beyond 1 the mask loss drowns the task's loss (0.1 is the paper's middle)
 
 
 class LambdaController:
     """Multiplicative lambda updates that steer the soft stage's relative FLOPs towards `target`."""
 
-    def __init__(self, target: float, lam: float, gain: float = 2.0, smoothing: float = 0.8) -> None:
+    def __init__(self, target: float, lam: float, gain: float = 0.5, smoothing: float = 0.8) -> None:
         self.target, self.lam, self.gain, self.smoothing = target, lam, gain, smoothing
         self.flops: float | None = None  # running mean of the batches' relative FLOPs
 

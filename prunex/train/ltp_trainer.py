@@ -62,7 +62,8 @@ class LTPTrainConfig:
     check_epochs: float = 0.25  # base stage: validation accuracy is checked every this many epochs
     patience: int = 1  # base stage: checks without a gain before it stops (the best weights are kept)
     min_steps: int = 30  # every stage runs at least this many steps (small files)
-    batch_size: int = 0  # examples per step; 0: 32 for inputs of up to 128 tokens, 16 for longer ones
+    max_tokens: int = 100_000  # training tokens between base checks and per soft/hard stage, at most (0: no cap)
+    batch_size: int = 0  # examples per step; 0: 32 for inputs of up to 128 tokens, 8 for longer ones
     max_length: int = 0  # tokens per input (longer ones are truncated); 0: the task's (bbc 512, rotten-tomatoes 128)
     lr: float = 1e-4  # encoder and head (warm-up, then linear decay over the stage's planned steps)
     threshold_lr: float = 1e-2  # learning rate of the threshold offsets (soft stage; units of final_threshold)
@@ -80,7 +81,7 @@ class LTPTrainConfig:
 
     def batch_for(self, max_length: int) -> int:
         """The batch size used for inputs of up to `max_length` tokens."""
-        return self.batch_size or (32 if max_length <= 128 else 16)
+        return self.batch_size or (32 if max_length <= 128 else 8)
 
 
 @dataclass
@@ -247,7 +248,7 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
     budget: StageBudget = stage_budget(
         stage, len(train_ids), batch_size, steps=config.steps, base_epochs=config.base_epochs,
         prune_epochs=config.prune_epochs, check_epochs=config.check_epochs, min_steps=config.min_steps,
-        patience=config.patience,
+        patience=config.patience, mean_tokens=sum(map(len, train_ids)) / len(train_ids), max_tokens=config.max_tokens,
     )
     model_params = [p for p in classifier.model.parameters() if p.requires_grad]
     groups = [{"params": model_params, "lr": config.lr, "weight_decay": config.weight_decay}]
