@@ -173,8 +173,9 @@ def eval_accuracy(
     if is_exported_dir(source):
         from prunex.cli.exported_commands import eval_accuracy_exported
         from prunex.data.labelled import default_split
+        from prunex.eval.exported import training_task
 
-        eval_accuracy_exported(source, task, split or default_split(task), limit, as_json)
+        eval_accuracy_exported(source, task, split or default_split(task, training_task(source)), limit, as_json)
         return
 
     eval_accuracy_command(source, task, split, limit, as_json)
