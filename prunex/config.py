@@ -28,6 +28,7 @@ class DCPConfig:
 
 LTP_STAGES = ("base", "soft", "hard")  # LTP training stages: dense fine-tune, soft masks, hard removal
 DEFAULT_TEMPERATURE_FRACTION = 0.1  # T = final_threshold / 10 when not given
+DEFAULT_MIN_TOKENS = 8  # tokens per row that no layer removes ([CLS] and the most important), when not given
 
 
 @dataclass
@@ -36,6 +37,8 @@ class LTPConfig:
 
     final_threshold: float | None = None  # threshold of the last layer's base schedule; None: 1 / mean tokens
     temperature: float | None = None  # T of the soft mask; None: final_threshold / 10
+    min_tokens: int | None = None  # floor of tokens kept per row and layer ([CLS] included); None: 8 when
+    #                                training starts, 0 for checkpoints written before the floor existed
 
     def resolved(self, mean_tokens: float) -> LTPConfig:
         """This config with `None` fields filled in for data whose rows average `mean_tokens` real tokens.
@@ -49,9 +52,16 @@ class LTPConfig:
         """
         final = self.final_threshold if self.final_threshold is not None else 1.0 / max(mean_tokens, 1.0)
         temperature = self.temperature if self.temperature is not None else final * DEFAULT_TEMPERATURE_FRACTION
+        min_tokens = DEFAULT_MIN_TOKENS if self.min_tokens is None else self.min_tokens
         if final <= 0 or temperature <= 0:
             raise PrunexError(f"final_threshold and temperature must be positive, got {final} and {temperature}")
-        return LTPConfig(final_threshold=float(final), temperature=float(temperature))
+        if min_tokens < 1:
+            raise PrunexError(f"min_tokens must be at least 1 ([CLS] is always kept), got {min_tokens}")
+        return LTPConfig(final_threshold=float(final), temperature=float(temperature), min_tokens=int(min_tokens))
+
+    def scaled(self, factor: float) -> LTPConfig:
+        """This config with every threshold (and the soft mask's temperature) multiplied by `factor`."""
+        return LTPConfig(self.final_threshold * factor, self.temperature * factor, self.min_tokens)
 
 
 @dataclass

@@ -75,3 +75,20 @@ def test_cli_exports_an_ltp_checkpoint(tmp_path):
     manifest = read_encoder_manifest(tmp_path / "onnx")
     assert manifest.method == "ltp" and manifest.label_names == ["a", "b", "c"]
     assert manifest.base_model_hash == base.weights_hash
+
+
+def test_ltp_export_keeps_the_floor_of_tokens(tmp_path):
+    """With thresholds above any importance, the graph keeps exactly [CLS] + the floor's most important tokens,
+    as PyTorch does (min_tokens 3: rows of 3 or more tokens keep 3 after every layer)."""
+    classifier, base = peaky_classifier()
+    classifier.thresholds = LTPThresholds(3, LTPConfig(final_threshold=10.0, temperature=0.5, min_tokens=3))
+    export_encoder(classifier, tmp_path / "floor", texts=TEXTS, base_model=base.model_id)
+    batch = classifier.tokenizer(["some other words to classify now", "x"], padding=True, return_tensors="pt")
+    logits, kept, _ = _session(tmp_path / "floor" / "model.onnx").run(
+        None, {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()}
+    )
+    reference = classifier(batch["input_ids"], batch["attention_mask"], mode="hard")
+    lengths = batch["attention_mask"].sum(-1).numpy()
+    assert np.array_equal(kept, np.minimum(lengths, 3)[:, None].repeat(3, axis=1))
+    assert np.array_equal(kept, reference.kept.numpy())
+    assert np.abs(logits - reference.logits.detach().numpy()).max() <= 1e-4

@@ -61,7 +61,7 @@ def csv_task(tmp_path_factory):
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])
-        for i in range(60):
+        for i in range(100):
             label = rng.choice(["pos", "neg"])
             words = ["good", "great", "fine"] if label == "pos" else ["bad", "awful", "poor"]
             writer.writerow([" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) + f" no {i}", label])
@@ -88,7 +88,7 @@ def test_config_resolution_from_mean_length():
     assert resolved.final_threshold == pytest.approx(1 / 128)
     assert resolved.temperature == pytest.approx(1 / 1280)
     assert 1e-5 <= resolved.temperature <= 1e-3  # the reference's range at GLUE lengths
-    assert LTPConfig(0.02, 1e-4).resolved(50.0) == LTPConfig(0.02, 1e-4)
+    assert LTPConfig(0.02, 1e-4, 3).resolved(50.0) == LTPConfig(0.02, 1e-4, 3)
     with pytest.raises(PrunexError, match="positive"):
         LTPConfig(-1.0, None).resolved(10.0)
 
@@ -116,7 +116,10 @@ def test_soft_mask_shapes_and_threshold_gradients(name):
     assert result.logits.shape == (4, 3) and result.kept.shape == (4, 3) and result.mask_loss.dim() == 0
     assert 0 < float(result.mask_loss.detach()) < 3  # a sum over 3 layers of means in (0, 1)
     assert (result.kept <= result.lengths[:, None]).all() and (result.kept >= 1).all()
-    torch.testing.assert_close(result.flops, dense_flops(classifier.adapter, result.lengths))  # nothing removed
+    assert (result.kept[:, 1:] <= result.kept[:, :-1]).all()  # as hard decisions: a removed token stays removed
+    n_in = torch.cat([result.lengths[:, None], result.kept[:, :-1]], dim=1)  # (B, L) what each layer would get
+    expected = sum(layer_flops(32, 64, n_in[:, layer], result.kept[:, layer]) for layer in range(3))
+    torch.testing.assert_close(result.flops, expected)  # the hard cost the soft decisions stand for
     loss = torch.nn.functional.cross_entropy(result.logits, torch.tensor([0, 1, 2, 0])) + 0.1 * result.mask_loss
     loss.backward()
     grad = classifier.thresholds.offset.grad
@@ -242,9 +245,17 @@ def test_unsupported_encoder_type_is_refused():
 # --- training, checkpoints, evaluation ------------------------------------------------------------------------
 
 
+def calibrated_scale(figures: dict) -> float:
+    """The product of the threshold scales the soft and hard stages' calibrations applied."""
+    scale = 1.0
+    for stage in ("soft", "hard"):
+        scale *= figures[stage].get("calibration", {"scale": 1.0})["scale"]
+    return scale
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, csv_task):
-    """All three stages, 3 steps each, on the CSV; captures the classifier handed to save_ltp."""
+    """All three stages, 15 steps each, on the CSV; captures the classifier handed to save_ltp."""
     out = tmp_path_factory.mktemp("ltp-ckpt") / "all"
     captured = {}
     original = ltp_trainer.save_ltp
@@ -254,7 +265,7 @@ def trained(tmp_path_factory, csv_task):
         captured["offset"] = classifier.thresholds.offset.detach().clone()
         return original(out_dir, classifier, base, training, dense_weights)
 
-    config = LTPTrainConfig(model="tiny-bert", task=str(csv_task), steps=3, batch_size=4, threads=1, lr=1e-3)
+    config = LTPTrainConfig(model="tiny-bert", task=str(csv_task), steps=15, batch_size=8, threads=1, lr=1e-2)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ltp_trainer, "save_ltp", spy)
         meta = train_ltp(config, out, LTPConfig(final_threshold=0.05), show_progress=False)
@@ -268,13 +279,15 @@ def test_train_writes_ltp_checkpoint(trained, csv_task):
     saved = json.loads((out / META_FILE).read_text())
     assert saved["format_version"] == 1 and saved["method"] == "ltp" and saved["base_model"] == "tiny-bert"
     assert saved["base_model_hash"] == load_classifier("tiny-bert").weights_hash  # the pretrained encoder's
-    assert saved["config"] == {"final_threshold": 0.05, "temperature": pytest.approx(0.005)}
     training = saved["training"]
+    scale = calibrated_scale(training["figures"])  # the thresholds scaled to the FLOPs target
+    assert saved["config"] == {"final_threshold": pytest.approx(0.05 * scale, rel=1e-3),
+                               "temperature": pytest.approx(0.005 * scale, rel=1e-3), "min_tokens": 8}
     assert training["stage"] == "hard" and training["label_names"] == ["neg", "pos"]
     assert training["task"] == str(csv_task.resolve()) and training["max_length"] == 512
     for stage in ("base", "soft", "hard"):
         figures = training["figures"][stage]
-        assert figures["steps"] == 3 and 0 <= figures["validation"]["accuracy"] <= 1
+        assert figures["steps"] == 15 and figures["validation"]["accuracy"] > 0.8  # the task is easy
         assert len(figures["validation"]["tokens_kept_per_layer"]) == 3
     assert training["figures"]["base"]["validation"]["relative_flops"] == 1.0
 
@@ -332,7 +345,7 @@ def test_evaluate_accuracy_reports(trained, csv_task):
     """Accuracy with pruning and of the stage-1 model, FLOPs, and kept tokens that never grow."""
     out, _, _ = trained
     report = evaluate_accuracy(out, str(csv_task), "test")
-    assert report.examples == 6 and report.dense_source == "stage-1 model" and report.stage == "hard"
+    assert report.examples == 10 and report.dense_source == "stage-1 model" and report.stage == "hard"
     assert 0 <= report.accuracy <= 1 and 0 <= report.dense_accuracy <= 1
     assert 0 < report.relative_flops <= 1
     assert report.gflops == pytest.approx(report.relative_flops * report.dense_gflops)
@@ -349,7 +362,7 @@ def test_bench_classify_times_both_models_on_the_same_examples(trained, csv_task
     out, _, _ = trained
     result = bench_classify(out, str(csv_task), "test", batch_size=4, repeats=2)
     report = evaluate_accuracy(out, str(csv_task), "test")
-    assert result.examples == 6 and result.repeats == 2
+    assert result.examples == 10 and result.repeats == 2
     assert result.pruned_examples_per_s > 0 and result.dense_examples_per_s > 0
     assert result.speedup == pytest.approx(result.pruned_examples_per_s / result.dense_examples_per_s)
     assert result.pruned_accuracy == report.accuracy and result.dense_accuracy == report.dense_accuracy
@@ -358,7 +371,7 @@ def test_bench_classify_times_both_models_on_the_same_examples(trained, csv_task
 
 def test_stages_one_at_a_time(tmp_path, csv_task):
     """base -> soft -> hard, each from the previous dir; wrong order and a wrong task are refused."""
-    common = {"task": str(csv_task), "steps": 2, "batch_size": 4, "threads": 1}
+    common = {"task": str(csv_task), "steps": 15, "batch_size": 8, "threads": 1, "lr": 1e-2, "distill": 0.0}
     train_ltp(LTPTrainConfig(model="tiny-bert", stage="base", **common), tmp_path / "b", show_progress=False)
     assert not (tmp_path / "b" / DENSE_FILE).exists()  # its model.safetensors is the stage-1 model
     with pytest.raises(PrunexError, match="'soft'-stage"):
@@ -372,7 +385,8 @@ def test_stages_one_at_a_time(tmp_path, csv_task):
     hard = train_ltp(LTPTrainConfig(model=str(tmp_path / "s"), stage="hard", **common), tmp_path / "h",
                      show_progress=False)
     assert hard.training["stage"] == "hard" and set(hard.training["figures"]) == {"base", "soft", "hard"}
-    assert hard.config == soft.config
+    hard_scale = hard.training["figures"]["hard"].get("calibration", {"scale": 1.0})["scale"]
+    assert hard.config["final_threshold"] == pytest.approx(soft.config["final_threshold"] * hard_scale, rel=1e-3)
     assert load_ltp(tmp_path / "h")[0].stage == "hard"
 
 
@@ -409,7 +423,8 @@ def test_cli_bad_stage_and_method(tmp_path, monkeypatch, capsys, csv_task):
 def test_cli_train_then_eval_json(tmp_path, csv_task):
     out = tmp_path / "ckpt"
     result = runner.invoke(app, ["train", "--method", "ltp", "--model", "tiny-bert", "--task", str(csv_task),
-                                 "--steps", "2", "--batch-size", "4", "--threads", "1", "--lambda", "0.2",
+                                 "--steps", "15", "--batch-size", "8", "--threads", "1", "--lambda", "0.2",
+                                     "--model-lr", "1e-2",
                                  "--out", str(out)])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     assert f"wrote {out} (hard stage)" in result.stdout
@@ -420,3 +435,178 @@ def test_cli_train_then_eval_json(tmp_path, csv_task):
     for key in ("accuracy", "dense_accuracy", "relative_flops", "gflops", "tokens_kept_per_layer"):
         assert key in report
     assert report["split"] == "test" and len(report["tokens_kept_per_layer"]) == 3
+
+
+# --- defaults that train: the majority-label check, the FLOPs target, the floor, distillation -------------------
+
+
+@pytest.fixture(scope="module")
+def shuffled_task(tmp_path_factory):
+    """Labels that carry no information: 70% 'a', 30% 'b', assigned at random to random word rows."""
+    import csv
+    import random
+
+    rng = random.Random(1)
+    path = tmp_path_factory.mktemp("ltp-noise") / "noise.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(120):
+            words = " ".join(rng.choice(["good", "bad", "fine", "poor", "great", "awful"]) for _ in range(8))
+            writer.writerow([f"{words} no {i}", "a" if rng.random() < 0.7 else "b"])
+    return path
+
+
+def test_a_stage_no_better_than_the_majority_label_fails_loudly(tmp_path, shuffled_task):
+    """Shuffled labels: the base stage cannot beat always answering 'a'; the error says so and what to change,
+    and no checkpoint is written."""
+    config = LTPTrainConfig(model="tiny-bert", task=str(shuffled_task), steps=15, batch_size=8, threads=1, lr=1e-2)
+    with pytest.raises(PrunexError, match="no better than always answering the majority label 0") as err:
+        train_ltp(config, tmp_path / "noise", show_progress=False)
+    assert "--epochs" in str(err.value) and "labels match the texts" in str(err.value)
+    assert not (tmp_path / "noise").exists()
+    result = runner.invoke(app, ["train", "--method", "ltp", "--model", "tiny-bert", "--task", str(shuffled_task),
+                                 "--steps", "15", "--batch-size", "8", "--threads", "1", "--model-lr", "1e-2",
+                                 "--out", str(tmp_path / "cli")])
+    assert result.exit_code != 0 and "majority label" in str(result.exception)
+    assert not (tmp_path / "cli" / "pruning.json").exists()
+
+
+def test_the_majority_check_passes_a_real_classifier():
+    from prunex.train.ltp_budget import check_beats_majority, majority_share
+
+    labels = [0] * 60 + [1] * 40
+    assert majority_share(labels, [0, 0, 1]) == (0, 0.6)
+    check_beats_majority("base", 0.8, labels, labels)  # well above 0.6 + one standard error (0.049)
+    with pytest.raises(PrunexError, match="majority label 0"):
+        check_beats_majority("base", 0.62, labels, labels)
+
+
+def test_stage_budget_counts_epochs_and_checks():
+    from prunex.train.ltp_budget import EarlyStopping, stage_budget
+
+    common = {"steps": 0, "base_epochs": 2.0, "prune_epochs": 0.25, "check_epochs": 0.25, "min_steps": 30,
+              "patience": 1}
+    base = stage_budget("base", 10_240, 32, **common)  # 320 steps an epoch
+    assert (base.steps, base.check_every, base.patience) == (640, 80, 1)
+    assert stage_budget("soft", 10_240, 32, **common).steps == 80
+    assert stage_budget("hard", 200, 32, **common).steps == 30  # a small file still trains min_steps
+    assert stage_budget("base", 10_240, 32, **{**common, "steps": 7}).steps == 7  # fixed: no early stopping
+    stopping = EarlyStopping(patience=1)
+    assert stopping.update(80, 0.7) and not stopping.should_stop
+    assert stopping.update(160, 0.8) and not stopping.update(240, 0.79) and stopping.should_stop
+    assert stopping.best_step == 160
+
+
+def test_base_stage_stops_on_validation_and_keeps_the_best(tmp_path, csv_task):
+    """Default (epoch-based) budget on the CSV: checks are recorded, the stage stops early, the best is kept."""
+    config = LTPTrainConfig(model="tiny-bert", task=str(csv_task), stage="base", batch_size=8, threads=1, lr=1e-2,
+                            min_steps=5, check_epochs=0.5, base_epochs=4.0)
+    meta = train_ltp(config, tmp_path / "b", show_progress=False)
+    figures = meta.training["figures"]["base"]
+    checks = [c["accuracy"] for c in figures["checks"]]
+    assert figures["planned_steps"] == 40 and figures["steps"] < 40  # 4 epochs of 80 rows / 8; stopped early
+    assert figures["validation"]["accuracy"] == max(checks) and max(checks) > 0.8
+
+
+def test_lambda_controller_steers_towards_the_target():
+    from prunex.train.ltp_target import MAX_LAMBDA, LambdaController
+
+    controller = LambdaController(target=0.5, lam=0.1)
+    above = [controller.update(0.9) for _ in range(5)]
+    assert above == sorted(above) and above[-1] > 0.1  # too many FLOPs: lambda grows
+    for _ in range(100):
+        controller.update(1.0)
+    assert controller.lam == MAX_LAMBDA  # bounded
+    below = LambdaController(target=0.5, lam=0.1)
+    assert below.update(0.1) < 0.1  # pruning more than asked: lambda shrinks
+
+
+@pytest.mark.parametrize("target", [0.35, 0.6])
+def test_threshold_search_reaches_the_target(target):
+    """calibrate_thresholds scales the thresholds until hard pruning on the examples runs at the target."""
+    from prunex.eval.accuracy import measure
+    from prunex.train.ltp_target import calibrate_thresholds
+
+    classifier = peaky("tiny-bert")
+    g = torch.Generator().manual_seed(3)
+    encoded = [[2, *torch.randint(5, TINY_ENCODER_VOCAB, (n - 2,), generator=g).tolist(), 3]
+               for n in (40, 31, 25, 18, 12, 9, 33, 27)]
+    labels = [0] * len(encoded)
+    found = calibrate_thresholds(classifier, encoded, labels, target, tolerance=0.02)
+    assert abs(found.relative_flops - target) <= 0.02
+    assert measure(classifier, encoded, labels, mode="hard").relative_flops == pytest.approx(found.relative_flops)
+    assert classifier.thresholds.config.final_threshold == pytest.approx(0.05 * found.scale)
+
+
+def test_trained_checkpoint_lands_on_the_flops_target(trained):
+    """The default target (0.5) is what the soft stage's calibration reached on the validation examples."""
+    _, meta, _ = trained
+    soft = meta.training["figures"]["soft"]
+    assert abs(soft["calibration"]["relative_flops"] - 0.5) <= 0.01
+    assert "final_lambda" in soft
+    hard = meta.training["figures"]["hard"]
+    assert abs(hard["validation"]["relative_flops"] - 0.5) <= 0.05 and hard["distill"] == 0.5
+
+
+def test_the_floor_keeps_short_rows_whole_and_long_rows_above_cls():
+    """Thresholds above any importance: each layer keeps [CLS] + the most important tokens up to the floor."""
+    from prunex.prune.ltp import protected_tokens
+
+    classifier = peaky("tiny-bert")
+    classifier.thresholds = LTPThresholds(3, LTPConfig(final_threshold=10.0, temperature=0.5, min_tokens=4))
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        hard = classifier(ids, mask, "hard")
+        masked = classifier(ids, mask, "masked")
+    assert (hard.kept == 4).all()  # every row (9..30 tokens) keeps 4 after each layer
+    torch.testing.assert_close(hard.logits, masked.logits, atol=1e-5, rtol=1e-5)
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.4, 0.0], [0.3, 0.1, 0.6, 0.0, 0.0]])
+    alive = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    assert protected_tokens(scores, alive, 3).tolist() == [
+        [True, True, False, True, False],  # [CLS] + the two highest others
+        [True, True, True, False, False],  # a row of 3 keeps all 3
+    ]
+    assert protected_tokens(scores, alive, 1).tolist() == [[True] + [False] * 4] * 2
+
+
+def test_distillation_loss_is_zero_when_the_student_matches():
+    from prunex.train.ltp_trainer import _distill_loss
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    assert float(_distill_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-7)
+    assert float(_distill_loss(logits, logits.flip(-1), 2.0)) > 0
+
+
+def test_a_separate_evaluation_file_is_scored_whole(trained, csv_task, tmp_path):
+    """The training file: its test split; another file: every row, and the report names the split."""
+    from prunex.data.labelled import default_split
+
+    out, _, _ = trained
+    assert default_split("bbc") == "test" and default_split("rotten-tomatoes", "bbc") == "test"
+    assert default_split(str(csv_task), str(csv_task.resolve())) == "test"
+    other = tmp_path / "other.csv"
+    other.write_text(csv_task.read_text())  # same rows, another file: a separate evaluation set
+    assert default_split(str(other), str(csv_task.resolve())) == "all"
+    assert evaluate_accuracy(out, str(csv_task)).split == "test"
+    report = evaluate_accuracy(out, str(other))
+    assert report.split == "all" and report.examples == 100
+    result = runner.invoke(app, ["eval", "accuracy", str(out), "--task", str(other), "--json"])
+    assert json.loads(result.output)["split"] == "all"
+
+
+def test_bench_classify_ort_runs_four_engines_side_by_side(trained, csv_task, monkeypatch, tmp_path):
+    """LTP and dense exports, fp32 and int8, each batch size, one run: rates, accuracies and the ratios."""
+    from prunex.bench.classify_ort import ENGINES, OrtClassifyConfig, bench_classify_ort
+
+    monkeypatch.setenv("PRUNEX_CACHE", str(tmp_path / "cache"))
+    out, _, _ = trained
+    report = bench_classify_ort(out, OrtClassifyConfig(batches=[1, 4], repeats=1, limit=8), progress=lambda _: None)
+    assert report["split"] == "test" and report["examples"] == 8 and 0 < report["relative_flops"] < 1
+    assert [row["batch"] for row in report["rows"]] == [1, 4]
+    for row in report["rows"]:
+        assert set(row["engines"]) == set(ENGINES)
+        assert all(e["examples_per_s"] > 0 for e in row["engines"].values())
+        assert row["engines"]["pruned_fp32"]["tokens_kept_after_last_layer"] < \
+            row["engines"]["dense_fp32"]["tokens_kept_after_last_layer"]
+        assert row["pruned_vs_dense_fp32"] > 0 and row["pruned_vs_dense_int8"] > 0

@@ -168,7 +168,8 @@ def test_encoder_int8_and_eval_accuracy_on_exported_dirs(tmp_path):
     assert [n.op_type for n in model.graph.node if n.domain == "prunex"] == ["ThresholdGather"] * 3
     runner = CliRunner()
     for directory in ("fp32", "int8"):
-        result = runner.invoke(app, ["eval", "accuracy", str(tmp_path / directory), "--task", str(task), "--json"])
+        result = runner.invoke(app, ["eval", "accuracy", str(tmp_path / directory), "--task", str(task), "--split",
+                                     "test", "--json"])  # the split the int8 check measures
         assert result.exit_code == 0, result.output
         figures = json.loads(result.stdout)
         assert figures["quantization"] == ("none" if directory == "fp32" else "dynamic")

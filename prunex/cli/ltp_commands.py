@@ -18,20 +18,28 @@ def train_ltp_command(
     task: str,
     stage: str,
     lam: float | None,
-    steps: int,
+    steps: int | None,
     context: int,
-    batch_size: int,
-    lr: float,
+    batch_size: int | None,
+    lr: float | None,
     threads: int,
     seed: int,
     force: bool,
     prepare_out: Callable[[Path, bool], None],
+    target_flops: float | None = None,
+    model_lr: float | None = None,
+    epochs: float | None = None,
+    distill: float | None = None,
+    min_tokens: int | None = None,
 ) -> None:
     """`prunex train --method ltp`: train stage(s) and print where the checkpoint went with its figures.
 
     `context` caps the tokens per input (the task's own length when larger); `lr` is the thresholds' learning
     rate, as `--lr` is the pruning parameters' for DCP; `prepare_out` checks/clears --out (see main.py).
+    A `--lambda` without `--target-flops` trains with that fixed lambda and no threshold calibration; None
+    elsewhere means the default of `LTPTrainConfig`.
     """
+    from prunex.config import LTPConfig
     from prunex.data.labelled import load_labelled, task_max_length
     from prunex.train.ltp_trainer import STAGE_CHOICES, LTPTrainConfig, train_ltp
 
@@ -39,15 +47,21 @@ def train_ltp_command(
         raise PrunexError(f"--stage {stage!r} is not one of {', '.join(STAGE_CHOICES)}")
     if stage in ("soft", "hard") and Path(model).expanduser().resolve() == out.expanduser().resolve():
         raise PrunexError("--out must differ from the previous stage's checkpoint dir given as --model")
+    if target_flops is not None and target_flops <= 0:
+        raise PrunexError("--target-flops must be above 0 (relative to the dense model, e.g. 0.5)")
     load_labelled(task)  # refuse an unknown task or a bad file before --out is touched
     prepare_out(out, force)
     defaults = LTPTrainConfig()
+    given = {
+        "steps": steps, "batch_size": batch_size, "lr": model_lr, "base_epochs": epochs, "distill": distill,
+        "lam": lam, "target_flops": 0.0 if lam is not None and target_flops is None else target_flops,
+    }
     config = LTPTrainConfig(
-        model=model, task=task, stage=stage, steps=steps, batch_size=batch_size,
-        max_length=min(context, task_max_length(task)), threshold_lr=lr,
-        lam=defaults.lam if lam is None else lam, seed=seed, threads=threads,
+        model=model, task=task, stage=stage, max_length=min(context, task_max_length(task)),
+        threshold_lr=defaults.threshold_lr if lr is None else lr, seed=seed, threads=threads,
+        **{name: getattr(defaults, name) if value is None else value for name, value in given.items()},
     )
-    meta = train_ltp(config, out)
+    meta = train_ltp(config, out, LTPConfig(min_tokens=min_tokens) if min_tokens is not None else None)
     last = meta.training["figures"][meta.training["stage"]]["validation"]
     typer.echo(
         f"wrote {out} ({meta.training['stage']} stage): validation accuracy {last['accuracy']:.4f}, "
@@ -55,7 +69,7 @@ def train_ltp_command(
     )
 
 
-def eval_accuracy_command(source: str, task: str, split: str, limit: int | None, as_json: bool) -> None:
+def eval_accuracy_command(source: str, task: str, split: str | None, limit: int | None, as_json: bool) -> None:
     """`prunex eval accuracy SOURCE --task T`: accuracy with pruning, dense accuracy, FLOPs, kept tokens."""
     from prunex.data.labelled import load_labelled
     from prunex.eval.accuracy import evaluate_accuracy
@@ -68,7 +82,7 @@ def eval_accuracy_command(source: str, task: str, split: str, limit: int | None,
         return
     typer.echo(
         f"accuracy {report.accuracy:.4f} (dense {report.dense_accuracy:.4f}, {report.dense_source}) on "
-        f"{report.examples} {task} {split} examples\n"
+        f"{report.examples} {task} examples (split: {report.split})\n"
         f"relative FLOPs {report.relative_flops:.3f}: {report.gflops:.3f} GFLOPs per example "
         f"(dense {report.dense_gflops:.3f}), {report.mean_tokens:.1f} tokens in\n"
         f"tokens kept per layer {report.tokens_kept_per_layer}"

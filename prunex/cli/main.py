@@ -34,13 +34,19 @@ def train(
     method: str = typer.Option("dcp", help="dcp: decoder KV pruning; ltp: encoder token pruning."),
     model: str = typer.Option("smollm2", help="Packaged model (smollm2, tiny-llama, tiny-gpt2) or a HF dir."),
     text: str = typer.Option("wikipedia", help="Training text: wikipedia, bbc, or a UTF-8 text file."),
-    steps: int = typer.Option(200, min=1, help="Optimizer steps."),
+    steps: Optional[int] = typer.Option(
+        None, min=1, help="Optimizer steps (dcp: 200; ltp: per stage, default by epochs with early stopping)."
+    ),
     context: int = typer.Option(512, min=8, help="Tokens per training sequence."),
-    batch_size: int = typer.Option(1, min=1, help="Sequences per step."),
+    batch_size: Optional[int] = typer.Option(
+        None, min=1, help="Sequences per step (dcp: 1; ltp: 32 up to 128 tokens, else 16)."
+    ),
     sparsity_weight: float = typer.Option(0.3, min=0.0, help="Weight of the sparsity loss (mean keep prob)."),
     train_what: str = typer.Option("heads", "--train", help="heads: new parameters only; all: whole model."),
     loss: str = typer.Option("lm", help="lm: next-token cross-entropy; distill: KL from the dense model."),
-    lr: float = typer.Option(1e-3, help="Learning rate of the pruning parameters."),
+    lr: Optional[float] = typer.Option(
+        None, help="Learning rate of the pruning parameters (dcp: 1e-3; ltp: the thresholds', 1e-2)."
+    ),
     sinks: int = typer.Option(4, min=0, help="First tokens never dropped (attention sinks); 0 = pure DCP."),
     recent: int = typer.Option(0, min=0, help="Tokens protected while among the last N (0 = pure DCP)."),
     init_bias: float = typer.Option(5.0, help="Initial keep-logit bias (large = keep all at first)."),
@@ -51,7 +57,18 @@ def train(
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
     task: str = typer.Option("bbc", help="ltp: bbc, rotten-tomatoes, or a text/label CSV or JSONL."),
     stage: str = typer.Option("all", help="ltp: base, soft, hard (--model: previous stage dir), all."),
-    lam: Optional[float] = typer.Option(None, "--lambda", min=0.0, help="ltp: mask loss weight (0.1)."),
+    lam: Optional[float] = typer.Option(
+        None, "--lambda", min=0.0, help="ltp, experts: a fixed mask loss weight instead of --target-flops."
+    ),
+    target_flops: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0, help="ltp: relative FLOPs wanted on validation (default 0.5; off with --lambda)."
+    ),
+    model_lr: Optional[float] = typer.Option(None, min=0.0, help="ltp: encoder learning rate (1e-4)."),
+    epochs: Optional[float] = typer.Option(None, min=0.0, help="ltp: most epochs of the base stage (2)."),
+    distill: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0, help="ltp: hard stage weight of distilling the dense model (0.5; 0: off)."
+    ),
+    min_tokens: Optional[int] = typer.Option(None, min=1, help="ltp: tokens a row always keeps (8)."),
 ) -> None:
     """Fine-tune a model so that it learns which tokens to drop; writes pruning.safetensors + pruning.json."""
     from prunex.config import DCPConfig, TrainConfig
@@ -63,13 +80,15 @@ def train(
         return train_ltp_command(
             out=out, model="minilm" if model == "smollm2" else model, task=task, stage=stage, lam=lam, steps=steps,
             context=context, batch_size=batch_size, lr=lr, threads=threads, seed=seed, force=force,
+            target_flops=target_flops, model_lr=model_lr, epochs=epochs, distill=distill, min_tokens=min_tokens,
             prepare_out=_clear_out,
         )
     if method != "dcp":
         raise PrunexError(f"--method {method!r} is not available; use dcp or ltp")
     _clear_out(out, force)
     config = TrainConfig(
-        method=method, model=model, text=text, steps=steps, batch_size=batch_size, context=context, lr=lr,
+        method=method, model=model, text=text, steps=steps or 200, batch_size=batch_size or 1, context=context,
+        lr=1e-3 if lr is None else lr,
         train=train_what, sparsity_weight=sparsity_weight, loss=loss, seed=seed, threads=threads, device=device,
     )
     dcp = DCPConfig(
@@ -134,7 +153,10 @@ def eval_ppl(
 def eval_accuracy(
     source: str = typer.Argument(..., help="LTP checkpoint dir, or an exported encoder dir (ONNX Runtime)."),
     task: str = typer.Option(..., help="bbc, rotten-tomatoes, or a CSV/JSONL file with text and label."),
-    split: str = typer.Option("test", help="train, validation, test, or all (e.g. a separate eval file)."),
+    split: Optional[str] = typer.Option(
+        None, help="train, validation, test or all; default: test for a packaged task (or the checkpoint's own "
+        "training file), all for any other file (a separate evaluation set is scored whole)."
+    ),
     limit: Optional[int] = typer.Option(None, min=1, help="Measure only the first N examples of the split."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -145,8 +167,10 @@ def eval_accuracy(
 
     if resolve_source(source).kind == "exported":
         from prunex.cli.exported_commands import eval_accuracy_exported
+        from prunex.data.labelled import default_split
+        from prunex.eval.exported import training_task
 
-        eval_accuracy_exported(source, task, split, limit, as_json)
+        eval_accuracy_exported(source, task, split or default_split(task, training_task(source)), limit, as_json)
         return
 
     eval_accuracy_command(source, task, split, limit, as_json)
@@ -375,22 +399,56 @@ def bench_serve_command(
 @bench_app.command("classify")
 def bench_classify_command(
     source: str = typer.Argument(..., help="An LTP checkpoint dir (hard stage)."),
-    task: str = typer.Option("bbc", help="bbc, rotten-tomatoes, or a CSV/JSONL file."),
-    split: str = typer.Option("test", help="train, validation, test, or all (e.g. a separate eval file)."),
-    batch_size: int = typer.Option(16, min=1, help="Examples per forward (length-sorted batches)."),
-    repeats: int = typer.Option(3, min=1, help="Timed passes of each model (median reported)."),
+    task: Optional[str] = typer.Option(
+        None, help="bbc, rotten-tomatoes, or a CSV/JSONL file (default: the checkpoint's own task)."
+    ),
+    split: Optional[str] = typer.Option(
+        None, help="train, validation, test or all (default: test; all for a file the model did not train on)."
+    ),
+    engine: str = typer.Option("ort", help="ort: the LTP and dense exports in ONNX Runtime, fp32 and int8; "
+                               "torch: the checkpoint and its stage-1 model in PyTorch."),
+    batch: list[int] = typer.Option([1, 16], "--batch", min=1, help="ort: examples per run (repeatable)."),
+    batch_size: int = typer.Option(16, min=1, help="torch: examples per forward (length-sorted batches)."),
+    repeats: int = typer.Option(3, min=1, help="Timed rounds of every engine in turn (medians reported)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use the first N examples only."),
-    threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)."),
+    threads: int = typer.Option(0, min=0, help="Threads per engine (0: ort 1, torch torch's default)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="ort: also write the JSON report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """PyTorch CPU throughput of the hard-pruned classifier vs its dense stage-1 model, on the same examples."""
+    """Classification throughput, pruned vs dense on the same examples in one run: by default the exported
+    LTP encoder against the dense export of the same classifier in ONNX Runtime (fp32 and int8)."""
+    if engine == "ort":
+        from prunex.bench.classify_ort import OrtClassifyConfig, bench_classify_ort
+
+        config = OrtClassifyConfig(task=task, split=split, batches=list(batch), repeats=repeats, limit=limit,
+                                   threads=threads or 1)
+        report = bench_classify_ort(source, config, progress=lambda line: typer.echo(line, err=True))
+        if out is not None:
+            out.write_text(json.dumps(report, indent=2) + "\n")
+        if as_json:
+            typer.echo(json.dumps(report))
+            return
+        typer.echo(f"{report['examples']} {report['task']} {report['split']} examples, {report['mean_tokens']} "
+                   f"tokens, relative FLOPs {report['relative_flops']:.3f}, {report['threads']} thread(s):")
+        for row in report["rows"]:
+            rates = ", ".join(f"{name} {e['examples_per_s']:.2f} ex/s ({e['accuracy']:.4f})"
+                              for name, e in row["engines"].items())
+            typer.echo(f"  batch {row['batch']}: {rates}; pruned/dense fp32 x{row['pruned_vs_dense_fp32']:.2f}, "
+                       f"int8 x{row['pruned_vs_dense_int8']:.2f}")
+        return
+    if engine != "torch":
+        raise PrunexError(f"--engine must be ort or torch, not {engine!r}")
     import torch
 
     from prunex.bench.classify import bench_classify
+    from prunex.checkpoints.ltp import read_ltp_meta
+    from prunex.data.labelled import default_split
 
     if threads:
         torch.set_num_threads(threads)
-    result = bench_classify(source, task, split, batch_size, repeats, limit)
+    trained_on = read_ltp_meta(source).training["task"]
+    task = task or trained_on
+    result = bench_classify(source, task, split or default_split(task, trained_on), batch_size, repeats, limit)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
     else:

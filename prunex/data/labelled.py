@@ -164,6 +164,17 @@ def task_max_length(task: str) -> int:
     return TASKS[task].max_length if task in TASKS else FILE_MAX_LENGTH
 
 
+def default_split(task: str, trained_on: str | None = None) -> str:
+    """The split to score when none is named: a packaged task's (or the training file's own) held-out test
+    split; any other file is a separate evaluation set and is scored whole ("all")."""
+    if task in TASKS:
+        return "test"
+    if trained_on is not None and trained_on not in TASKS:
+        if Path(task).expanduser().resolve() == Path(trained_on).expanduser().resolve():
+            return "test"
+    return "all"
+
+
 def split_labelled(task: str, split: str, seed: int = 0) -> LabelledSet:
     """The examples of one split (train 80% / validation 10% / test 10%, shuffled with `seed`; all: every one)."""
     if split not in SPLITS:

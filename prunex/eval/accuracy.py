@@ -15,7 +15,7 @@ import torch
 
 from prunex.console import progress
 from prunex.data.batching import encode_texts, length_sorted_batches, pad_batch
-from prunex.data.labelled import split_labelled, task_max_length
+from prunex.data.labelled import default_split, split_labelled, task_max_length
 from prunex.errors import PrunexError
 from prunex.prune.encoder_forward import dense_flops
 from prunex.prune.ltp import LTPClassifier
@@ -121,7 +121,7 @@ def _dense_reference(classifier: LTPClassifier) -> tuple[LTPClassifier, str]:
 def evaluate_accuracy(
     checkpoint_or_model: str | Path | LTPClassifier,
     task: str,
-    split: str = "test",
+    split: str | None = None,
     *,
     batch_size: int = 16,
     limit: int | None = None,
@@ -132,12 +132,14 @@ def evaluate_accuracy(
     """Accuracy of an LTP checkpoint (dir or loaded classifier) on a task split, with dense accuracy and FLOPs.
 
     The split seed and max length default to the checkpoint's own (so its test split is the one it never
-    trained on); `limit` keeps the first N examples of the split.
+    trained on); split None: the test split of a packaged task or of the file the checkpoint was trained on,
+    every example of any other file (see `default_split`; the report names it); `limit` keeps the first N.
     """
     classifier = _as_classifier(checkpoint_or_model)
     if classifier.tokenizer is None:
         raise PrunexError("the classifier has no tokenizer; load it with prunex.checkpoints.ltp.load_ltp")
     seed = classifier.info.get("split_seed", 0) if seed is None else seed
+    split = split or default_split(task, classifier.info.get("task"))
     max_length = max_length or classifier.info.get("max_length") or task_max_length(task)
     data = split_labelled(task, split, seed)
     if data.num_labels != len(classifier.label_names):

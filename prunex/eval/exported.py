@@ -58,6 +58,18 @@ def exported_perplexity(directory: str | Path, windows: torch.Tensor, threads: i
     return ExportedPerplexity(math.exp(nll / tokens), kept / N, tokens, N, T)
 
 
+def training_task(directory: str | Path) -> str | None:
+    """The task the checkpoint behind an exported encoder was trained on (None when its source is gone)."""
+    import json
+
+    from prunex.format import read_encoder_manifest
+
+    meta = Path(read_encoder_manifest(Path(directory)).source or "-") / "pruning.json"
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text()).get("training", {}).get("task")
+
+
 def exported_accuracy(directory: str | Path, task: str, split: str = "test", limit: int | None = None,
                       threads: int | None = None) -> ExportedAccuracy:
     """Accuracy of an exported encoder classifier on a labelled split (labels matched by name)."""

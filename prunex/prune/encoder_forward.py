@@ -3,6 +3,8 @@
 Modes:
 - `dense`: no pruning (the plain classifier).
 - `soft`: every token stays; after each layer its output is multiplied by the pruner's soft mask (training).
+  `kept` and `flops` are what the hard decisions (mask > 0.5, a removed token staying removed) would give:
+  an estimate of the pruned cost that costs nothing to compute.
 - `hard`: tokens below the pruner's decision are removed physically: the kept tokens of each row are packed
   in their original order (`pack_kept`), rows keep their own lengths in a (B, W) layout with a new validity
   mask, and later layers run on W <= n tokens. This is what inference runs.
@@ -16,9 +18,9 @@ l would only feed its own (discarded) output, so `hard` skips them: layer l runs
 n_in tokens it receives and everything after on the n_out tokens it keeps. The result is the same as removing
 the token from layer l's output ("between layers"), at lower cost.
 
-Rules: the [CLS] token (index 0 of every row) is never removed; padding is never a key, never counted in the
-importance and never kept. B batch, T input tokens, n tokens at a layer, W packed width, d hidden, H heads,
-D head dim, C labels, L layers.
+Rules: the [CLS] token (index 0 of every row) and the pruner's floor of tokens are never removed; padding is
+never a key, never counted in the importance and never kept. B batch, T input tokens, n tokens at a layer,
+W packed width, d hidden, H heads, D head dim, C labels, L layers.
 """
 
 from __future__ import annotations
@@ -43,19 +45,22 @@ class TokenPruner(Protocol):
     def score(self, layer: int, probs: Tensor, alive: Tensor) -> Tensor:
         """(B, H, n, n) attention probabilities, (B, n) bool present tokens -> (B, n) importance."""
 
+    def protected(self, layer: int, scores: Tensor, alive: Tensor) -> Tensor:
+        """(B, n) importance, (B, n) bool present -> (B, n) bool never removed ([CLS] and a floor of tokens)."""
+
     def soft_mask(self, layer: int, scores: Tensor) -> Tensor:
         """(B, n) importance -> (B, n) keep weight in (0, 1), differentiable."""
 
     def threshold(self, layer: int) -> Tensor:
-        """() the hard decision's threshold: a token stays iff its importance is above it (or it is [CLS])."""
+        """() the hard decision's threshold: a token stays iff its importance is above it (or it is protected)."""
 
 
 @dataclass
 class EncoderResult:
     logits: Tensor  # (B, C)
     lengths: Tensor  # (B,) real input tokens per row
-    kept: Tensor  # (B, L) tokens of each row still present after each layer (soft: with mask > 0.5)
-    flops: Tensor  # (B,) float64 FLOPs (2 x multiply-adds) of the layers, as run, per row
+    kept: Tensor  # (B, L) tokens of each row still present after each layer (soft: as hard decisions would)
+    flops: Tensor  # (B,) float64 FLOPs (2 x multiply-adds) of the layers, as run (soft: as hard would run), per row
     mask_loss: Tensor  # () soft mode: sum over layers of the mean soft mask over real tokens; else 0
     positions: Tensor  # (B, W) original positions of the tokens left after the last layer (-1: none)
 
@@ -126,6 +131,7 @@ def run_encoder(
     device = input_ids.device
     H, D, d = adapter.num_heads, adapter.head_dim, adapter.hidden_size
     lengths = valid.sum(-1)  # (B,)
+    soft_alive = valid  # (B, T) soft mode: tokens that hard decisions would still have
 
     hidden = adapter.embed(input_ids)  # (B, T, d)
     alive = valid  # (B, n) tokens present at this layer
@@ -138,26 +144,28 @@ def run_encoder(
         probs = scores.masked_fill(~alive[:, None, None, :], float("-inf")).softmax(-1)  # (B, H, n, n)
         dropped_probs = adapter.attention_dropout(layer, probs)
         residual, alive_next = hidden, alive
-        is_cls = positions == 0  # (B, n) [CLS]: original position 0, index 0 of the packed rows too
         if mode != "dense":
             importance = pruner.score(layer, probs, alive)  # (B, n)
+            protected = pruner.protected(layer, importance, alive)  # (B, n) [CLS] first, plus the floor
         if mode == "hard":
             residual, alive_next, index = gather(hidden, importance, pruner.threshold(layer), alive,
-                                                 is_cls)  # (B, W, d), (B, W), (B, W)
+                                                 protected)  # (B, W, d), (B, W), (B, W)
             dropped_probs = gather_tokens(dropped_probs, index, 2)  # (B, H, W, n): only kept queries
             positions = torch.where(alive_next, positions.gather(1, index), -1)  # (B, W)
         elif mode == "masked":
-            alive_next = ((importance > pruner.threshold(layer)) | is_cls) & alive  # (B, n)
+            alive_next = ((importance > pruner.threshold(layer)) | protected) & alive  # (B, n)
         n_in, n_out = alive.sum(-1), alive_next.sum(-1)  # (B,)
         attended = (dropped_probs @ v).transpose(1, 2).reshape(B, -1, H * D)  # (B, m, d), m = W or n
         hidden = adapter.attention_block(layer, attended, residual)  # (B, m, d)
         hidden = adapter.ffn_block(layer, hidden)  # (B, m, d)
-        flops = flops + layer_flops(d, adapter.intermediate_size, n_in, n_out)
         if mode == "soft":
-            soft = torch.where(is_cls, 1.0, pruner.soft_mask(layer, importance)) * valid  # (B, T)
+            soft = torch.where(protected, 1.0, pruner.soft_mask(layer, importance)) * valid  # (B, T)
             hidden = hidden * soft[..., None]
             mask_loss = mask_loss + (soft.sum() / valid.sum())
-            n_out = ((soft > 0.5) & valid).sum(-1)  # what a hard decision would keep (not cumulative)
+            n_in = soft_alive.sum(-1)  # (B,) what hard decisions would have left so far
+            soft_alive = soft_alive & (soft > 0.5)  # (B, T)
+            n_out = soft_alive.sum(-1)
+        flops = flops + layer_flops(d, adapter.intermediate_size, n_in, n_out)
         alive = alive_next
         kept.append(n_out)
     if mode == "masked":

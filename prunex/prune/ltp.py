@@ -10,6 +10,10 @@ a linear base schedule plus a learned offset (init 0). The offset is kept in uni
 that one learning rate suits tasks whose importance scale differs tenfold (it is ~1/length: 1/30 for review
 snippets, 1/400 for news articles); the threshold itself is the reference's `schedule + delta` with
 delta = final_threshold * offset. Training uses the soft mask sigmoid((importance - threshold) / T).
+
+A floor of `min_tokens` per row is never removed: [CLS] and the most important tokens of the layer, so a
+threshold tuned on long inputs cannot strip a short one down to [CLS] alone (a row shorter than the floor
+keeps every token).
 """
 
 from __future__ import annotations
@@ -37,6 +41,22 @@ def token_importance(probs: Tensor, alive: Tensor) -> Tensor:
     return received / (H * rows.sum(-1, keepdim=True)) * rows
 
 
+def protected_tokens(scores: Tensor, alive: Tensor, min_tokens: int) -> Tensor:
+    """(B, n) bool: [CLS] (index 0) plus each row's `min_tokens - 1` most important other present tokens.
+
+    A token's rank is the number of other present tokens that score strictly higher (ties share a rank and
+    are all kept); ranks come from one (B, n, n) comparison, so the floor needs no sort and traces to ONNX.
+    """
+    n = scores.shape[1]
+    first = torch.arange(n, device=scores.device)[None, :] == 0  # (1, n) the [CLS] column
+    if min_tokens <= 1:
+        return first.expand_as(alive)
+    candidates = alive & ~first  # (B, n)
+    ranked = scores.masked_fill(~candidates, float("-inf"))  # (B, n)
+    higher = (ranked[:, None, :] > ranked[:, :, None]).sum(-1)  # (B, n) candidates scoring higher
+    return first | ((higher < min_tokens - 1) & candidates)
+
+
 class LTPThresholds(nn.Module):
     """Per-layer thresholds: a linear schedule plus a learned offset. Implements `TokenPruner`."""
 
@@ -47,6 +67,7 @@ class LTPThresholds(nn.Module):
         self.config = config
         self.final_threshold = config.final_threshold
         self.temperature = config.temperature
+        self.min_tokens = config.min_tokens or 0
         self.offset = nn.Parameter(torch.zeros(num_layers))  # (L,) learned, in units of final_threshold
         schedule = config.final_threshold * torch.arange(1, num_layers + 1, dtype=torch.float32) / num_layers
         self.register_buffer("schedule", schedule, persistent=False)  # (L,)
@@ -58,6 +79,9 @@ class LTPThresholds(nn.Module):
     def score(self, layer: int, probs: Tensor, alive: Tensor) -> Tensor:
         return token_importance(probs, alive)
 
+    def protected(self, layer: int, scores: Tensor, alive: Tensor) -> Tensor:
+        return protected_tokens(scores, alive, self.min_tokens)
+
     def soft_mask(self, layer: int, scores: Tensor) -> Tensor:
         return torch.sigmoid((scores - self.thresholds()[layer]) / self.temperature)
 
@@ -65,7 +89,7 @@ class LTPThresholds(nn.Module):
         return self.thresholds()[layer]
 
     def keep(self, layer: int, scores: Tensor) -> Tensor:
-        """(B, n) importance -> (B, n) bool: above the layer's threshold ([CLS] is kept by the layer loop)."""
+        """(B, n) importance -> (B, n) bool: above the layer's threshold (`protected` tokens stay regardless)."""
         return scores > self.threshold(layer)
 
 

@@ -173,15 +173,11 @@ def weight_nodes(model: onnx.ModelProto) -> list[str]:
 
 def _task(directory: Path, config: QuantizeConfig) -> str:
     """The task an encoder's accuracy is measured on: --task, else the one its checkpoint was trained on."""
-    if config.task:
-        return config.task
-    import json
+    from prunex.eval.exported import training_task
 
-    meta = Path(read_encoder_manifest(directory).source or "-") / "pruning.json"
-    if meta.is_file():
-        task = json.loads(meta.read_text()).get("training", {}).get("task")
-        if task:
-            return task
+    task = config.task or training_task(directory)
+    if task:
+        return task
     raise PrunexError("give --task: the labelled set to measure the int8 accuracy on (bbc, rotten-tomatoes, file)")
 
 

@@ -3,7 +3,12 @@
 1. base: fine-tune the dense classifier on the task (the stage-1 model, kept as the dense reference).
 2. soft: learn the per-layer threshold offsets (own optimizer group, higher learning rate) together with the
    model, under the soft mask and the loss cross-entropy + lambda * sum over layers of the mean soft mask.
-3. hard: freeze the thresholds, remove tokens physically, fine-tune the model to the pruned computation.
+3. hard: freeze the thresholds, remove tokens physically, fine-tune the model to the pruned computation,
+   optionally distilling the dense stage-1 model's predictions (`distill` > 0).
+
+Defaults work without tuning: stage lengths in epochs (see `prunex.train.ltp_budget`), the base stage stops on
+validation accuracy, a stage no better than the majority label is an error, and `target_flops` steers lambda
+and then calibrates the thresholds on validation examples (see `prunex.train.ltp_target`).
 
 `stage="all"` runs the three in one go; a single later stage continues from the previous stage's checkpoint
 dir (given as `model`), with the same task, split seed and input length.
@@ -11,6 +16,7 @@ dir (given as `model`), with the same task, split seed and input length.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_model
+from safetensors.torch import load_model, save_model
 
 from prunex.checkpoints.ltp import DENSE_FILE, dense_weights_file, read_ltp_meta, save_ltp
 from prunex.checkpoints.meta import CheckpointMeta
@@ -31,7 +37,10 @@ from prunex.eval.accuracy import measure
 from prunex.loading import load_ltp
 from prunex.models.encoder_adapters import encoder_adapter
 from prunex.models.encoders import LoadedClassifier, load_classifier
+from prunex.prune.encoder_forward import dense_flops, run_encoder
 from prunex.prune.ltp import LTPClassifier, LTPThresholds
+from prunex.train.ltp_budget import EarlyStopping, StageBudget, check_beats_majority, stage_budget
+from prunex.train.ltp_target import LambdaController, calibrate_thresholds, calibration_examples
 from prunex.train.progress import TrainProgress
 
 STAGE_CHOICES = (*LTP_STAGES, "all")
@@ -43,23 +52,37 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class LTPTrainConfig:
-    """How an LTP checkpoint is trained."""
+    """How an LTP checkpoint is trained. The defaults are meant to work on any task, packaged or a user's file."""
 
     model: str = "minilm"  # base/all: minilm, tiny-bert, tiny-roberta or a HF dir; soft/hard: previous stage's dir
     task: str = "bbc"  # rotten-tomatoes | bbc | a CSV/JSONL file with `text` and `label`
     stage: str = "all"  # base | soft | hard | all
-    steps: int = 100  # optimizer steps per stage
-    batch_size: int = 16  # examples per step
+    steps: int = 0  # optimizer steps per stage; 0: by epochs (below), the base stage stopping on validation
+    base_epochs: float = 2.0  # most epochs of the base stage (it stops earlier when validation stops improving)
+    prune_epochs: float = 0.25  # epochs of the soft stage and of the hard stage each
+    check_epochs: float = 0.25  # base stage: validation accuracy is checked every this many epochs
+    patience: int = 1  # base stage: checks without a gain before it stops (the best weights are kept)
+    min_steps: int = 30  # every stage runs at least this many steps (small files)
+    max_tokens: int = 100_000  # training tokens between base checks and per soft/hard stage, at most (0: no cap)
+    batch_size: int = 0  # examples per step; 0: 32 for inputs of up to 128 tokens, 8 for longer ones
     max_length: int = 0  # tokens per input (longer ones are truncated); 0: the task's (bbc 512, rotten-tomatoes 128)
-    lr: float = 2e-4  # encoder and head (warm-up, then linear decay); high for CPU-sized runs of ~100 steps:
-    #                   MiniLM, rotten-tomatoes, 40 x 32: 75.5% validation at 2e-4, 64% at 1e-4, 59% at 5e-5
+    lr: float = 1e-4  # encoder and head (warm-up, then linear decay over the stage's planned steps)
     threshold_lr: float = 1e-2  # learning rate of the threshold offsets (soft stage; units of final_threshold)
-    lam: float = 0.1  # lambda: weight of the sum over layers of the mean soft mask (soft stage)
-    warmup: float = 0.1  # fraction of a stage's steps spent warming up the encoder's learning rate
+    target_flops: float = 0.5  # relative FLOPs wanted on validation (0: off, lambda stays `lam`)
+    lam: float = 0.1  # lambda: weight of the mask loss; with a target, where the controller starts
+    flops_tolerance: float = 0.01  # the threshold calibration stops this close to the target
+    calibration_tokens: int = 50_000  # input tokens of validation examples the calibration runs on
+    distill: float = 0.5  # hard stage: weight of the KL to the dense stage-1 model's predictions (0: off)
+    distill_temperature: float = 2.0  # softmax temperature of that KL
+    warmup: float = 0.1  # fraction of a stage's planned steps spent warming up the encoder's learning rate
     weight_decay: float = 0.01  # AdamW weight decay of the encoder and head
     eval_examples: int = 0  # validation examples measured after each stage; 0: the whole validation split
     seed: int = 0  # data split (base stage), example order and dropout
     threads: int = 0  # torch threads; 0: torch's default
+
+    def batch_for(self, max_length: int) -> int:
+        """The batch size used for inputs of up to `max_length` tokens."""
+        return self.batch_size or (32 if max_length <= 128 else 8)
 
 
 @dataclass
@@ -85,11 +108,17 @@ def _task_id(task: str) -> str:
 def _check(config: LTPTrainConfig) -> None:
     if config.stage not in STAGE_CHOICES:
         raise PrunexError(f"unknown stage {config.stage!r}; use one of {', '.join(STAGE_CHOICES)}")
-    for name in ("steps", "batch_size"):
-        if getattr(config, name) < 1:
-            raise PrunexError(f"{name} must be at least 1, got {getattr(config, name)}")
+    for name in ("steps", "batch_size", "min_steps", "patience"):
+        if getattr(config, name) < 0:
+            raise PrunexError(f"{name} must not be negative, got {getattr(config, name)}")
+    if min(config.base_epochs, config.prune_epochs, config.check_epochs) <= 0:
+        raise PrunexError("the epochs of each stage and between checks must be positive")
     if config.lam < 0 or config.lr <= 0 or config.threshold_lr <= 0:
         raise PrunexError("lambda must be >= 0 and the learning rates > 0")
+    if not 0 <= config.target_flops <= 1:
+        raise PrunexError(f"--target-flops is relative to the dense model, in (0, 1]; got {config.target_flops}")
+    if not 0 <= config.distill <= 1:
+        raise PrunexError(f"the distillation weight must be in [0, 1], got {config.distill}")
 
 
 def _encode(tokenizer: Any, task: str, split: str, seed: int, max_length: int, limit: int = 0):
@@ -137,12 +166,13 @@ def _continued_run(config: LTPTrainConfig, ltp: LTPConfig | None, stage: str) ->
         task = meta.training["task"]
         raise PrunexError(f"{previous} was trained on task {task!r}: pass --task {task}")
     classifier, base = load_ltp(previous)
-    if ltp is not None and (ltp.final_threshold is not None or ltp.temperature is not None):
+    if ltp is not None and any(v is not None for v in (ltp.final_threshold, ltp.temperature, ltp.min_tokens)):
         if stage == "hard":
             raise PrunexError("the thresholds are frozen in the hard stage; set them when training the soft stage")
         old = classifier.thresholds.config
         final = ltp.final_threshold if ltp.final_threshold is not None else old.final_threshold
-        resolved = LTPConfig(final, ltp.temperature).resolved(1.0)
+        floor = ltp.min_tokens if ltp.min_tokens is not None else old.min_tokens
+        resolved = LTPConfig(final, ltp.temperature, floor).resolved(1.0)
         classifier.thresholds = LTPThresholds(classifier.adapter.num_layers, resolved)
     seed, max_length = meta.training["split_seed"], meta.training["max_length"]
     train_ids, train_labels, _ = _encode(base.tokenizer, task, "train", seed, max_length)
@@ -164,8 +194,49 @@ def _lr_factor(steps: int, warmup: float):
     return factor
 
 
+def _teacher(run: _Run) -> torch.nn.Module:
+    """The dense stage-1 classifier, frozen, for distillation in the hard stage."""
+    if run.dense_weights is None:
+        raise PrunexError("distillation needs the stage-1 dense model: train the base stage first")
+    teacher = copy.deepcopy(run.classifier.model)
+    load_model(teacher, str(run.dense_weights))
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def _distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened predictions, times T^2 (Hinton et al.)."""
+    student = F.log_softmax(logits / temperature, dim=-1)  # (B, C)
+    teacher = F.log_softmax(teacher_logits / temperature, dim=-1)  # (B, C)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
+
+
+def _validate(run: _Run, stage: str, show_progress: bool) -> dict[str, Any]:
+    val_ids, val_labels = run.validation
+    measured = measure(run.classifier, val_ids, val_labels, show_progress=show_progress, description=f"{stage} val")
+    return {
+        "examples": measured.examples,
+        "accuracy": round(measured.accuracy, 4),
+        "relative_flops": round(measured.relative_flops, 4),
+        "mean_tokens": round(measured.tokens / measured.examples, 1),
+        "tokens_kept_per_layer": measured.tokens_kept_per_layer(),
+    }
+
+
+def _calibrate(run: _Run, config: LTPTrainConfig) -> dict[str, Any]:
+    val_ids, val_labels = run.validation
+    count = calibration_examples(val_ids, config.calibration_tokens)
+    found = calibrate_thresholds(run.classifier, val_ids[:count], val_labels[:count], config.target_flops,
+                                 tolerance=config.flops_tolerance)
+    if abs(found.relative_flops - config.target_flops) > config.flops_tolerance:
+        logger.warning("thresholds reach relative FLOPs %.3f, not the target %.3f: the floor of %d tokens a row "
+                    "keeps more (lower --min-tokens to go further)", found.relative_flops, config.target_flops,
+                    run.classifier.thresholds.min_tokens)
+    return found.to_dict()
+
+
 def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: bool) -> dict[str, Any]:
-    """Run one stage's optimizer steps, then measure it on the validation examples."""
+    """Run one stage's optimizer steps, then measure it on the validation examples (and refuse a useless one)."""
     classifier, thresholds = run.classifier, run.classifier.thresholds
     classifier.stage = stage
     mode = _TRAIN_MODE[stage]
@@ -173,65 +244,108 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
         with torch.no_grad():  # the checkpoint stores offsets as float16: train with exactly those
             thresholds.offset.copy_(thresholds.offset.half().float())
     thresholds.offset.requires_grad_(stage == "soft")
+    train_ids, train_labels = run.train
+    batch_size = config.batch_for(run.max_length)
+    budget: StageBudget = stage_budget(
+        stage, len(train_ids), batch_size, steps=config.steps, base_epochs=config.base_epochs,
+        prune_epochs=config.prune_epochs, check_epochs=config.check_epochs, min_steps=config.min_steps,
+        patience=config.patience, mean_tokens=sum(map(len, train_ids)) / len(train_ids), max_tokens=config.max_tokens,
+    )
     model_params = [p for p in classifier.model.parameters() if p.requires_grad]
     groups = [{"params": model_params, "lr": config.lr, "weight_decay": config.weight_decay}]
-    factors = [_lr_factor(config.steps, config.warmup)]
+    factors = [_lr_factor(budget.steps, config.warmup)]
     if stage == "soft":
         groups.append({"params": [thresholds.offset], "lr": config.threshold_lr, "weight_decay": 0.0})
         factors.append(lambda step: 1.0)
     optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
-    train_ids, train_labels = run.train
     generator = torch.Generator().manual_seed(config.seed + LTP_STAGES.index(stage))
     order = torch.randperm(len(train_ids), generator=generator).tolist()
     pad_id = classifier.tokenizer.pad_token_id
+    controller = LambdaController(config.target_flops, config.lam) if stage == "soft" and config.target_flops else None
+    teacher = _teacher(run) if stage == "hard" and config.distill > 0 else None
+    teacher_adapter = encoder_adapter(teacher) if teacher is not None else None
+    stopping = EarlyStopping(budget.patience) if budget.check_every else None
+    best_state: dict[str, torch.Tensor] | None = None
+    lam = config.lam
 
     if show_progress:
-        logger.info("ltp: stage %s (%s forward), %d steps x %d", stage, mode, config.steps, config.batch_size)
+        logger.info("ltp: stage %s (%s forward), up to %d steps x %d", stage, mode, budget.steps, batch_size)
     classifier.train()
     history: list[dict[str, float]] = []
     started = time.time()
-    with TrainProgress(config.steps, enabled=show_progress) as progress:
-        for step in range(config.steps):
-            picks = [order[(step * config.batch_size + i) % len(order)] for i in range(config.batch_size)]
+    steps_run = 0
+    with TrainProgress(budget.steps, enabled=show_progress) as progress:
+        for step in range(budget.steps):
+            picks = [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
             ids, mask = pad_batch([train_ids[i] for i in picks], pad_id)  # (B, T) each
             target = torch.tensor([train_labels[i] for i in picks])  # (B,)
             result = classifier(ids, mask, mode)
             ce = F.cross_entropy(result.logits, target)
-            loss = ce + config.lam * result.mask_loss if stage == "soft" else ce
+            loss = ce
+            if stage == "soft":
+                loss = ce + lam * result.mask_loss
+            elif teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = run_encoder(teacher_adapter, ids, mask).logits  # (B, C)
+                kl = _distill_loss(result.logits, teacher_logits, config.distill_temperature)
+                loss = (1 - config.distill) * ce + config.distill * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model_params, 1.0)
             optimizer.step()
             scheduler.step()
-            kept = float((result.kept.sum(0).double() / result.lengths.sum()).mean())
+            steps_run = step + 1
+            relative = float(result.flops.sum() / dense_flops(classifier.adapter, result.lengths).sum())
             figures = {"loss": loss.item(), "ce": ce.item(),
-                       "acc": float((result.logits.argmax(-1) == target).float().mean()), "kept": kept}
+                       "acc": float((result.logits.argmax(-1) == target).float().mean()), "flops": relative}
+            if controller is not None:
+                lam = controller.update(relative)
+                figures["lambda"] = lam
             history.append(figures)
             progress.update(figures)
+            if stopping is not None and (steps_run % budget.check_every == 0 or steps_run == budget.steps):
+                accuracy = measure(classifier, *run.validation).accuracy
+                if stopping.update(steps_run, accuracy):
+                    best_state = {k: v.detach().clone() for k, v in classifier.model.state_dict().items()}
+                logger.info("base stage step %d: validation accuracy %.4f (best %.4f at step %d)",
+                         steps_run, accuracy, stopping.best, stopping.best_step)
+                classifier.train()
+                if stopping.should_stop:
+                    break
     seconds = time.time() - started
     thresholds.offset.requires_grad_(False)
     classifier.eval()
+    if best_state is not None:
+        classifier.model.load_state_dict(best_state)
 
-    val_ids, val_labels = run.validation
-    measured = measure(classifier, val_ids, val_labels, show_progress=show_progress, description=f"{stage} val")
+    figures: dict[str, Any] = {}
+    if config.target_flops and stage in ("soft", "hard"):
+        before = measure(classifier, *run.validation, mode="hard").relative_flops if stage == "hard" else None
+        if before is None or abs(before - config.target_flops) > config.flops_tolerance:
+            figures["calibration"] = _calibrate(run, config)
+    validation = _validate(run, stage, show_progress)
+    check_beats_majority(stage, validation["accuracy"], run.validation[1], train_labels)
     tail = history[-10:]
-    return {
-        "steps": config.steps,
+    figures.update({
+        "steps": steps_run,
+        "planned_steps": budget.steps,
+        "batch_size": batch_size,
         "seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / config.steps, 3),
+        "seconds_per_step": round(seconds / max(steps_run, 1), 3),
         "loss": round(sum(h["loss"] for h in tail) / len(tail), 4),
         "train_accuracy": round(sum(h["acc"] for h in tail) / len(tail), 4),
-        "thresholds": [round(t, 6) for t in thresholds.thresholds().tolist()],
-        "validation": {
-            "examples": measured.examples,
-            "accuracy": round(measured.accuracy, 4),
-            "relative_flops": round(measured.relative_flops, 4),
-            "mean_tokens": round(measured.tokens / measured.examples, 1),
-            "tokens_kept_per_layer": measured.tokens_kept_per_layer(),
-        },
+        "thresholds": [round(t, 6) for t in classifier.thresholds.thresholds().tolist()],
+        "validation": validation,
         "train_config": to_dict(config),
-    }
+    })
+    if stopping is not None:
+        figures["checks"] = [{"step": step, "accuracy": round(acc, 4)} for step, acc in stopping.history]
+    if controller is not None:
+        figures["final_lambda"] = round(lam, 5)
+    if teacher is not None:
+        figures["distill"] = config.distill
+    return figures
 
 
 def train_ltp(
