@@ -36,3 +36,26 @@ def test_bench_decode_reports_prunex_dense_and_torch(tiny_llama, tmp_path):
     assert row["speedup_vs_baseline_runs"] == rounds
     assert abs(row["speedup_vs_baseline"] - sum(rounds) / 2) < 1e-9
     assert row["prunex_tokens_per_s"] in row["prunex_tokens_per_s_runs"]
+
+
+def test_bench_decode_runs_the_onnxruntime_genai_peer_on_the_same_prompts(tiny_llama, tmp_path):
+    """`--peer ortgenai`: onnxruntime-genai's builder makes its own fused dense graph of the same base model; its
+    greedy tokens equal the dense export's, and its figures sit in the report under its name."""
+    lm = PrunedLM(tiny_llama, None)
+    export_decoder(lm, tmp_path / "dense", dense=True, source="tiny-llama")
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, [
+        "bench", "decode", str(tmp_path / "dense"), "--baseline", str(tmp_path / "dense"), "--batch", "2",
+        "--context", "32", "--new-tokens", "6", "--threads", "1", "--no-torch", "--peer", "ortgenai",
+        "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(out.read_text())["results"]
+    assert row["ortgenai_tokens_per_s"] > 0 and row["ortgenai_time_to_first_token_s"] > 0
+    assert row["ortgenai"]["precision"] == "fp32" and row["speedup_vs_ortgenai"] > 0
+    assert row["ortgenai"]["first_tokens"] == row["prunex"]["first_tokens"]
+
+
+def test_bench_decode_refuses_an_unknown_peer(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "decode", str(tmp_path), "--peer", "vllm"])
+    assert result.exit_code != 0 and "not available" in str(result.exception)

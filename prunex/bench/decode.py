@@ -3,7 +3,9 @@
 Engines, each measured in a process of its own (`prunex.bench.decode_worker`) on the same prompts:
 - prunex: the runtime over the pruned export (or any exported dir given, int8 included);
 - baseline: the runtime over a second exported dir (by default the dense export of the same base model);
-- torch: Hugging Face `generate` (greedy, sdpa, fp32) on the base model.
+- torch: Hugging Face `generate` (greedy, sdpa, fp32) on the base model;
+- peers (`--peer`): ortgenai, onnxruntime-genai's fused dense graph of the same base model, built by its model
+  builder at prunex's precision (int8 beside an int8 prunex dir, else fp32; `prunex.bench.ortgenai_worker`).
 The memory-bandwidth floor of a decode step (read the weights and the K/V held, once) is measured in the same
 run, so the distance to the limit is visible.
 """
@@ -38,6 +40,7 @@ class DecodeBenchConfig:
     torch_peer: bool = True
     optimum_python: str | None = None  # python of an env with optimum-onnx (transformers<4.58): adds that peer
     repeats: int = 1  # rounds of every engine in turn; figures are medians, ratios the median of each round's
+    peers: list[str] = field(default_factory=list)  # dense engines of other projects to run beside: "ortgenai"
 
 
 def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
@@ -60,10 +63,21 @@ def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
     return main, baseline_dir
 
 
+PEERS = ("ortgenai",)  # --peer choices
+ENGINES = ("prunex", "baseline", "torch", "optimum", *PEERS)  # every engine label, in report order
+
+
 def _run_worker(engine: str, directory: Path, batch: int, context: int, config: DecodeBenchConfig) -> dict:
-    command = [sys.executable, "-m", "prunex.bench.decode_worker", engine, "--dir", str(directory),
-               "--batch", str(batch), "--context", str(context), "--new-tokens", str(config.new_tokens),
-               "--threads", str(config.threads), "--device", config.device]
+    """One measurement in a worker process: prunex's runtime (`ort`), `torch`, or a peer (`ortgenai`)."""
+    if engine == "ortgenai":
+        from prunex.format import read_manifest
+
+        quantized = read_manifest(directory).quantization.get("mode") == "dynamic"
+        args = ["prunex.bench.ortgenai_worker", "--precision", "int8" if quantized else "fp32"]
+    else:
+        args = ["prunex.bench.decode_worker", engine, "--device", config.device]
+    command = [sys.executable, "-m", *args, "--dir", str(directory), "--batch", str(batch), "--context",
+               str(context), "--new-tokens", str(config.new_tokens), "--threads", str(config.threads)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -131,6 +145,7 @@ def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchCo
                 engines.append(("torch", "torch", main_dir))
             if config.optimum_python:
                 engines.append(("optimum", "optimum", main_dir))
+            engines += [(peer, peer, main_dir) for peer in config.peers]  # at prunex's precision
             rounds: dict[str, list[dict]] = {label: [] for label, _, _ in engines}
             for round_index in range(config.repeats):
                 for label, engine, directory in engines:
@@ -197,12 +212,12 @@ def _kv_ratio_and_floor(row: dict, main_dir: Path, baseline_dir: Path, bandwidth
 
 def _summary(row: dict) -> str:
     parts = [f"b{row['batch']} ctx{row['context']}:"]
-    for label in ("prunex", "baseline", "torch", "optimum"):
+    for label in ENGINES:
         if f"{label}_tokens_per_s" in row:
             parts.append(f"{label} {row[f'{label}_tokens_per_s']:.1f} tok/s")
         elif "error" in row.get(label, {}):
             parts.append(f"{label} failed ({row[label]['error']})")
-    for key in ("speedup_vs_baseline", "speedup_vs_torch", "speedup_vs_optimum", "kv_bytes_ratio"):
+    for key in (*(f"speedup_vs_{label}" for label in ENGINES[1:]), "kv_bytes_ratio"):
         if key in row:
             runs = row.get(f"{key}_runs")
             each = f" (rounds: {' '.join(f'x{r:.2f}' for r in runs)})" if runs else ""
@@ -221,7 +236,7 @@ def plot(report: dict, path: Path) -> bool:
         return False
     rows = report["results"]
     labels = [f"b{r['batch']}\nctx{r['context']}" for r in rows]
-    engines = [e for e in ("prunex", "baseline", "torch", "optimum") if any(f"{e}_tokens_per_s" in r for r in rows)]
+    engines = [e for e in ENGINES if any(f"{e}_tokens_per_s" in r for r in rows)]
     x = np.arange(len(rows))
     width = 0.8 / max(len(engines), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))

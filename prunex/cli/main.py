@@ -341,17 +341,24 @@ def bench_decode_command(
     optimum_python: Optional[str] = typer.Option(
         None, help="Python of an environment with optimum-onnx (transformers<4.58): adds Optimum's ORT model."
     ),
+    peer: list[str] = typer.Option([], "--peer", help="Also run a dense peer of another project (repeatable): "
+                                   "ortgenai (onnxruntime-genai, at prunex's precision; pip install "
+                                   "'prunex[peers]')."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="PNG of the results (default: beside --out)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
 ) -> None:
     """Decode tokens/s, time to first token, KV bytes and peak RSS: prunex vs the dense export (same runtime)
     vs PyTorch generate, on the same Wikipedia prompts, each engine in a process of its own."""
-    from prunex.bench.decode import DecodeBenchConfig, bench_decode, plot
+    from prunex.bench.decode import PEERS, DecodeBenchConfig, bench_decode, plot
+
+    unknown = sorted(set(peer) - set(PEERS))
+    if unknown:
+        raise PrunexError(f"--peer {', '.join(unknown)} is not available; peers: {', '.join(PEERS)}")
 
     config = DecodeBenchConfig(batches=list(batch), contexts=list(context), new_tokens=new_tokens,
                                threads=threads, device=device, torch_peer=torch_peer, optimum_python=optimum_python,
-                               repeats=repeats)
+                               repeats=repeats, peers=list(peer))
     report = bench_decode(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")

