@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import dropping_policy
 from typer.testing import CliRunner
 
@@ -59,3 +60,16 @@ def test_bench_decode_runs_the_onnxruntime_genai_peer_on_the_same_prompts(tiny_l
 def test_bench_decode_refuses_an_unknown_peer(tmp_path):
     result = CliRunner().invoke(app, ["bench", "decode", str(tmp_path), "--peer", "vllm"])
     assert result.exit_code != 0 and "not available" in str(result.exception)
+
+
+def test_the_llamacpp_peer_says_what_to_install_when_llama_cpp_is_missing(tiny_llama, tmp_path, monkeypatch):
+    """llama-cpp-python compiles for ~10 min, so it is not a test dependency: without it the peer says what to
+    install (the bench puts that line in the peer's row and goes on with the other engines)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # unimportable, here and in nothing else
+    from prunex.bench.llamacpp_worker import _llama_cpp
+    from prunex.errors import PrunexError
+
+    with pytest.raises(PrunexError, match="pip install llama-cpp-python"):
+        _llama_cpp()

@@ -5,7 +5,9 @@ Engines, each measured in a process of its own (`prunex.bench.decode_worker`) on
 - baseline: the runtime over a second exported dir (by default the dense export of the same base model);
 - torch: Hugging Face `generate` (greedy, sdpa, fp32) on the base model;
 - peers (`--peer`): ortgenai, onnxruntime-genai's fused dense graph of the same base model, built by its model
-  builder at prunex's precision (int8 beside an int8 prunex dir, else fp32; `prunex.bench.ortgenai_worker`).
+  builder at prunex's precision (int8 beside an int8 prunex dir, else fp32; `prunex.bench.ortgenai_worker`);
+  llamacpp, llama.cpp on the packaged SmolLM2 GGUF (Q8_0 beside int8, else the packaged Q4_1;
+  `prunex.bench.llamacpp_worker`).
 The memory-bandwidth floor of a decode step (read the weights and the K/V held, once) is measured in the same
 run, so the distance to the limit is visible.
 """
@@ -63,17 +65,18 @@ def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
     return main, baseline_dir
 
 
-PEERS = ("ortgenai",)  # --peer choices
+PEERS = ("ortgenai", "llamacpp")  # --peer choices
 ENGINES = ("prunex", "baseline", "torch", "optimum", *PEERS)  # every engine label, in report order
 
 
 def _run_worker(engine: str, directory: Path, batch: int, context: int, config: DecodeBenchConfig) -> dict:
     """One measurement in a worker process: prunex's runtime (`ort`), `torch`, or a peer (`ortgenai`)."""
-    if engine == "ortgenai":
+    if engine in PEERS:
         from prunex.format import read_manifest
 
         quantized = read_manifest(directory).quantization.get("mode") == "dynamic"
-        args = ["prunex.bench.ortgenai_worker", "--precision", "int8" if quantized else "fp32"]
+        args = (["prunex.bench.ortgenai_worker", "--precision", "int8" if quantized else "fp32"] if engine == "ortgenai"
+                else ["prunex.bench.llamacpp_worker", "--quant", "q8_0" if quantized else "q4_1"])
     else:
         args = ["prunex.bench.decode_worker", engine, "--device", config.device]
     command = [sys.executable, "-m", *args, "--dir", str(directory), "--batch", str(batch), "--context",

@@ -342,8 +342,9 @@ def bench_decode_command(
         None, help="Python of an environment with optimum-onnx (transformers<4.58): adds Optimum's ORT model."
     ),
     peer: list[str] = typer.Option([], "--peer", help="Also run a dense peer of another project (repeatable): "
-                                   "ortgenai (onnxruntime-genai, at prunex's precision; pip install "
-                                   "'prunex[peers]')."),
+                                   "ortgenai (onnxruntime-genai, at prunex's precision), llamacpp (llama.cpp: "
+                                   "Q8_0 beside int8, else the packaged Q4_1; CMAKE_ARGS=-DGGML_NATIVE=ON pip "
+                                   "install llama-cpp-python, ~10 min)."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="PNG of the results (default: beside --out)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
