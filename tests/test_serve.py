@@ -141,6 +141,21 @@ def test_a_client_that_goes_away_leaves_no_row_behind(server):
     assert metric(base, "prunex:generation_tokens_total") - generated_before < 1900  # it was stopped early
 
 
+def test_a_non_streaming_client_that_goes_away_is_cancelled_too(server):
+    base, app = server
+    generated_before = metric(base, "prunex:generation_tokens_total")
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up (and closes) after 0.3 s
+        httpx.post(f"{base}/v1/completions", json={"model": "tiny", "prompt": PROMPTS[4], "max_tokens": 1900,
+                                                   "temperature": 0, "ignore_eos": True}, timeout=0.3)
+    scheduler = app.state.prunex.scheduler
+    for _ in range(300):  # bounded: the handler polls for a disconnect every 0.5 s
+        if scheduler.generator.is_done() and scheduler.accepted == 0:
+            break
+        time.sleep(0.01)
+    assert scheduler.generator.is_done() and scheduler.runtime.engine.rows == 0
+    assert metric(base, "prunex:generation_tokens_total") - generated_before < 1900
+
+
 def test_echo_logprobs_equal_eval_ppl_computation(client, model_dir):
     runtime = Runtime(model_dir, device="cpu", threads=1)
     ids = runtime.encode(PROMPTS[4])

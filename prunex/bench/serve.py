@@ -47,11 +47,15 @@ def bench_prompts(directory: Path, config: ServeBenchConfig) -> list[list[int]]:
     from prunex.data.text import split_text, token_windows
     from prunex.runtime.runtime import load_tokenizer
 
-    windows = token_windows(load_tokenizer(directory), split_text("wikipedia", "test"), max(config.prompt_lengths),
-                            limit=config.requests).tolist()
-    if len(windows) < config.requests:
-        raise PrunexError(f"the held-out text has only {len(windows)} windows of {max(config.prompt_lengths)}")
-    return [w[: config.prompt_lengths[i % len(config.prompt_lengths)]] for i, w in enumerate(windows)]
+    tokenizer, articles = load_tokenizer(directory), split_text("wikipedia", "test")
+    lengths = config.prompt_lengths
+    wanted = [lengths[i % len(lengths)] for i in range(config.requests)]
+    windows = {}
+    for length in set(lengths):
+        windows[length] = token_windows(tokenizer, articles, length, limit=wanted.count(length)).tolist()
+        if len(windows[length]) < wanted.count(length):
+            raise PrunexError(f"the held-out text has only {len(windows[length])} windows of {length} tokens")
+    return [windows[length].pop(0) for length in wanted]
 
 
 async def _one(client, prompt: list[int], config: ServeBenchConfig) -> dict:

@@ -12,8 +12,8 @@ first token comes from the prefill), then lets finished rows leave the cache. Re
 step; a request that cannot fit waits (`add_request` raises CapacityError only when it could never fit).
 A request whose prefill fails leaves the generator with finish_reason "error" (its Completion holds the
 exception) and the other requests go on; a failed decode step raises, and the running rows stay as they
-were. The generator keeps no history: finished requests are dropped once
-their result has been taken, so a long-running owner (the server's scheduler) does not grow.
+were. The generator keeps no history: a finished request is dropped once its result has been taken, so a
+long-running owner (the server's scheduler) does not grow.
 """
 
 from __future__ import annotations

@@ -185,13 +185,16 @@ class Serving:
         """The ticket's items until every job has finished; cancels it if the client goes away or the
         consumer stops early (a streaming response cancelled on disconnect)."""
         open_jobs = len(ticket.jobs)
+        checked = time.monotonic()
         try:
             while open_jobs:
+                if time.monotonic() - checked >= DISCONNECT_POLL_SECONDS:  # also while tokens keep coming
+                    checked = time.monotonic()
+                    if await is_disconnected():
+                        return
                 try:
                     item = await asyncio.wait_for(ticket.queue.get(), DISCONNECT_POLL_SECONDS)
                 except asyncio.TimeoutError:
-                    if await is_disconnected():
-                        return
                     continue
                 if isinstance(item, (Finished, Failed)):
                     open_jobs -= 1
