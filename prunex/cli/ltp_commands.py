@@ -31,6 +31,7 @@ def train_ltp_command(
     epochs: float | None = None,
     distill: float | None = None,
     min_tokens: int | None = None,
+    device: str = "auto",
 ) -> None:
     """`prunex train --method ltp`: train stage(s) and print where the checkpoint went with its figures.
 
@@ -58,7 +59,7 @@ def train_ltp_command(
     }
     config = LTPTrainConfig(
         model=model, task=task, stage=stage, max_length=min(context, task_max_length(task)),
-        threshold_lr=defaults.threshold_lr if lr is None else lr, seed=seed, threads=threads,
+        threshold_lr=defaults.threshold_lr if lr is None else lr, seed=seed, threads=threads, device=device,
         **{name: getattr(defaults, name) if value is None else value for name, value in given.items()},
     )
     meta = train_ltp(config, out, LTPConfig(min_tokens=min_tokens) if min_tokens is not None else None)

@@ -52,7 +52,7 @@ def train(
     init_bias: float = typer.Option(5.0, help="Initial keep-logit bias (large = keep all at first)."),
     interaction_dim: int = typer.Option(64, min=1, help="Width r of the interaction projections."),
     threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)."),
-    device: str = typer.Option("auto", help="dcp: auto (CUDA when PyTorch sees a GPU), cpu or cuda."),
+    device: str = typer.Option("auto", help="auto (CUDA when PyTorch sees a GPU), cpu or cuda."),
     seed: int = typer.Option(0),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
     task: str = typer.Option("bbc", help="ltp: bbc, rotten-tomatoes, or a text/label CSV or JSONL."),
@@ -81,7 +81,7 @@ def train(
             out=out, model="minilm" if model == "smollm2" else model, task=task, stage=stage, lam=lam, steps=steps,
             context=context, batch_size=batch_size, lr=lr, threads=threads, seed=seed, force=force,
             target_flops=target_flops, model_lr=model_lr, epochs=epochs, distill=distill, min_tokens=min_tokens,
-            prepare_out=_clear_out,
+            device=device, prepare_out=_clear_out,
         )
     if method != "dcp":
         raise PrunexError(f"--method {method!r} is not available; use dcp or ltp")

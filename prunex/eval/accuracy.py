@@ -82,17 +82,18 @@ def measure(
     pad_id = classifier.tokenizer.pad_token_id if classifier.tokenizer is not None else 0
     correct, flops, dense, tokens = 0, 0.0, 0.0, 0.0
     kept = torch.zeros(classifier.adapter.num_layers, dtype=torch.float64)
+    device = next(classifier.model.parameters()).device
     batches = list(length_sorted_batches(encoded, batch_size))
 
     for batch in progress(batches, description, enabled=show_progress):
         ids, mask = pad_batch([encoded[i] for i in batch], pad_id)
-        result = classifier(ids, mask, mode)
-        target = torch.tensor([labels[i] for i in batch])
+        result = classifier(ids.to(device), mask.to(device), mode)
+        target = torch.tensor([labels[i] for i in batch], device=device)
         correct += int((result.logits.argmax(-1) == target).sum())
         flops += float(result.flops.sum())
         dense += float(dense_flops(classifier.adapter, result.lengths).sum())
         tokens += float(result.lengths.sum())
-        kept += result.kept.sum(0).to(torch.float64)
+        kept += result.kept.sum(0).to(torch.float64).cpu()
     classifier.train(was_training)
     return Measured(len(encoded), correct, tokens, flops, dense, kept.tolist())
 

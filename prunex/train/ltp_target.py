@@ -70,7 +70,7 @@ def calibration_examples(encoded: Sequence[Sequence[int]], max_tokens: int) -> i
 
 
 def _set_scale(classifier: LTPClassifier, base: LTPThresholds, scale: float) -> None:
-    scaled = LTPThresholds(len(base.offset), base.config.scaled(scale))
+    scaled = LTPThresholds(len(base.offset), base.config.scaled(scale)).to(base.offset.device)
     scaled.offset.data.copy_(base.offset.detach())
     classifier.thresholds = scaled
 

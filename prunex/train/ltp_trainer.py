@@ -32,6 +32,7 @@ from prunex.checkpoints.meta import CheckpointMeta
 from prunex.config import LTP_STAGES, LTPConfig, to_dict
 from prunex.data.batching import encode_texts, pad_batch
 from prunex.data.labelled import TASKS, split_labelled, task_max_length
+from prunex.devices import torch_device
 from prunex.errors import PrunexError
 from prunex.eval.accuracy import measure
 from prunex.loading import load_ltp
@@ -79,6 +80,7 @@ class LTPTrainConfig:
     eval_examples: int = 0  # validation examples measured after each stage; 0: the whole validation split
     seed: int = 0  # data split (base stage), example order and dropout
     threads: int = 0  # torch threads; 0: torch's default
+    device: str = "auto"  # auto (CUDA when PyTorch sees a GPU), cpu or cuda
 
     def batch_for(self, max_length: int) -> int:
         """The batch size used for inputs of up to `max_length` tokens."""
@@ -262,6 +264,7 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
     generator = torch.Generator().manual_seed(config.seed + LTP_STAGES.index(stage))
     order = torch.randperm(len(train_ids), generator=generator).tolist()
     pad_id = classifier.tokenizer.pad_token_id
+    device = next(classifier.model.parameters()).device
     controller = LambdaController(config.target_flops, config.lam) if stage == "soft" and config.target_flops else None
     teacher = _teacher(run) if stage == "hard" and config.distill > 0 else None
     teacher_adapter = encoder_adapter(teacher) if teacher is not None else None
@@ -279,7 +282,8 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
         for step in range(budget.steps):
             picks = [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
             ids, mask = pad_batch([train_ids[i] for i in picks], pad_id)  # (B, T) each
-            target = torch.tensor([train_labels[i] for i in picks])  # (B,)
+            ids, mask = ids.to(device), mask.to(device)
+            target = torch.tensor([train_labels[i] for i in picks], device=device)  # (B,)
             result = classifier(ids, mask, mode)
             ce = F.cross_entropy(result.logits, target)
             loss = ce
@@ -357,6 +361,7 @@ def train_ltp(
     `LTPConfig.resolved`); it applies when the base or soft stage starts.
     """
     _check(config)
+    device = torch_device(config.device)  # checked before the (slow) model load
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -367,6 +372,7 @@ def train_ltp(
         if Path(out_dir).expanduser().resolve() == Path(config.model).expanduser().resolve():
             raise PrunexError("--out must differ from the previous stage's checkpoint dir given as --model")
         run = _continued_run(config, ltp, stages[0])
+    run.classifier.to(device)
     for stage in stages:
         run.figures[stage] = _train_stage(run, stage, config, show_progress)
         if stage == "base" and len(stages) > 1:  # keep the stage-1 model as the dense reference
@@ -382,5 +388,6 @@ def train_ltp(
         "max_length": run.max_length,
         "config": to_dict(config),
         "figures": run.figures,
+        "device": str(device),
     }
     return save_ltp(out_dir, run.classifier, run.base, training, run.dense_weights)
