@@ -40,6 +40,7 @@ from prunex.models.encoder_adapters import encoder_adapter
 from prunex.models.encoders import LoadedClassifier, load_classifier
 from prunex.prune.encoder_forward import dense_flops, run_encoder
 from prunex.prune.ltp import LTPClassifier, LTPThresholds
+from prunex.train.loop import batch_at, shuffled_order
 from prunex.train.ltp_budget import EarlyStopping, StageBudget, check_beats_majority, stage_budget
 from prunex.train.ltp_target import LambdaController, calibrate_thresholds, calibration_examples
 from prunex.train.progress import TrainProgress
@@ -261,8 +262,7 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
         factors.append(lambda step: 1.0)
     optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
-    generator = torch.Generator().manual_seed(config.seed + LTP_STAGES.index(stage))
-    order = torch.randperm(len(train_ids), generator=generator).tolist()
+    order = shuffled_order(len(train_ids), config.seed + LTP_STAGES.index(stage))
     pad_id = classifier.tokenizer.pad_token_id
     device = next(classifier.model.parameters()).device
     controller = LambdaController(config.target_flops, config.lam) if stage == "soft" and config.target_flops else None
@@ -280,7 +280,7 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
     steps_run = 0
     with TrainProgress(budget.steps, enabled=show_progress) as progress:
         for step in range(budget.steps):
-            picks = [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
+            picks = batch_at(order, step, batch_size)
             ids, mask = pad_batch([train_ids[i] for i in picks], pad_id)  # (B, T) each
             ids, mask = ids.to(device), mask.to(device)
             target = torch.tensor([train_labels[i] for i in picks], device=device)  # (B,)
