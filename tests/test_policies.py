@@ -99,3 +99,46 @@ def test_budget_fraction_to_tokens():
         training_free_policy("h2o", 1)
     with pytest.raises(PrunexError, match="not available"):
         training_free_policy("oracle", 10)
+
+
+def test_cli_eval_ppl_policy_keeps_the_budget(tmp_path):
+    """`eval ppl --policy h2o --kv-budget 0.5` keeps the cap's closed-form share; a dense model cannot be capped."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from prunex.cli.main import app
+
+    text = tmp_path / "text.txt"
+    text.write_text("Pruning keeps the tokens that matter and forgets the rest. " * 40, encoding="utf-8")
+    runner = CliRunner()
+    args = ["eval", "ppl", "tiny-llama", "--text-file", str(text), "--context", "32", "--windows", "2", "--json"]
+    result = runner.invoke(app, [*args, "--policy", "h2o", "--kv-budget", "0.5"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["kept_fraction"] == pytest.approx(kept_fraction_for_tokens(tokens_for_kept_fraction(0.5, 32), 32))
+    assert out["kept_fraction"] >= 0.5
+    refused = runner.invoke(app, [*args, "--kv-tokens", "8"])
+    assert refused.exit_code != 0 and "no learned policy" in str(refused.exception)
+
+
+def test_cli_eval_compare_json_and_plot(tmp_path):
+    """`eval compare` prints one JSON document with every policy at every budget, and writes the plot."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from prunex.cli.main import app
+
+    text = tmp_path / "text.txt"
+    text.write_text("Pruning keeps the tokens that matter and forgets the rest. " * 40, encoding="utf-8")
+    plot = tmp_path / "compare.png"
+    result = CliRunner().invoke(app, ["eval", "compare", "tiny-llama", "--text-file", str(text), "--context", "32",
+                                      "--windows", "1", "--budgets", "0.25,0.5", "--plot", str(plot), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [r["policy"] for r in out["results"]] == list(TRAINING_FREE) * 2  # a dense model: no learned rows
+    for row in out["results"]:
+        assert row["kv_kept"] == pytest.approx(kept_fraction_for_tokens(row["kv_tokens"], 32))
+        assert row["ratio_to_dense"] == pytest.approx(row["perplexity"] / out["dense_perplexity"])
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

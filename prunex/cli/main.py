@@ -94,6 +94,11 @@ def eval_ppl(
     windows: int = typer.Option(8, min=1, help="Windows to measure (at most)."),
     window: Optional[int] = typer.Option(None, help="Baseline: keep sinks + this many recent tokens (no training)."),
     sinks: int = typer.Option(4, min=0, help="Sink tokens of the --window baseline."),
+    policy: Optional[str] = typer.Option(None, help="Training-free policy instead of SOURCE's own: "
+                                         "window, sinks, h2o or tova (needs --kv-budget or --kv-tokens)."),
+    kv_budget: Optional[float] = typer.Option(None, help="KV budget as the kept fraction of --context's causal "
+                                              "entries; without --policy it caps SOURCE's learned policy."),
+    kv_tokens: Optional[int] = typer.Option(None, help="KV budget as cached tokens per query and layer."),
     device: str = typer.Option("cpu", help="PyTorch sources: cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -107,7 +112,10 @@ def eval_ppl(
     if text_file is not None and not text_file.is_file():
         raise PrunexError(f"--text-file {text_file} does not exist")
     corpus = str(text_file) if text_file is not None else text
+    budgeted = policy is not None or kv_budget is not None or kv_tokens is not None
     if resolve_source(source).kind == "exported":
+        if budgeted:
+            raise PrunexError("--policy/--kv-budget measure in PyTorch: pass a checkpoint or model name")
         from prunex.cli.exported_commands import eval_ppl_exported
 
         eval_ppl_exported(source, corpus, split, context, windows, as_json)
@@ -116,7 +124,11 @@ def eval_ppl(
 
     lm = load_lm(source).to(torch_device(device))
     if window is not None:
+        if budgeted:
+            raise PrunexError("--window is the sinks policy: use --policy sinks --kv-tokens N instead of both")
         lm.policy = WindowPolicy(window=window, sink_tokens=sinks)
+    if budgeted:
+        lm.policy = _budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, context)
     lm._check_length(context)
     token_ids = token_windows(lm.tokenizer, split_text(corpus, split), context, windows)
     report = evaluate_perplexity(lm, token_ids, show_progress=not as_json)
@@ -128,6 +140,73 @@ def eval_ppl(
             f"perplexity {report.perplexity:.3f} (dense {report.dense_perplexity:.3f}, x{report.ppl_ratio:.3f}), "
             f"sparsity {report.sparsity:.3f}, {report.tokens} tokens in {report.windows} windows of {context}"
         )
+
+
+def _budgeted_policy(learned, name: Optional[str], kv_budget: Optional[float], kv_tokens: Optional[int],
+                     context: int):
+    """The training-free policy `name`, or the `learned` one capped, at the budget given."""
+    from prunex.prune.budget import BudgetedPolicy, budget_tokens
+    from prunex.prune.training_free import training_free_policy
+
+    tokens = budget_tokens(kv_budget, kv_tokens, context)
+    if name is not None:
+        return training_free_policy(name, tokens)
+    if learned is None:
+        raise PrunexError("this model has no learned policy to cap: add --policy window|sinks|h2o|tova")
+    return BudgetedPolicy(learned, tokens)
+
+
+@eval_app.command("compare")
+def eval_compare(
+    source: Optional[str] = typer.Argument(None, help="Pruning checkpoint dir or model name; default: built-in."),
+    text_file: Optional[Path] = typer.Option(None, help="A UTF-8 text file (instead of --text)."),
+    text: str = typer.Option("wikipedia", help="Packaged text: wikipedia or bbc (held-out test split)."),
+    split: str = typer.Option("test", help="train, validation or test."),
+    budgets: str = typer.Option("0.1,0.25,0.5", help="Kept fractions to compare at, comma-separated."),
+    policies: str = typer.Option("window,sinks,h2o,tova", help="Training-free policies, comma-separated."),
+    context: int = typer.Option(1024, min=8, help="Tokens per window."),
+    windows: int = typer.Option(4, min=1, help="Windows to measure (at most)."),
+    plot: Optional[Path] = typer.Option(None, help="Write perplexity against kept fraction as a PNG."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Perplexity at equal KV budget on the same windows: dense, SOURCE's learned policy (as trained, and
+    capped at each budget) and each training-free policy at each budget. Kept = fraction of causal key/value
+    entries kept, over layers and positions (as `prunex eval ppl`)."""
+    from prunex.data.text import split_text, token_windows
+    from prunex.devices import torch_device
+    from prunex.eval.compare import compare_policies, plot_comparison
+    from prunex.loading import load_lm, resolve_source
+    from prunex.prune.training_free import TRAINING_FREE
+
+    if text_file is not None and not text_file.is_file():
+        raise PrunexError(f"--text-file {text_file} does not exist")
+    if resolve_source(source).kind == "exported":
+        raise PrunexError("eval compare runs in PyTorch: pass a checkpoint or model name, not an exported dir")
+    try:
+        fractions = [float(b) for b in budgets.split(",")]
+    except ValueError as err:
+        raise PrunexError(f"--budgets takes comma-separated fractions, got {budgets!r}") from err
+    names = [n.strip() for n in policies.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TRAINING_FREE]
+    if unknown:
+        raise PrunexError(f"unknown --policies {unknown}; choose among {', '.join(TRAINING_FREE)}")
+    lm = load_lm(source).to(torch_device(device))
+    lm._check_length(context)
+    token_ids = token_windows(lm.tokenizer, split_text(str(text_file) if text_file else text, split), context,
+                              windows)
+    report = compare_policies(lm, token_ids, fractions, names, show_progress=not as_json)
+    if plot is not None:
+        plot_comparison(report, plot)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    typer.echo(f"dense perplexity {report.dense_perplexity:.3f}; {report.windows} windows of {context} tokens; "
+               f"kept = {report.kept_measure}")
+    for row in report.results:
+        budget = "own" if row.kv_budget is None else f"{row.kv_budget:g} ({row.kv_tokens} tokens)"
+        typer.echo(f"{row.policy:>11}  budget {budget:<18} kept {row.kv_kept:.3f}  perplexity {row.perplexity:.3f}"
+                   f"  x{row.ratio_to_dense:.3f}")
 
 
 @eval_app.command("accuracy")
