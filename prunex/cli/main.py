@@ -270,6 +270,56 @@ def generate(
 
 
 @app.command()
+def explain(
+    source: Optional[str] = typer.Argument(None, help="Pruning checkpoint dir or model name; default: built-in."),
+    text: Optional[str] = typer.Option(None, help="The text to explain."),
+    text_file: Optional[Path] = typer.Option(None, help="A UTF-8 file with the text to explain."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write a self-contained HTML report here."),
+    png: Optional[Path] = typer.Option(None, help="Write a layer x token heatmap PNG here."),
+    layer: int = typer.Option(0, min=0, help="The layer whose dropped tokens the terminal view dims."),
+    max_tokens: int = typer.Option(512, min=2, help="Explain at most this many first tokens."),
+    policy: Optional[str] = typer.Option(None, help="A training-free policy instead of SOURCE's own."),
+    kv_budget: Optional[float] = typer.Option(None, help="KV budget (kept fraction over the text's length)."),
+    kv_tokens: Optional[int] = typer.Option(None, help="KV budget in cached tokens per query and layer."),
+    as_json: bool = typer.Option(False, "--json", help="Print the drop rates per layer and class as JSON."),
+) -> None:
+    """Which tokens each layer dropped and at which step: the text with one layer's dropped tokens dimmed,
+    an HTML report and a PNG heatmap of how long each token survived, and drop rates by token class."""
+    from rich.console import Console
+
+    from prunex.eval.explain import explain_drops
+    from prunex.eval.explain_views import render_terminal, write_html, write_png
+    from prunex.loading import load_lm, resolve_source
+
+    if (text is None) == (text_file is None):
+        raise PrunexError("give exactly one of --text and --text-file")
+    if text_file is not None and not text_file.is_file():
+        raise PrunexError(f"--text-file {text_file} does not exist")
+    if resolve_source(source).kind == "exported":
+        raise PrunexError("explain runs in PyTorch: pass a checkpoint or model name, not an exported dir")
+    content = text if text is not None else text_file.read_text(encoding="utf-8")
+    lm = load_lm(source)
+    token_ids = lm.tokenizer(content)["input_ids"][:max_tokens]
+    if len(token_ids) < 2:
+        raise PrunexError("the text needs at least 2 tokens")
+    lm._check_length(len(token_ids))
+    if policy is not None or kv_budget is not None or kv_tokens is not None:
+        lm.policy = _budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, len(token_ids))
+    drops = explain_drops(lm, token_ids)
+    if layer >= drops.num_layers:
+        raise PrunexError(f"--layer {layer}: the model has layers 0..{drops.num_layers - 1}")
+    if out is not None:
+        write_html(drops, out)
+    if png is not None:
+        write_png(drops, png)
+    if as_json:
+        typer.echo(json.dumps({"tokens": len(token_ids), "class_counts": drops.class_counts(),
+                               "drop_rates": drops.drop_rates()}))
+    else:
+        render_terminal(drops, layer, Console())
+
+
+@app.command()
 def quantize(
     source: Path = typer.Argument(..., help="An exported dir (prunex export), fp32."),
     out: Path = typer.Option(..., "--out", help="Folder for the int8 model, its manifest and tokenizer."),
