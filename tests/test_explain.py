@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import dropping_policy
 from typer.testing import CliRunner
 
-from conftest import dropping_policy
 from prunex.cli.main import app
 from prunex.eval.explain import explain_drops, token_class
 from prunex.prune.lm import PrunedLM
