@@ -65,3 +65,24 @@ def test_runtime_policy_matches_pytorch(name, dense_export, tiny_llama):
 def test_runtime_refuses_attention_policies(dense_export):
     with pytest.raises(PrunexError, match="position-only"):
         Runtime(dense_export, device="cpu", threads=1, policy=training_free_policy("h2o", 8))
+
+
+def test_cli_generate_with_policy_on_a_dense_export(dense_export):
+    """`prunex generate DIR --policy sinks --kv-tokens 8` holds 8 entries per layer at the end; h2o is refused."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from prunex.cli.main import app
+
+    runner = CliRunner()
+    args = ["generate", str(dense_export), "--prompt", "Once upon", "--max-new-tokens", "20", "--device", "cpu",
+            "--threads", "1", "--json"]
+    plain = json.loads(runner.invoke(app, args).stdout)
+    result = runner.invoke(app, [*args, "--policy", "sinks", "--kv-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    bounded = json.loads(result.stdout)
+    assert bounded["kv_bytes"] < plain["kv_bytes"] == plain["dense_kv_bytes"]
+    assert bounded["kv_bytes"] * bounded["kv_kept_fraction"] ** -1 == pytest.approx(bounded["dense_kv_bytes"])
+    refused = runner.invoke(app, [*args, "--policy", "h2o", "--kv-tokens", "8"])
+    assert refused.exit_code != 0 and "attention mass" in str(refused.exception)

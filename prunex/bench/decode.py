@@ -38,6 +38,8 @@ class DecodeBenchConfig:
     torch_peer: bool = True
     optimum_python: str | None = None  # python of an env with optimum-onnx (transformers<4.58): adds that peer
     repeats: int = 1  # rounds of every engine in turn; figures are medians, ratios the median of each round's
+    policy: str | None = None  # a run-time keep policy (window, sinks) for the prunex engine only
+    kv_tokens: int | None = None  # its budget: cached tokens per row and layer
 
 
 def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
@@ -60,10 +62,13 @@ def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
     return main, baseline_dir
 
 
-def _run_worker(engine: str, directory: Path, batch: int, context: int, config: DecodeBenchConfig) -> dict:
+def _run_worker(engine: str, directory: Path, batch: int, context: int, config: DecodeBenchConfig,
+                with_policy: bool = False) -> dict:
     command = [sys.executable, "-m", "prunex.bench.decode_worker", engine, "--dir", str(directory),
                "--batch", str(batch), "--context", str(context), "--new-tokens", str(config.new_tokens),
                "--threads", str(config.threads), "--device", config.device]
+    if with_policy and config.policy:
+        command += ["--policy", config.policy, "--kv-tokens", str(config.kv_tokens)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -139,7 +144,8 @@ def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchCo
                     if engine == "optimum":
                         rounds[label].append(_run_optimum(main_dir, batch, context, config))
                     else:
-                        rounds[label].append(_run_worker(engine, directory, batch, context, config))
+                        rounds[label].append(_run_worker(engine, directory, batch, context, config,
+                                                         with_policy=label == "prunex"))
             for label, runs in rounds.items():
                 _add_median_run(row, label, runs)
             _kv_ratio_and_floor(row, main_dir, baseline_dir, bandwidth)

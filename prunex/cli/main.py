@@ -128,7 +128,9 @@ def eval_ppl(
             raise PrunexError("--window is the sinks policy: use --policy sinks --kv-tokens N instead of both")
         lm.policy = WindowPolicy(window=window, sink_tokens=sinks)
     if budgeted:
-        lm.policy = _budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, context)
+        from prunex.cli.policy_options import budgeted_policy
+
+        lm.policy = budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, context)
     lm._check_length(context)
     token_ids = token_windows(lm.tokenizer, split_text(corpus, split), context, windows)
     report = evaluate_perplexity(lm, token_ids, show_progress=not as_json)
@@ -140,20 +142,6 @@ def eval_ppl(
             f"perplexity {report.perplexity:.3f} (dense {report.dense_perplexity:.3f}, x{report.ppl_ratio:.3f}), "
             f"sparsity {report.sparsity:.3f}, {report.tokens} tokens in {report.windows} windows of {context}"
         )
-
-
-def _budgeted_policy(learned, name: Optional[str], kv_budget: Optional[float], kv_tokens: Optional[int],
-                     context: int):
-    """The training-free policy `name`, or the `learned` one capped, at the budget given."""
-    from prunex.prune.budget import BudgetedPolicy, budget_tokens
-    from prunex.prune.training_free import training_free_policy
-
-    tokens = budget_tokens(kv_budget, kv_tokens, context)
-    if name is not None:
-        return training_free_policy(name, tokens)
-    if learned is None:
-        raise PrunexError("this model has no learned policy to cap: add --policy window|sinks|h2o|tova")
-    return BudgetedPolicy(learned, tokens)
 
 
 @eval_app.command("compare")
@@ -248,6 +236,11 @@ def generate(
     stop: list[str] = typer.Option([], "--stop", help="Exported dirs: stop string (repeatable)."),
     device: str = typer.Option("auto", help="Exported dirs: auto, cpu or cuda."),
     threads: int = typer.Option(0, min=0, help="Exported dirs: ONNX Runtime threads (0: as torch)."),
+    policy: Optional[str] = typer.Option(None, help="Keep policy on top of SOURCE's: window or sinks (any export), "
+                                         "h2o or tova too in PyTorch."),
+    kv_budget: Optional[float] = typer.Option(None, help="Its budget as a kept fraction of the longest prompt "
+                                              "+ --max-new-tokens."),
+    kv_tokens: Optional[int] = typer.Option(None, help="Its budget as cached tokens per row and layer."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate with the K/V cache pruned step by step: ONNX Runtime for an exported dir (sampling, streaming,
@@ -261,12 +254,14 @@ def generate(
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 seed=seed, stop=list(stop))
         generate_exported(source, prompt, chat=chat, params=params, stream=stream, as_json=as_json,
-                          device=device, threads=threads or None)
+                          device=device, threads=threads or None, policy=policy, kv_budget=kv_budget,
+                          kv_tokens=kv_tokens)
     else:
         sampling_given = temperature or top_k or top_p < 1.0 or seed is not None or stop or stream
         if sampling_given:
             raise PrunexError("sampling, --stop and --stream run on exported dirs: `prunex export` first")
-        generate_torch(source, prompt, chat=chat, max_new_tokens=max_new_tokens, as_json=as_json)
+        generate_torch(source, prompt, chat=chat, max_new_tokens=max_new_tokens, as_json=as_json, policy=policy,
+                       kv_budget=kv_budget, kv_tokens=kv_tokens)
 
 
 @app.command()
@@ -304,7 +299,9 @@ def explain(
         raise PrunexError("the text needs at least 2 tokens")
     lm._check_length(len(token_ids))
     if policy is not None or kv_budget is not None or kv_tokens is not None:
-        lm.policy = _budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, len(token_ids))
+        from prunex.cli.policy_options import budgeted_policy
+
+        lm.policy = budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, len(token_ids))
     drops = explain_drops(lm, token_ids)
     if layer >= drops.num_layers:
         raise PrunexError(f"--layer {layer}: the model has layers 0..{drops.num_layers - 1}")
@@ -420,6 +417,11 @@ def bench_decode_command(
     optimum_python: Optional[str] = typer.Option(
         None, help="Python of an environment with optimum-onnx (transformers<4.58): adds Optimum's ORT model."
     ),
+    policy: Optional[str] = typer.Option(None, help="Run-time keep policy for SOURCE (window or sinks); the "
+                                         "baseline runs without it (give the same dir as --baseline)."),
+    kv_budget: Optional[float] = typer.Option(None, help="Its budget as a kept fraction of the largest --context "
+                                              "+ --new-tokens."),
+    kv_tokens: Optional[int] = typer.Option(None, help="Its budget as cached tokens per row and layer."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="PNG of the results (default: beside --out)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
@@ -427,10 +429,12 @@ def bench_decode_command(
     """Decode tokens/s, time to first token, KV bytes and peak RSS: prunex vs the dense export (same runtime)
     vs PyTorch generate, on the same Wikipedia prompts, each engine in a process of its own."""
     from prunex.bench.decode import DecodeBenchConfig, bench_decode, plot
+    from prunex.cli.policy_options import runtime_budget
 
+    tokens = runtime_budget(policy, kv_budget, kv_tokens, max(context) + new_tokens)
     config = DecodeBenchConfig(batches=list(batch), contexts=list(context), new_tokens=new_tokens,
                                threads=threads, device=device, torch_peer=torch_peer, optimum_python=optimum_python,
-                               repeats=repeats)
+                               repeats=repeats, policy=policy, kv_tokens=tokens)
     report = bench_decode(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from prunex.console import progress
-from prunex.eval.perplexity import _nll
+from prunex.eval.perplexity import summed_nll
 from prunex.prune.budget import BudgetedPolicy, tokens_for_kept_fraction
 from prunex.prune.forward import run_full
 from prunex.prune.lm import PrunedLM
@@ -53,9 +53,11 @@ class _Run:
 
 @torch.no_grad()
 def compare_policies(lm: PrunedLM, windows: torch.Tensor, budgets: list[float],
-                     policies: list[str] | None = None, show_progress: bool = True) -> CompareReport:
+                     policies: list[str] | None = None, show_progress: bool = True,
+                     batch_size: int = 4) -> CompareReport:
     """Dense, `lm`'s own policy (unbudgeted, and held to each budget) and each training-free policy at each
-    budget, over the same (N, T) windows. `policies` defaults to all training-free ones."""
+    budget, over the same (N, T) windows, `batch_size` windows per forward (H2O and TOVA loop over positions:
+    a batch shares that loop). `policies` defaults to all training-free ones."""
     context = windows.shape[1]
     runs: list[_Run] = []
     learned = lm.policy
@@ -68,12 +70,11 @@ def compare_policies(lm: PrunedLM, windows: torch.Tensor, budgets: list[float],
         for name in policies or list(TRAINING_FREE):
             runs.append(_Run(name, budget, tokens, PrunedLM(lm.base, training_free_policy(name, tokens))))
     dense_nll = 0.0
-    for window in progress(windows, "compare", enabled=show_progress):
-        ids = window.to(lm.device)[None]
-        dense_nll += _nll(run_full(lm.adapter, None, ids).logits, ids[0])
+    for ids in progress(windows.to(lm.device).split(batch_size), "compare", enabled=show_progress):
+        dense_nll += summed_nll(run_full(lm.adapter, None, ids).logits, ids)
         for run in runs:
             result = run.lm.forward(ids)
-            run.nll += _nll(result.logits, ids[0])
+            run.nll += summed_nll(result.logits, ids)
             run.kept += float(result.kept_entries)
             run.causal += float(result.causal_entries)
     tokens = windows.shape[0] * (context - 1)
