@@ -64,11 +64,11 @@ def compare_policies(lm: PrunedLM, windows: torch.Tensor, budgets: list[float],
     if learned is not None:
         runs.append(_Run("dcp", None, None, lm))
     for budget in budgets:
-        tokens = tokens_for_kept_fraction(budget, context)
+        cap = tokens_for_kept_fraction(budget, context)
         if learned is not None:
-            runs.append(_Run("dcp+budget", budget, tokens, PrunedLM(lm.base, BudgetedPolicy(learned, tokens))))
+            runs.append(_Run("dcp+budget", budget, cap, PrunedLM(lm.base, BudgetedPolicy(learned, cap))))
         for name in policies or list(TRAINING_FREE):
-            runs.append(_Run(name, budget, tokens, PrunedLM(lm.base, training_free_policy(name, tokens))))
+            runs.append(_Run(name, budget, cap, PrunedLM(lm.base, training_free_policy(name, cap))))
     dense_nll = 0.0
     for ids in progress(windows.to(lm.device).split(batch_size), "compare", enabled=show_progress):
         dense_nll += summed_nll(run_full(lm.adapter, None, ids).logits, ids)
@@ -77,11 +77,11 @@ def compare_policies(lm: PrunedLM, windows: torch.Tensor, budgets: list[float],
             run.nll += summed_nll(result.logits, ids)
             run.kept += float(result.kept_entries)
             run.causal += float(result.causal_entries)
-    tokens = windows.shape[0] * (context - 1)
-    dense = math.exp(dense_nll / tokens)
+    predicted = windows.shape[0] * (context - 1)
+    dense = math.exp(dense_nll / predicted)
     rows = [
-        CompareRow(run.name, run.budget, run.tokens, run.kept / run.causal, math.exp(run.nll / tokens),
-                   math.exp(run.nll / tokens) / dense)
+        CompareRow(run.name, run.budget, run.tokens, run.kept / run.causal, math.exp(run.nll / predicted),
+                   math.exp(run.nll / predicted) / dense)
         for run in runs
     ]
     return CompareReport(rows, dense, windows.shape[0], context)
@@ -90,6 +90,7 @@ def compare_policies(lm: PrunedLM, windows: torch.Tensor, budgets: list[float],
 def plot_comparison(report: CompareReport, path: Path) -> None:
     """Perplexity against kept fraction, one line a policy, dense as a horizontal line; written as a PNG."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -104,6 +105,8 @@ def plot_comparison(report: CompareReport, path: Path) -> None:
     axes.set_xlabel("KV kept (fraction of causal entries)")
     axes.set_ylabel("perplexity")
     axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     axes.set_title(f"{report.windows} windows x {report.context} tokens")
     axes.legend()
     figure.tight_layout()

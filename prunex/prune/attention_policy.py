@@ -70,18 +70,18 @@ class AttentionPolicy(ABC):
         P = keys.shape[2] - S
         groups = H // keys.shape[1]
         logits = q @ keys.repeat_interleave(groups, dim=1).transpose(-1, -2) * scale  # (B, H, S, P+S)
-        steps = []
+        decided = torch.empty(B, S, P + S, dtype=torch.bool, device=q.device)  # kept set each query attends to
+        rows = torch.arange(B, device=q.device)
         for n in range(S):
             joining = valid[:, n]  # (B,)
             kept[:, P + n] = joining
             candidates = kept & ~self.protected(positions[:, n:n + 1], key_positions)  # (B, P+S)
             over = joining & (kept.sum(-1) > self.kv_tokens)  # (B,)
             lowest = scores.masked_fill(~candidates, torch.inf).argmin(-1)  # (B,)
-            kept[torch.arange(B, device=q.device), lowest] &= ~over
-            steps.append(kept.clone())
+            kept[rows, lowest] &= ~over
+            decided[:, n] = kept
             probs = logits[:, :, n].masked_fill(~kept[:, None], -torch.inf).softmax(-1).mean(1)  # (B, P+S)
             scores = torch.where(joining[:, None], self.updated_scores(scores, probs), scores)
-        decided = torch.stack(steps, dim=1)  # (B, S, P+S)
         index = torch.arange(S, device=q.device)
         later = index[None, None, :] >= index[None, :, None]  # (1, S, S): not yet joined
         return AttentionDecisions(
