@@ -8,8 +8,11 @@ from prunex.config import DCPConfig, TrainConfig
 from prunex.errors import PrunexError
 from prunex.loading import load_lm
 from prunex.models.sources import load_model
+from prunex.prune.attention_policy import H2OPolicy, TOVAPolicy
+from prunex.prune.budget import BudgetedPolicy
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import GenerationResult, PrunedLM
+from prunex.prune.training_free import training_free_policy
 from prunex.prune.window import WindowPolicy
 
 _RUNTIME = {
@@ -32,6 +35,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BudgetedPolicy",
     "CapacityError",
     "Classifier",
     "Completion",
@@ -39,12 +43,15 @@ __all__ = [
     "DCPPolicy",
     "GenerationResult",
     "Generator",
+    "H2OPolicy",
     "PrunedLM",
     "PrunexError",
     "Runtime",
     "SamplingParams",
+    "TOVAPolicy",
     "TrainConfig",
     "WindowPolicy",
     "load_lm",
     "load_model",
+    "training_free_policy",
 ]

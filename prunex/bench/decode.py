@@ -43,6 +43,8 @@ class DecodeBenchConfig:
     optimum_python: str | None = None  # python of an env with optimum-onnx (transformers<4.58): adds that peer
     repeats: int = 1  # rounds of every engine in turn; figures are medians, ratios the median of each round's
     peers: list[str] = field(default_factory=list)  # dense engines of other projects to run beside: "ortgenai"
+    policy: str | None = None  # a run-time keep policy (window, sinks) for the prunex engine only
+    kv_tokens: int | None = None  # its budget: cached tokens per row and layer
 
 
 def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
@@ -69,7 +71,8 @@ PEERS = ("ortgenai", "llamacpp")  # --peer choices
 ENGINES = ("prunex", "baseline", "torch", "optimum", *PEERS)  # every engine label, in report order
 
 
-def _run_worker(engine: str, directory: Path, batch: int, context: int, config: DecodeBenchConfig) -> dict:
+def _run_worker(engine: str, directory: Path, batch: int, context: int, config: DecodeBenchConfig,
+                with_policy: bool = False) -> dict:
     """One measurement in a worker process: prunex's runtime (`ort`), `torch`, or a peer (`ortgenai`)."""
     if engine in PEERS:
         from prunex.format import read_manifest
@@ -79,6 +82,8 @@ def _run_worker(engine: str, directory: Path, batch: int, context: int, config: 
                 else ["prunex.bench.llamacpp_worker", "--quant", "q8_0" if quantized else "q4_1"])
     else:
         args = ["prunex.bench.decode_worker", engine, "--device", config.device]
+        if with_policy and config.policy:
+            args += ["--policy", config.policy, "--kv-tokens", str(config.kv_tokens)]
     command = [sys.executable, "-m", *args, "--dir", str(directory), "--batch", str(batch), "--context",
                str(context), "--new-tokens", str(config.new_tokens), "--threads", str(config.threads)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -157,7 +162,8 @@ def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchCo
                     if engine == "optimum":
                         rounds[label].append(_run_optimum(main_dir, batch, context, config))
                     else:
-                        rounds[label].append(_run_worker(engine, directory, batch, context, config))
+                        rounds[label].append(_run_worker(engine, directory, batch, context, config,
+                                                         with_policy=label == "prunex"))
             for label, runs in rounds.items():
                 _add_median_run(row, label, runs)
             _kv_ratio_and_floor(row, main_dir, baseline_dir, bandwidth)

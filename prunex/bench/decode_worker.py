@@ -28,12 +28,16 @@ def bench_prompts(tokenizer, batch: int, context: int) -> list[list[int]]:
     return windows.tolist()
 
 
-def measure_ort(directory: str, batch: int, context: int, new_tokens: int, threads: int, device: str) -> dict:
-    """prunex's Generator over an exported dir: all rows admitted in the first step, then decode steps."""
+def measure_ort(directory: str, batch: int, context: int, new_tokens: int, threads: int, device: str,
+                policy: str | None = None, kv_tokens: int | None = None) -> dict:
+    """prunex's Generator over an exported dir: all rows admitted in the first step, then decode steps;
+    `policy` (window, sinks) with `kv_tokens` adds a run-time keep policy."""
+    from prunex.prune.training_free import training_free_policy
     from prunex.runtime.runtime import Runtime
     from prunex.runtime.sampling import SamplingParams
 
-    runtime = Runtime(directory, device=device, threads=threads, max_batch=batch)
+    run_policy = None if policy is None else training_free_policy(policy, kv_tokens)
+    runtime = Runtime(directory, device=device, threads=threads, max_batch=batch, policy=run_policy)
     prompts = bench_prompts(runtime.tokenizer, batch, context)
     gen = runtime.generator()
     ids = [gen.add_request(p, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)) for p in prompts]
@@ -108,10 +112,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--policy", choices=["window", "sinks"])
+    parser.add_argument("--kv-tokens", type=int)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.engine == "ort":
-        result = measure_ort(args.dir, args.batch, args.context, args.new_tokens, args.threads, args.device)
+        result = measure_ort(args.dir, args.batch, args.context, args.new_tokens, args.threads, args.device,
+                             args.policy, args.kv_tokens)
     else:
         result = measure_torch(args.dir, args.batch, args.context, args.new_tokens, args.threads, args.device)
     result["peak_rss_bytes"] = peak_rss_bytes()

@@ -13,11 +13,21 @@ def _messages_or_text(prompt: str, chat: bool):
 
 
 def generate_exported(source: str, prompts: list[str], *, chat: bool, params, stream: bool, as_json: bool,
-                      device: str, threads: int | None) -> None:
-    """Generate through ONNX Runtime; prints text (streamed for one prompt with --stream) and a stats line."""
-    from prunex.runtime.runtime import Runtime
+                      device: str, threads: int | None, policy: str | None = None, kv_budget: float | None = None,
+                      kv_tokens: int | None = None) -> None:
+    """Generate through ONNX Runtime; prints text (streamed for one prompt with --stream) and a stats line.
+    `policy` (window, sinks) at `kv_budget`/`kv_tokens` bounds the cache on top of the graph's decisions."""
+    from prunex.cli.policy_options import runtime_budget
+    from prunex.prune.training_free import training_free_policy
+    from prunex.runtime.runtime import Runtime, load_tokenizer
 
-    runtime = Runtime(source, device=device, threads=threads, max_batch=max(len(prompts), 1))
+    run_policy = None
+    if policy is not None or kv_budget is not None or kv_tokens is not None:
+        tokenizer = load_tokenizer(source)
+        longest = max(len(tokenizer(p)["input_ids"]) for p in prompts)
+        tokens = runtime_budget(policy, kv_budget, kv_tokens, longest + params.max_new_tokens)
+        run_policy = training_free_policy(policy, tokens)
+    runtime = Runtime(source, device=device, threads=threads, max_batch=max(len(prompts), 1), policy=run_policy)
     if runtime.device_note:
         typer.echo(f"[device: cpu, because {runtime.device_note}]", err=True)
     started = time.perf_counter()
@@ -53,14 +63,20 @@ def generate_exported(source: str, prompts: list[str], *, chat: bool, params, st
     )
 
 
-def generate_torch(source: str | None, prompts: list[str], *, chat: bool, max_new_tokens: int, as_json: bool) -> None:
-    """Greedy generation in PyTorch with physical KV removal (checkpoints and model names)."""
+def generate_torch(source: str | None, prompts: list[str], *, chat: bool, max_new_tokens: int, as_json: bool,
+                   policy: str | None = None, kv_budget: float | None = None, kv_tokens: int | None = None) -> None:
+    """Greedy generation in PyTorch with physical KV removal (checkpoints and model names); `policy` at
+    `kv_budget`/`kv_tokens` (over the longest prompt + max_new_tokens) replaces or caps the model's own."""
+    from prunex.cli.policy_options import budgeted_policy
     from prunex.data.prompts import encode_prompt
     from prunex.loading import load_lm
 
     lm = load_lm(source)
     tokenizer = lm.tokenizer
     ids = [encode_prompt(tokenizer, _messages_or_text(p, chat)) for p in prompts]
+    if policy is not None or kv_budget is not None or kv_tokens is not None:
+        context = max(len(i) for i in ids) + max_new_tokens
+        lm.policy = budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, context)
     result = lm.generate(ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
     outputs = [tokenizer.decode(ids, skip_special_tokens=True) for ids in result.token_ids]
     if as_json:

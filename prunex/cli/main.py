@@ -113,6 +113,11 @@ def eval_ppl(
     windows: int = typer.Option(8, min=1, help="Windows to measure (at most)."),
     window: Optional[int] = typer.Option(None, help="Baseline: keep sinks + this many recent tokens (no training)."),
     sinks: int = typer.Option(4, min=0, help="Sink tokens of the --window baseline."),
+    policy: Optional[str] = typer.Option(None, help="Training-free policy instead of SOURCE's own: "
+                                         "window, sinks, h2o or tova (needs --kv-budget or --kv-tokens)."),
+    kv_budget: Optional[float] = typer.Option(None, help="KV budget as the kept fraction of --context's causal "
+                                              "entries; without --policy it caps SOURCE's learned policy."),
+    kv_tokens: Optional[int] = typer.Option(None, help="KV budget as cached tokens per query and layer."),
     device: str = typer.Option("cpu", help="PyTorch sources: cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -126,7 +131,10 @@ def eval_ppl(
     if text_file is not None and not text_file.is_file():
         raise PrunexError(f"--text-file {text_file} does not exist")
     corpus = str(text_file) if text_file is not None else text
+    budgeted = policy is not None or kv_budget is not None or kv_tokens is not None
     if resolve_source(source).kind == "exported":
+        if budgeted:
+            raise PrunexError("--policy/--kv-budget measure in PyTorch: pass a checkpoint or model name")
         from prunex.cli.exported_commands import eval_ppl_exported
 
         eval_ppl_exported(source, corpus, split, context, windows, as_json)
@@ -135,7 +143,13 @@ def eval_ppl(
 
     lm = load_lm(source).to(torch_device(device))
     if window is not None:
+        if budgeted:
+            raise PrunexError("--window is the sinks policy: use --policy sinks --kv-tokens N instead of both")
         lm.policy = WindowPolicy(window=window, sink_tokens=sinks)
+    if budgeted:
+        from prunex.cli.policy_options import budgeted_policy
+
+        lm.policy = budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, context)
     lm._check_length(context)
     token_ids = token_windows(lm.tokenizer, split_text(corpus, split), context, windows)
     report = evaluate_perplexity(lm, token_ids, show_progress=not as_json)
@@ -147,6 +161,59 @@ def eval_ppl(
             f"perplexity {report.perplexity:.3f} (dense {report.dense_perplexity:.3f}, x{report.ppl_ratio:.3f}), "
             f"sparsity {report.sparsity:.3f}, {report.tokens} tokens in {report.windows} windows of {context}"
         )
+
+
+@eval_app.command("compare")
+def eval_compare(
+    source: Optional[str] = typer.Argument(None, help="Pruning checkpoint dir or model name; default: built-in."),
+    text_file: Optional[Path] = typer.Option(None, help="A UTF-8 text file (instead of --text)."),
+    text: str = typer.Option("wikipedia", help="Packaged text: wikipedia or bbc (held-out test split)."),
+    split: str = typer.Option("test", help="train, validation or test."),
+    budgets: str = typer.Option("0.1,0.25,0.5", help="Kept fractions to compare at, comma-separated."),
+    policies: str = typer.Option("window,sinks,h2o,tova", help="Training-free policies, comma-separated."),
+    context: int = typer.Option(1024, min=8, help="Tokens per window."),
+    windows: int = typer.Option(4, min=1, help="Windows to measure (at most)."),
+    plot: Optional[Path] = typer.Option(None, help="Write perplexity against kept fraction as a PNG."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Perplexity at equal KV budget on the same windows: dense, SOURCE's learned policy (as trained, and
+    capped at each budget) and each training-free policy at each budget. Kept = fraction of causal key/value
+    entries kept, over layers and positions (as `prunex eval ppl`)."""
+    from prunex.data.text import split_text, token_windows
+    from prunex.devices import torch_device
+    from prunex.eval.compare import compare_policies, plot_comparison
+    from prunex.loading import load_lm, resolve_source
+    from prunex.prune.training_free import TRAINING_FREE
+
+    if text_file is not None and not text_file.is_file():
+        raise PrunexError(f"--text-file {text_file} does not exist")
+    if resolve_source(source).kind == "exported":
+        raise PrunexError("eval compare runs in PyTorch: pass a checkpoint or model name, not an exported dir")
+    try:
+        fractions = [float(b) for b in budgets.split(",")]
+    except ValueError as err:
+        raise PrunexError(f"--budgets takes comma-separated fractions, got {budgets!r}") from err
+    names = [n.strip() for n in policies.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TRAINING_FREE]
+    if unknown:
+        raise PrunexError(f"unknown --policies {unknown}; choose among {', '.join(TRAINING_FREE)}")
+    lm = load_lm(source).to(torch_device(device))
+    lm._check_length(context)
+    token_ids = token_windows(lm.tokenizer, split_text(str(text_file) if text_file else text, split), context,
+                              windows)
+    report = compare_policies(lm, token_ids, fractions, names, show_progress=not as_json)
+    if plot is not None:
+        plot_comparison(report, plot)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    typer.echo(f"dense perplexity {report.dense_perplexity:.3f}; {report.windows} windows of {context} tokens; "
+               f"kept = {report.kept_measure}")
+    for row in report.results:
+        budget = "own" if row.kv_budget is None else f"{row.kv_budget:g} ({row.kv_tokens} tokens)"
+        typer.echo(f"{row.policy:>11}  budget {budget:<18} kept {row.kv_kept:.3f}  perplexity {row.perplexity:.3f}"
+                   f"  x{row.ratio_to_dense:.3f}")
 
 
 @eval_app.command("accuracy")
@@ -193,6 +260,11 @@ def generate(
     stop: list[str] = typer.Option([], "--stop", help="Exported dirs: stop string (repeatable)."),
     device: str = typer.Option("auto", help="Exported dirs: auto, cpu or cuda."),
     threads: int = typer.Option(0, min=0, help="Exported dirs: ONNX Runtime threads (0: as torch)."),
+    policy: Optional[str] = typer.Option(None, help="Keep policy on top of SOURCE's: window or sinks (any export), "
+                                         "h2o or tova too in PyTorch."),
+    kv_budget: Optional[float] = typer.Option(None, help="Its budget as a kept fraction of the longest prompt "
+                                              "+ --max-new-tokens."),
+    kv_tokens: Optional[int] = typer.Option(None, help="Its budget as cached tokens per row and layer."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate with the K/V cache pruned step by step: ONNX Runtime for an exported dir (sampling, streaming,
@@ -206,12 +278,66 @@ def generate(
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 seed=seed, stop=list(stop))
         generate_exported(source, prompt, chat=chat, params=params, stream=stream, as_json=as_json,
-                          device=device, threads=threads or None)
+                          device=device, threads=threads or None, policy=policy, kv_budget=kv_budget,
+                          kv_tokens=kv_tokens)
     else:
         sampling_given = temperature or top_k or top_p < 1.0 or seed is not None or stop or stream
         if sampling_given:
             raise PrunexError("sampling, --stop and --stream run on exported dirs: `prunex export` first")
-        generate_torch(source, prompt, chat=chat, max_new_tokens=max_new_tokens, as_json=as_json)
+        generate_torch(source, prompt, chat=chat, max_new_tokens=max_new_tokens, as_json=as_json, policy=policy,
+                       kv_budget=kv_budget, kv_tokens=kv_tokens)
+
+
+@app.command()
+def explain(
+    source: Optional[str] = typer.Argument(None, help="Pruning checkpoint dir or model name; default: built-in."),
+    text: Optional[str] = typer.Option(None, help="The text to explain."),
+    text_file: Optional[Path] = typer.Option(None, help="A UTF-8 file with the text to explain."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write a self-contained HTML report here."),
+    png: Optional[Path] = typer.Option(None, help="Write a layer x token heatmap PNG here."),
+    layer: int = typer.Option(0, min=0, help="The layer whose dropped tokens the terminal view dims."),
+    max_tokens: int = typer.Option(512, min=2, help="Explain at most this many first tokens."),
+    policy: Optional[str] = typer.Option(None, help="A training-free policy instead of SOURCE's own."),
+    kv_budget: Optional[float] = typer.Option(None, help="KV budget (kept fraction over the text's length)."),
+    kv_tokens: Optional[int] = typer.Option(None, help="KV budget in cached tokens per query and layer."),
+    as_json: bool = typer.Option(False, "--json", help="Print the drop rates per layer and class as JSON."),
+) -> None:
+    """Which tokens each layer dropped and at which step: the text with one layer's dropped tokens dimmed,
+    an HTML report and a PNG heatmap of how long each token survived, and drop rates by token class."""
+    from rich.console import Console
+
+    from prunex.eval.explain import explain_drops
+    from prunex.eval.explain_views import render_terminal, write_html, write_png
+    from prunex.loading import load_lm, resolve_source
+
+    if (text is None) == (text_file is None):
+        raise PrunexError("give exactly one of --text and --text-file")
+    if text_file is not None and not text_file.is_file():
+        raise PrunexError(f"--text-file {text_file} does not exist")
+    if resolve_source(source).kind == "exported":
+        raise PrunexError("explain runs in PyTorch: pass a checkpoint or model name, not an exported dir")
+    content = text if text is not None else text_file.read_text(encoding="utf-8")
+    lm = load_lm(source)
+    token_ids = lm.tokenizer(content)["input_ids"][:max_tokens]
+    if len(token_ids) < 2:
+        raise PrunexError("the text needs at least 2 tokens")
+    lm._check_length(len(token_ids))
+    if policy is not None or kv_budget is not None or kv_tokens is not None:
+        from prunex.cli.policy_options import budgeted_policy
+
+        lm.policy = budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, len(token_ids))
+    drops = explain_drops(lm, token_ids)
+    if layer >= drops.num_layers:
+        raise PrunexError(f"--layer {layer}: the model has layers 0..{drops.num_layers - 1}")
+    if out is not None:
+        write_html(drops, out)
+    if png is not None:
+        write_png(drops, png)
+    if as_json:
+        typer.echo(json.dumps({"tokens": len(token_ids), "class_counts": drops.class_counts(),
+                               "drop_rates": drops.drop_rates()}))
+    else:
+        render_terminal(drops, layer, Console())
 
 
 @app.command()
@@ -345,6 +471,11 @@ def bench_decode_command(
                                    "ortgenai (onnxruntime-genai, at prunex's precision), llamacpp (llama.cpp: "
                                    "Q8_0 beside int8, else the packaged Q4_1; CMAKE_ARGS=-DGGML_NATIVE=ON pip "
                                    "install llama-cpp-python, ~10 min)."),
+    policy: Optional[str] = typer.Option(None, help="Run-time keep policy for SOURCE (window or sinks); the "
+                                         "baseline runs without it (give the same dir as --baseline)."),
+    kv_budget: Optional[float] = typer.Option(None, help="Its budget as a kept fraction of the largest --context "
+                                              "+ --new-tokens."),
+    kv_tokens: Optional[int] = typer.Option(None, help="Its budget as cached tokens per row and layer."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="PNG of the results (default: beside --out)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
@@ -352,14 +483,16 @@ def bench_decode_command(
     """Decode tokens/s, time to first token, KV bytes and peak RSS: prunex vs the dense export (same runtime)
     vs PyTorch generate, on the same Wikipedia prompts, each engine in a process of its own."""
     from prunex.bench.decode import PEERS, DecodeBenchConfig, bench_decode, plot
+    from prunex.cli.policy_options import runtime_budget
 
     unknown = sorted(set(peer) - set(PEERS))
     if unknown:
         raise PrunexError(f"--peer {', '.join(unknown)} is not available; peers: {', '.join(PEERS)}")
 
+    tokens = runtime_budget(policy, kv_budget, kv_tokens, max(context) + new_tokens)
     config = DecodeBenchConfig(batches=list(batch), contexts=list(context), new_tokens=new_tokens,
                                threads=threads, device=device, torch_peer=torch_peer, optimum_python=optimum_python,
-                               repeats=repeats, peers=list(peer))
+                               repeats=repeats, peers=list(peer), policy=policy, kv_tokens=tokens)
     report = bench_decode(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")

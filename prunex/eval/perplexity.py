@@ -28,9 +28,9 @@ class PerplexityReport:
         return asdict(self)
 
 
-def _nll(logits: torch.Tensor, window: torch.Tensor) -> float:
-    """Summed next-token negative log-likelihood of one (T,) window from (1, T, V) logits."""
-    return float(F.cross_entropy(logits[0, :-1], window[1:], reduction="sum"))
+def summed_nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    """Summed next-token negative log-likelihood of (B, T) windows from their (B, T, V) logits."""
+    return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
 
 
 @torch.no_grad()
@@ -41,8 +41,8 @@ def evaluate_perplexity(lm: PrunedLM, windows: torch.Tensor, show_progress: bool
         window = window.to(lm.device)
         pruned = lm.forward(window[None])
         dense = run_full(lm.adapter, None, window[None])
-        nll += _nll(pruned.logits, window)
-        dense_nll += _nll(dense.logits, window)
+        nll += summed_nll(pruned.logits, window[None])
+        dense_nll += summed_nll(dense.logits, window[None])
         kept += float(pruned.kept_entries)
         causal += float(pruned.causal_entries)
     tokens = windows.shape[0] * (windows.shape[1] - 1)

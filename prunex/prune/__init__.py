@@ -2,6 +2,9 @@
 
 - policy.py: `KeepPolicy`, what a decoder KV-keep policy provides (pair scores) and the cumulative decisions
   prunex builds from them; dcp.py (learned, DCP) and window.py (sinks + recent window) implement it.
+- attention_policy.py: `AttentionPolicy`, training-free policies that evict by attention probabilities (H2O,
+  TOVA), decided in `run_decoder` after the layer's queries and keys; training_free.py: the policies by name;
+  budget.py: a KV budget as tokens or a kept fraction, and `BudgetedPolicy` (a learned policy held to it).
 - decoder.py: `run_decoder`, the decoder layer loop over an optional read-only past (training, evaluation,
   step-wise generation and export all run it); forward.py: whole sequences with the pruning counted;
   kv_cache.py: a PyTorch cache that physically loses dropped tokens; lm.py: `PrunedLM` (forward, generate).

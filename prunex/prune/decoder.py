@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prunex.models.adapters import DecoderAdapter
+from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.kv_cache import LayerCache
 from prunex.prune.policy import KeepPolicy
 
@@ -35,6 +36,7 @@ class LayerRun:
     state: Tensor | None  # (B, S, r) policy state of the new tokens (DCP: k_int), or None
     keep_past: Tensor | None  # (B, S, P) past entry j kept for query n (valid entries only); None without past
     keep_new: Tensor  # (B, S, S) new key j kept for query n (causal, real keys only; bool or probability)
+    past_state: Tensor | None = None  # (B, P, r) the past entries' state updated by the policy (H2O scores)
 
 
 @dataclass
@@ -45,7 +47,7 @@ class DecoderRun:
 
 def run_decoder(
     adapter: DecoderAdapter,
-    policy: KeepPolicy | None,
+    policy: KeepPolicy | AttentionPolicy | None,
     input_ids: Tensor,
     position_ids: Tensor,
     valid: Tensor,
@@ -54,7 +56,8 @@ def run_decoder(
     attention: str = "sdpa",
 ) -> DecoderRun:
     """Run (B, S) ids at (B, S) logical positions, `valid` (B, S) bool, over `past` (one read-only `LayerCache`
-    per layer, or None). `policy=None` is the dense model (keep = valid). alpha = inf: hard decisions."""
+    per layer, or None). `policy=None` is the dense model (keep = valid). alpha = inf: hard decisions. An
+    `AttentionPolicy` (H2O, TOVA) decides from the layer's queries and keys, after they are computed."""
     B, S = input_ids.shape
     index = torch.arange(S, device=input_ids.device)
     causal = index[None, None, :] <= index[None, :, None]  # (1, S, S) key j <= query n
@@ -67,14 +70,18 @@ def run_decoder(
         cached = None if past is None else past[layer]
         x = adapter.attention_input(layer, hidden)
         q, k, v = adapter.qkv(layer, x, rope)  # (B, H, S, D), (B, KV, S, D) x2
-        keep_past = None
+        keep_past = past_state = None
         if policy is None:
             keep_new, state = allowed, None
             if cached is not None:
                 keep_past = cached.valid[:, None, :].expand(B, S, -1)  # (B, S, P)
         else:
-            decisions = policy.decide(layer, x, position_ids, valid, None if cached is None else cached.state,
-                                      None if cached is None else cached.positions, alpha)
+            if isinstance(policy, AttentionPolicy):
+                decisions = policy.decide_attention(q, k, position_ids, valid, cached, adapter.attention_scale(layer))
+                past_state = decisions.past_state
+            else:
+                decisions = policy.decide(layer, x, position_ids, valid, None if cached is None else cached.state,
+                                          None if cached is None else cached.positions, alpha)
             keep_new, state = _restrict(decisions.keep_new, allowed), decisions.state
             if cached is not None:
                 keep_past = _restrict(decisions.keep_past, cached.valid[:, None, :])
@@ -89,7 +96,7 @@ def run_decoder(
             attended = _attend_matmul(q, k, v, cached, mask_past, mask_new, adapter, layer, B, S)
         hidden = hidden + adapter.attention_output(layer, attended.transpose(1, 2).reshape(B, S, -1))  # (B, S, d)
         hidden = adapter.mlp_block(layer, hidden)
-        layers.append(LayerRun(k, v, state, keep_past, keep_new))
+        layers.append(LayerRun(k, v, state, keep_past, keep_new, past_state))
     return DecoderRun(hidden, layers)
 
 

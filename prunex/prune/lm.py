@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -12,6 +12,7 @@ from prunex.data.batching import pad_batch
 from prunex.errors import PrunexError
 from prunex.models.adapters import decoder_adapter
 from prunex.models.sources import LoadedModel
+from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.decoder import run_decoder
 from prunex.prune.forward import ForwardResult, run_full
 from prunex.prune.kv_cache import PrunedKVCache
@@ -30,7 +31,7 @@ class GenerationResult:
 class PrunedLM:
     """A causal LM whose K/V cache is pruned by `policy` (None: the dense base model)."""
 
-    def __init__(self, base: LoadedModel, policy: KeepPolicy | None = None) -> None:
+    def __init__(self, base: LoadedModel, policy: KeepPolicy | AttentionPolicy | None = None) -> None:
         self.base = base
         self.adapter = decoder_adapter(base.model)
         self.policy = policy
@@ -124,6 +125,8 @@ class PrunedLM:
         valid = torch.ones(B, 1, dtype=torch.bool, device=token_ids.device)
         run = run_decoder(self.adapter, self.policy, token_ids[:, None], positions[:, None], valid, cache.layers)
         for layer, step in enumerate(run.layers):
+            if step.past_state is not None:  # the policy rescored the cached entries (H2O, TOVA)
+                cache.layers[layer] = replace(cache.layers[layer], state=step.past_state)
             cache.layers[layer] = cache.layers[layer].append(step.keep_past[:, -1], step.k, step.v, step.state,
                                                              positions)
         return self.adapter.logits(run.hidden)[:, 0]

@@ -16,7 +16,9 @@ from torch import Tensor
 from prunex.data.batching import pad_rows
 from prunex.errors import PrunexError
 from prunex.format import CACHE_FIELDS, DecoderManifest, read_manifest
+from prunex.prune.policy import KeepPolicy
 from prunex.runtime.kv_cache import CacheLimits, CapacityError, KVCacheManager
+from prunex.runtime.policy_hook import check_runtime_policy, restrict_to_policy
 from prunex.runtime.session import make_session
 from prunex.runtime.step_io import DecodeIO
 
@@ -50,8 +52,10 @@ class DecoderEngine:
     """Runs the step graph of an exported decoder dir on CPU or CUDA with a managed, pruned KV cache."""
 
     def __init__(self, directory: str | Path, device: str = "auto", threads: int | None = None,
-                 limits: CacheLimits | None = None, manifest: DecoderManifest | None = None) -> None:
+                 limits: CacheLimits | None = None, manifest: DecoderManifest | None = None,
+                 policy: KeepPolicy | None = None) -> None:
         self.directory = Path(directory)
+        self.policy = None if policy is None else check_runtime_policy(policy)  # run-time policy (window, sinks)
         self.manifest = m = manifest or read_manifest(self.directory)
         self.session, self.device_choice = make_session(self.directory / m.model_file, device, threads)
         self.device = torch.device(self.device_choice.device)
@@ -112,6 +116,8 @@ class DecoderEngine:
         if self._io is None or self._io.rows != B:
             self._io = DecodeIO(self.session, m, B, self.device, self._inputs)
         io = self._io
+        if self.policy is not None:
+            restrict_to_policy(self.policy, self.cache, self.next_positions)  # before the free slots are picked
         self.cache.reserve()  # picks each row's free slot; may rebuild full layers or raise CapacityError
         io.token_ids.copy_(token_ids.view(B, 1))
         io.positions.copy_(self.next_positions.view(B, 1))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prunex.data.prompts import Prompt, encode_prompt
 from prunex.errors import PrunexError
+from prunex.prune.policy import KeepPolicy
 from prunex.runtime.engine import DecoderEngine
 from prunex.runtime.generator import Completion, Generator
 from prunex.runtime.kv_cache import CacheLimits
@@ -37,12 +38,13 @@ class Runtime:
     """
 
     def __init__(self, directory: str | Path, device: str = "auto", threads: int | None = None,
-                 max_batch: int = 16, max_kv_bytes: int | None = None) -> None:
+                 max_batch: int = 16, max_kv_bytes: int | None = None, policy: KeepPolicy | None = None) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise PrunexError(f"{directory} is not a folder: give a dir written by `prunex export`")
         self.engine = DecoderEngine(self.directory, device, threads, CacheLimits(max_rows=max_batch,
-                                                                                 max_bytes=max_kv_bytes))
+                                                                                 max_bytes=max_kv_bytes),
+                                   policy=policy)
         self.manifest = self.engine.manifest
         self.tokenizer = load_tokenizer(self.directory)
         self.device = self.engine.device_choice.device

@@ -1,0 +1,39 @@
+"""The --policy / --kv-budget / --kv-tokens options, turned into policies (PyTorch) or a cap (runtime)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from prunex.errors import PrunexError
+
+
+def budgeted_policy(learned, name: Optional[str], kv_budget: Optional[float], kv_tokens: Optional[int],
+                    context: int):
+    """The training-free policy `name`, or the `learned` one capped, at the budget given."""
+    from prunex.prune.budget import BudgetedPolicy, budget_tokens
+    from prunex.prune.training_free import training_free_policy
+
+    tokens = budget_tokens(kv_budget, kv_tokens, context)
+    if name is not None:
+        return training_free_policy(name, tokens)
+    if learned is None:
+        raise PrunexError("this model has no learned policy to cap: add --policy window|sinks|h2o|tova")
+    return BudgetedPolicy(learned, tokens)
+
+
+def runtime_budget(name: Optional[str], kv_budget: Optional[float], kv_tokens: Optional[int],
+                   context: int) -> Optional[int]:
+    """The cap in tokens of a run-time --policy (window or sinks), or None without one."""
+    from prunex.prune.budget import budget_tokens
+    from prunex.prune.training_free import training_free_policy
+
+    if name is None:
+        if kv_budget is not None or kv_tokens is not None:
+            raise PrunexError("--kv-budget/--kv-tokens need --policy window|sinks for an exported dir")
+        return None
+    if name not in ("window", "sinks"):
+        raise PrunexError(f"--policy {name!r}: the runtime applies window or sinks (H2O/TOVA need the attention "
+                          "mass, which exported graphs do not output yet; measure them with prunex eval ppl)")
+    tokens = budget_tokens(kv_budget, kv_tokens, context)
+    training_free_policy(name, tokens)  # checks the budget against the sinks
+    return tokens

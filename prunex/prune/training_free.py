@@ -1,0 +1,31 @@
+"""The training-free keep policies by name, each held to a cap of `kv_tokens` cached tokens per query."""
+
+from __future__ import annotations
+
+from prunex.errors import PrunexError
+from prunex.prune.attention_policy import AttentionPolicy, H2OPolicy, TOVAPolicy
+from prunex.prune.policy import KeepPolicy
+from prunex.prune.window import WindowPolicy
+
+#: name -> what it keeps (the CLI's --policy choices)
+TRAINING_FREE = {
+    "window": "the most recent tokens (local window)",
+    "sinks": "the first 4 tokens (attention sinks) + the most recent (StreamingLLM)",
+    "h2o": "heavy hitters by accumulated attention mass + the most recent half of the budget (H2O)",
+    "tova": "drops the token the latest query attended to least (TOVA)",
+}
+
+
+def training_free_policy(name: str, kv_tokens: int, sink_tokens: int = 4) -> KeepPolicy | AttentionPolicy:
+    """The policy `name` (see TRAINING_FREE) keeping `kv_tokens` per query; `sink_tokens` is for "sinks"."""
+    if name == "window":
+        return WindowPolicy(window=kv_tokens, sink_tokens=0)
+    if name == "sinks":
+        if kv_tokens <= sink_tokens:
+            raise PrunexError(f"the budget ({kv_tokens} tokens) must exceed the sinks ({sink_tokens})")
+        return WindowPolicy(window=kv_tokens, sink_tokens=sink_tokens)
+    if name == "h2o":
+        return H2OPolicy(kv_tokens=kv_tokens)
+    if name == "tova":
+        return TOVAPolicy(kv_tokens=kv_tokens)
+    raise PrunexError(f"--policy {name!r} is not available; use one of {', '.join(TRAINING_FREE)}")

@@ -1,0 +1,88 @@
+"""A run-time keep policy in the runtime on a dense export: the same decisions and tokens as PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunex.errors import PrunexError
+from prunex.export.decoder import export_decoder
+from prunex.prune.forward import run_full
+from prunex.prune.kv_cache import PrunedKVCache
+from prunex.prune.lm import PrunedLM
+from prunex.prune.training_free import training_free_policy
+from prunex.runtime.runtime import Runtime
+
+BUDGET, STEPS = 7, 14
+
+
+@pytest.fixture(scope="module")
+def dense_export(tmp_path_factory, tiny_llama):
+    out = tmp_path_factory.mktemp("dense") / "tiny-llama"
+    export_decoder(PrunedLM(tiny_llama, None), out, dense=True, source="tiny-llama")
+    return out
+
+
+@pytest.mark.parametrize("name", ["window", "sinks"])
+def test_runtime_policy_matches_pytorch(name, dense_export, tiny_llama):
+    """Greedy, a batch of rows of different lengths (prompts within the budget: the prompt pass is the graph's):
+    the same tokens, and every layer holds the same positions per row as the PyTorch cache after each run."""
+    policy = training_free_policy(name, BUDGET, sink_tokens=2)
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (3, 6, 5)]
+    engine = Runtime(dense_export, device="cpu", threads=1, policy=policy).engine
+    logits = engine.prefill(prompts)
+    runtime_tokens = []
+    for _ in range(STEPS):
+        runtime_tokens.append(logits.argmax(-1))
+        logits = engine.decode(runtime_tokens[-1])
+
+    lm = PrunedLM(tiny_llama, policy)
+    ids, valid = torch.zeros(3, 6, dtype=torch.long), torch.zeros(3, 6, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)], valid[row, :len(prompt)] = torch.tensor(prompt), True
+    with torch.no_grad():
+        prefill = run_full(lm.adapter, policy, ids, valid, collect_prefill=True)
+        cache = PrunedKVCache.from_prefill(prefill.prefill, valid)
+        step_logits = prefill.logits[torch.arange(3), valid.sum(-1) - 1]
+        positions = valid.sum(-1)
+        for step in range(STEPS):
+            tokens = step_logits.argmax(-1)
+            assert tokens.tolist() == runtime_tokens[step].tolist()
+            step_logits = lm.decode_step(cache, tokens, positions)
+            positions = positions + 1
+    for layer, slots in enumerate(engine.cache.layers):
+        for row in range(3):
+            held = sorted(slots.positions[row][slots.valid[row]].tolist())
+            expected = cache.layers[layer].positions[row][cache.layers[layer].valid[row]].tolist()
+            assert held == expected
+            assert len(held) == BUDGET  # the last token's entry joined after the budget was applied
+            if name == "sinks":
+                assert held[:2] == [0, 1]
+    assert engine.cache.held_bytes() < engine.cache.dense_bytes() / 2
+
+
+def test_runtime_refuses_attention_policies(dense_export):
+    with pytest.raises(PrunexError, match="position-only"):
+        Runtime(dense_export, device="cpu", threads=1, policy=training_free_policy("h2o", 8))
+
+
+def test_cli_generate_with_policy_on_a_dense_export(dense_export):
+    """`prunex generate DIR --policy sinks --kv-tokens 8` holds 8 entries per layer at the end; h2o is refused."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from prunex.cli.main import app
+
+    runner = CliRunner()
+    args = ["generate", str(dense_export), "--prompt", "Once upon", "--max-new-tokens", "20", "--device", "cpu",
+            "--threads", "1", "--json"]
+    plain = json.loads(runner.invoke(app, args).stdout)
+    result = runner.invoke(app, [*args, "--policy", "sinks", "--kv-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    bounded = json.loads(result.stdout)
+    assert bounded["kv_bytes"] < plain["kv_bytes"] == plain["dense_kv_bytes"]
+    assert bounded["kv_bytes"] * bounded["kv_kept_fraction"] ** -1 == pytest.approx(bounded["dense_kv_bytes"])
+    refused = runner.invoke(app, [*args, "--policy", "h2o", "--kv-tokens", "8"])
+    assert refused.exit_code != 0 and "attention mass" in str(refused.exception)
