@@ -79,7 +79,7 @@ def _run_worker(engine: str, directory: Path, batch: int, context: int, config: 
 
         quantized = read_manifest(directory).quantization.get("mode") == "dynamic"
         args = (["prunex.bench.ortgenai_worker", "--precision", "int8" if quantized else "fp32"] if engine == "ortgenai"
-                else ["prunex.bench.llamacpp_worker", "--quant", "q8_0" if quantized else "q4_1"])
+                else ["prunex.bench.llamacpp_worker", "--precision", "q8_0" if quantized else "q4_1"])
     else:
         args = ["prunex.bench.decode_worker", engine, "--device", config.device]
         if with_policy and config.policy:

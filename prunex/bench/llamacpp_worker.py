@@ -1,5 +1,5 @@
 """The llama.cpp peer of `prunex bench decode`, in a process of its own: `python -m
-prunex.bench.llamacpp_worker --dir D --quant q8_0|q4_1 --batch B --context C --new-tokens N --threads T`; prints
+prunex.bench.llamacpp_worker --dir D --precision q8_0|q4_1 --batch B --context C --new-tokens N --threads T`; prints
 one JSON line with the fields of `decode_worker`.
 
 llama.cpp (llama-cpp-python, compiled on install: `CMAKE_ARGS="-DGGML_NATIVE=ON" pip install
@@ -11,8 +11,6 @@ same prompt token ids as `decode_worker` (the GGUF's vocabulary is the converted
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 
 from prunex.bench.decode_worker import bench_prompts
-from prunex.bench.rss import peak_rss_bytes
+from prunex.bench.peer_cli import run_peer
 from prunex.cache import cache_dir
 from prunex.errors import PrunexError
 from prunex.tensors import kv_entry_bytes
@@ -138,22 +136,5 @@ def measure(directory: str, quant: str, batch: int, context: int, new_tokens: in
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dir", required=True, help="the exported dir whose base model and tokenizer to use")
-    parser.add_argument("--quant", choices=QUANTS, default="q8_0")
-    parser.add_argument("--batch", type=int, required=True)
-    parser.add_argument("--context", type=int, required=True)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    try:
-        result = measure(args.dir, args.quant, args.batch, args.context, args.new_tokens, args.threads)
-    except PrunexError as err:
-        raise SystemExit(f"error: {err}") from err
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    print(json.dumps(result))
-
-
 if __name__ == "__main__":
-    main()
+    run_peer(__doc__, QUANTS, measure)

@@ -12,7 +12,6 @@ builder's documented ones.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from prunex.bench.decode_worker import bench_prompts
-from prunex.bench.rss import peak_rss_bytes
+from prunex.bench.peer_cli import run_peer
 from prunex.cache import cache_dir
 from prunex.errors import PrunexError
 from prunex.tensors import kv_entry_bytes
@@ -87,19 +86,5 @@ def measure(directory: str, precision: str, batch: int, context: int, new_tokens
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dir", required=True, help="the exported dir whose base model and tokenizer to use")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--batch", type=int, required=True)
-    parser.add_argument("--context", type=int, required=True)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    result = measure(args.dir, args.precision, args.batch, args.context, args.new_tokens, args.threads)
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    print(json.dumps(result))
-
-
 if __name__ == "__main__":
-    main()
+    run_peer(__doc__, PRECISIONS, measure)
