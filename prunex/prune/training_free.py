@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prunex.errors import PrunexError
 from prunex.prune.attention_policy import AttentionPolicy, H2OPolicy, TOVAPolicy
 from prunex.prune.policy import KeepPolicy
@@ -16,16 +18,23 @@ TRAINING_FREE = {
 }
 
 
+def _sinks(kv_tokens: int, sink_tokens: int) -> WindowPolicy:
+    if kv_tokens <= sink_tokens:
+        raise PrunexError(f"the budget ({kv_tokens} tokens) must exceed the sinks ({sink_tokens})")
+    return WindowPolicy(window=kv_tokens, sink_tokens=sink_tokens)
+
+
+# name -> (kv_tokens, sink_tokens) -> the policy
+_BUILDERS: dict[str, Callable[[int, int], KeepPolicy | AttentionPolicy]] = {
+    "window": lambda kv_tokens, sinks: WindowPolicy(window=kv_tokens, sink_tokens=0),
+    "sinks": _sinks,
+    "h2o": lambda kv_tokens, sinks: H2OPolicy(kv_tokens=kv_tokens),
+    "tova": lambda kv_tokens, sinks: TOVAPolicy(kv_tokens=kv_tokens),
+}
+
+
 def training_free_policy(name: str, kv_tokens: int, sink_tokens: int = 4) -> KeepPolicy | AttentionPolicy:
     """The policy `name` (see TRAINING_FREE) keeping `kv_tokens` per query; `sink_tokens` is for "sinks"."""
-    if name == "window":
-        return WindowPolicy(window=kv_tokens, sink_tokens=0)
-    if name == "sinks":
-        if kv_tokens <= sink_tokens:
-            raise PrunexError(f"the budget ({kv_tokens} tokens) must exceed the sinks ({sink_tokens})")
-        return WindowPolicy(window=kv_tokens, sink_tokens=sink_tokens)
-    if name == "h2o":
-        return H2OPolicy(kv_tokens=kv_tokens)
-    if name == "tova":
-        return TOVAPolicy(kv_tokens=kv_tokens)
-    raise PrunexError(f"--policy {name!r} is not available; use one of {', '.join(TRAINING_FREE)}")
+    if name not in _BUILDERS:
+        raise PrunexError(f"--policy {name!r} is not available; use one of {', '.join(TRAINING_FREE)}")
+    return _BUILDERS[name](kv_tokens, sink_tokens)
