@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from prunex.config import from_dict, read_json, to_dict, write_json
 from prunex.errors import PrunexError
 
@@ -25,22 +27,21 @@ THRESHOLD_GATHER = "ThresholdGather"
 MANIFEST_FILE = "prunex.json"
 MODEL_FILE = "model.onnx"
 
-# Graph io of the decoder step (see prunex.export.step_module): per-layer names are %d templates.
-DECODER_GRAPH_VERSION = 2  # 2: read-only past, keep_past + packed new entries out (1: compacted present out)
-DECODER_INPUTS = {
-    "input_ids": "input_ids", "position_ids": "position_ids", "input_valid": "input_valid",
-    "logit_index": "logit_index",
+# Graph io of the decoder (see prunex.export.fused): per-layer names are %d templates.
+DECODER_GRAPH_VERSION = 3  # 3: fused (GroupQueryAttention writing into shared slot buffers); 2: traced step
+DECODER_INPUTS = {"input_ids": "input_ids", "position_ids": "position_ids", "logit_index": "logit_index"}
+DECODER_PAST = {  # per layer; every layer's buffers have the same capacity W
+    "key": "past_key.%d", "value": "past_value.%d",  # (B, KV, W, D), shared with present_key / present_value
+    "kint": "past_kint.%d",  # (B, R, W) interaction keys (DCP only)
+    "valid": "past_valid.%d",  # (B, 1, W) bool: slot holds a kept entry or one of the step's new entries
+    "guard": "past_guard.%d",  # (B, 1, W) int64: first query position that may drop the entry (DCP only)
+    "seqlens": "seqlens.%d",  # (B,) int32: slots in use after the step, minus 1; new entries at the end
 }
-DECODER_PAST = {
-    "key": "past_key.%d", "value": "past_value.%d", "kint": "past_kint.%d",
-    "valid": "past_valid.%d", "positions": "past_pos.%d",
-}
-DECODER_NEW = {
-    "key": "new_key.%d", "value": "new_value.%d", "kint": "new_kint.%d",
-    "valid": "new_valid.%d", "positions": "new_pos.%d",
-}
-KEEP_PAST = "keep_past.%d"  # (B, P) bool: past entries still kept after the step's queries
-CACHE_FIELDS = tuple(DECODER_PAST)  # per-layer order of the past inputs and of the new-entry outputs
+NEVER = 2**62  # the guard of an entry no query may drop (attention sinks)
+DECODER_PRESENT = {"key": "present_key.%d", "value": "present_value.%d"}  # the past buffers, written in place
+KEEP = "keep.%d"  # (B, 1, W) bool: validity after the step (DCP only; dense graphs keep every valid slot)
+NEW_KINT = "new_kint.%d"  # (B, S, R) the new entries' interaction keys (DCP only), for the runtime to store
+CACHE_FIELDS = tuple(DECODER_PAST)
 
 # Graph io of the encoder (see prunex.export.encoder): input_ids, attention_mask (B, T) int64 ->
 # logits (B, C), kept (B, L) tokens present after each layer, positions (B, W) original positions left (-1: pad).
@@ -50,7 +51,7 @@ ENCODER_OUTPUTS = {"logits": "logits", "kept": "kept", "positions": "positions"}
 
 @dataclass
 class DecoderManifest:
-    """What a runtime needs to drive an exported decoder step graph."""
+    """What a runtime needs to drive an exported decoder graph."""
 
     kind: str = "decoder"
     graph_version: int = DECODER_GRAPH_VERSION
@@ -59,8 +60,9 @@ class DecoderManifest:
     inputs: dict[str, str] = field(default_factory=lambda: dict(DECODER_INPUTS))
     past: dict[str, str] = field(default_factory=lambda: dict(DECODER_PAST))  # per-layer input templates
     logits: str = "logits"  # (B, K, vocab) at logit_index
-    keep_past: str = KEEP_PAST  # per-layer output template
-    new: dict[str, str] = field(default_factory=lambda: dict(DECODER_NEW))  # per-layer output templates
+    keep: str = KEEP  # per-layer output template
+    present: dict[str, str] = field(default_factory=lambda: dict(DECODER_PRESENT))  # per-layer output templates
+    new_kint: str = NEW_KINT  # per-layer output template (DCP only)
     op_domain: str = DOMAIN
     op_domain_version: int = DOMAIN_VERSION
     ops: list[str] = field(default_factory=list)  # prunex ops the graph uses
@@ -69,6 +71,8 @@ class DecoderManifest:
     num_kv_heads: int = 0
     head_dim: int = 0
     interaction_dim: int = 0  # R: width of past_kint (0 for dense)
+    sink_tokens: int = 0  # DCP: the first tokens of a sequence, never dropped
+    recent_tokens: int = 0  # DCP: an entry cannot be dropped by the next `recent_tokens` queries
     vocab_size: int = 0
     max_positions: int | None = None
     dtype: str = "float32"
@@ -81,13 +85,28 @@ class DecoderManifest:
     validation: dict[str, Any] = field(default_factory=dict)  # figures of the check against PyTorch
 
     def name(self, template: str, layer: int) -> str:
-        """A per-layer io name from a template of `past` / `new` / `keep_past`."""
+        """A per-layer io name from a template of `past` / `present` / `keep` / `new_kint`."""
         return template % layer
 
+    def past_fields(self) -> tuple[str, ...]:
+        """The per-layer cache inputs this graph reads (a dense graph has no kint / guard)."""
+        skip = () if self.interaction_dim else ("kint", "guard")
+        return tuple(f for f in CACHE_FIELDS if f not in skip)
+
+    def guard(self, positions):
+        """The guard of entries at `positions` (int64 torch tensor or numpy array): the first query position
+        that may drop them (never for sinks; a query never drops itself)."""
+        sinks, guard = positions < self.sink_tokens, positions + max(self.recent_tokens, 1)
+        return guard.masked_fill(sinks, NEVER) if hasattr(guard, "masked_fill") else np.where(sinks, NEVER, guard)
+
+    def layer_outputs(self) -> list[str]:
+        """The per-layer output templates, in graph order."""
+        dcp = [self.keep, self.new_kint] if self.interaction_dim else []
+        return [self.present["key"], self.present["value"]] + dcp
+
     def output_names(self) -> list[str]:
-        """All graph outputs in order: logits, then per layer keep_past and the new entries."""
-        per_layer = [self.keep_past, *(self.new[f] for f in CACHE_FIELDS)]
-        return [self.logits] + [t % layer for layer in range(self.num_layers) for t in per_layer]
+        """All graph outputs in order: logits, then per layer present key / value (and keep, new_kint)."""
+        return [self.logits] + [t % layer for layer in range(self.num_layers) for t in self.layer_outputs()]
 
 
 def write_manifest(directory: Path, manifest: "DecoderManifest | EncoderManifest") -> Path:

@@ -1,4 +1,5 @@
-"""Decoder ONNX export: prunex::KVCompact in the graph, ORT greedy generation equal to PyTorch, clean errors."""
+"""Decoder ONNX export: the fused graph (GroupQueryAttention over shared slot buffers), ORT greedy generation
+equal to PyTorch (prefill in chunks too), clean errors."""
 
 from __future__ import annotations
 
@@ -43,18 +44,22 @@ def exported(request, tmp_path_factory):
     return lm, out, manifest
 
 
-def test_graph_has_prunex_nodes_and_plain_ort_loads_it(exported):
-    _, out, manifest = exported
+def test_graph_is_fused_and_plain_ort_loads_it(exported):
+    lm, out, manifest = exported
     model = onnx.load(str(out / "model.onnx"))
-    compacts = [n for n in model.graph.node if n.domain == "prunex" and n.op_type == "KVCompact"]
-    assert len(compacts) == manifest.num_layers
-    assert {f.name for f in model.functions} >= {"KVCompact"}
-    assert any(o.domain == "prunex" and o.version == 1 for o in model.opset_import)
+    ops = [(n.domain, n.op_type) for n in model.graph.node]
+    assert ops.count(("com.microsoft", "GroupQueryAttention")) == manifest.num_layers
+    norm = "SkipSimplifiedLayerNormalization" if lm.adapter.graph_spec().norm == "rms" else "SkipLayerNormalization"
+    assert ops.count(("com.microsoft", norm)) == 2 * manifest.num_layers  # the residual adds fused in
+    assert ops.count(("", "If")) == manifest.num_layers  # decode steps skip the prefill-only decisions
+    assert not model.functions and not any(domain == "prunex" for domain, _ in ops)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    assert manifest.logits in {o.name for o in session.get_outputs()}
-    assert "past_key.0" in {i.name for i in session.get_inputs()}
+    assert [o.name for o in session.get_outputs()] == manifest.output_names()
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    assert inputs["past_key.0"][2] == inputs["past_valid.0"][2] == "capacity"
+    assert "past_guard.0" in inputs and "seqlens.0" in inputs
 
 
 def test_manifest_records_the_export(exported):
@@ -64,7 +69,8 @@ def test_manifest_records_the_export(exported):
     assert again.method == "dcp" and again.op_domain == "prunex" and again.op_domain_version == 1
     assert again.interaction_dim == lm.policy.state_dim and again.num_layers == lm.adapter.num_layers
     assert again.base_model_hash == lm.base.weights_hash
-    assert again.past["key"] == "past_key.%d" and again.graph_version == 2
+    assert again.past["key"] == "past_key.%d" and again.graph_version == 3
+    assert (again.sink_tokens, again.recent_tokens) == (1, 0)
     assert 0 <= again.validation["max_logit_diff"] <= 1e-4
     assert (out / "tokenizer.json").is_file()
 
@@ -78,6 +84,18 @@ def test_greedy_generation_equals_pytorch_token_for_token(exported):
     assert token_ids == reference.token_ids
     assert kept == pytest.approx(reference.kv_kept_fraction, abs=1e-6)
     assert kept < 0.9  # the policy really dropped entries
+
+
+def test_prefill_in_chunks_equals_pytorch(exported):
+    """Prompts longer than a prefill chunk: each chunk attends only to what the earlier ones kept, and the
+    result is the whole-prompt result (decisions are cumulative), token for token."""
+    lm, out, _ = exported
+    prompts = _prompts(lm)
+    reference = lm.generate(prompts, max_new_tokens=8)
+    runtime = Runtime(out, device="cpu", threads=1)
+    runtime.engine.prefill_chunk = 3
+    done = runtime.generate(prompts, SamplingParams(max_new_tokens=8, ignore_eos=True))
+    assert [c.token_ids for c in done] == reference.token_ids
 
 
 def test_dense_export_matches_dense_model(tiny_llama, tmp_path):
@@ -112,10 +130,14 @@ def test_failed_validation_leaves_nothing_behind(tiny_llama, tmp_path):
 def test_graph_of_an_older_layout_is_refused(exported, tmp_path):
     _, out, _ = exported
     data = json.loads((out / MANIFEST_FILE).read_text())
-    del data["graph_version"]  # layout 1: compacted present_* outputs
-    (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
-    with pytest.raises(PrunexError, match="export it again"):
-        read_manifest(tmp_path)
+    for version in (None, 2):  # layout 1 (compacted present_* outputs), layout 2 (traced step, read-only past)
+        if version is None:
+            del data["graph_version"]
+        else:
+            data["graph_version"] = version
+        (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
+        with pytest.raises(PrunexError, match="export it again"):
+            read_manifest(tmp_path)
 
 
 def test_newer_manifest_is_refused(exported, tmp_path):

@@ -184,40 +184,49 @@ def test_a_full_batch_queues_requests_instead_of_failing(exported):
     assert [gen.result(i).token_ids for i in ids] == alone
 
 
-def _entry(key: float, positions: list[int]) -> dict:
-    """One new entry per row (B=2) of a 1-layer, 1-head, D=2, R=1 cache."""
-    return {"key": torch.full((2, 1, 1, 2), key), "value": torch.full((2, 1, 1, 2), key + 100),
-            "kint": torch.zeros(2, 1, 1), "valid": torch.ones(2, 1, dtype=torch.bool),
-            "positions": torch.tensor(positions)[:, None]}
+def _step(cache: KVCacheManager, key: float, positions: list[int], drop: tuple = ()) -> None:
+    """What a run of one token a row does to a 1-layer, 1-head, D=2, R=1 cache: the manager marks the new
+    slots, the graph writes the new key / value there (in place) and drops the (row, slot) entries in `drop`,
+    the manager stores the rest."""
+    cache.reserve(1)
+    cache.begin_step(torch.tensor(positions)[:, None])
+    rows, slot = torch.arange(cache.rows), cache.seqlens[0].long()
+    cache.key[0, rows, 0, slot] = key
+    cache.value[0, rows, 0, slot] = key + 100
+    keep = cache.valid[0].clone()
+    for row, dropped in drop:
+        keep[row, dropped] = False
+    cache.end_step(keep[None, :, None], torch.full((1, cache.rows, 1, 1), key))
 
 
-def test_cache_reuses_holes_and_compacts_in_order():
-    cache = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), CacheLimits(headroom=2))
-    key = torch.arange(2 * 4 * 2, dtype=torch.float32).reshape(2, 1, 4, 2)
-    valid = torch.tensor([[True, True, True, False], [True, True, False, False]])
-    entries = {"key": key, "value": key + 100, "kint": torch.zeros(2, 4, 1), "valid": valid,
-               "positions": torch.arange(4).expand(2, 4)}
-    cache.add_rows([entries], torch.tensor([3, 2]))
-    slots = cache.layers[0]
-    assert slots.width == 6 and cache.held_bytes() == 5 * cache.bytes_per_entry
-    cache.reserve()
-    assert slots.write_slot.tolist() == [3, 2]  # each row's first free slot
-    keep = slots.valid.clone()
-    keep[0, 0] = False  # row 0 drops its first entry: a hole
-    cache.apply_step(0, keep, _entry(-1.0, [3, 2]))
-    cache.count_step()
-    cache.reserve()
-    assert cache.layers[0].write_slot.tolist() == [0, 3]  # the hole is reused
-    cache.apply_step(0, cache.layers[0].valid.clone(), _entry(-2.0, [4, 3]))
-    cache.count_step()
-    assert cache.layers[0].width == 6 and cache.compactions == 0
-    assert cache.layers[0].positions[0, :4].tolist() == [4, 1, 2, 3]
-    cache.compact(0)
-    slots = cache.layers[0]
-    assert slots.width == 4 + 2 and slots.valid.sum(1).tolist() == [4, 4]
-    assert slots.positions[0, :4].tolist() == [4, 1, 2, 3]  # slot order kept; order does not matter to attention
-    assert slots.key[0, 0, 0].tolist() == [-2.0, -2.0] and torch.equal(slots.key[0, 0, 1:3], key[0, 0, 1:3])
-    assert cache.dense_bytes() == (3 + 2 + 2 * 2) * cache.bytes_per_entry  # 9 tokens fed in all
+def test_cache_appends_masks_holes_and_compacts_in_order():
+    limits = CacheLimits(headroom=1, max_holes=0.25)
+    prompts = []
+    for length in (3, 2):  # two prompts, each prefilled into a cache of its own
+        prompt = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), CacheLimits(headroom=0))
+        prompt.start(1, length)
+        prompt.begin_step(torch.arange(length)[None])  # the whole prompt in one run
+        prompt.key[0, 0, 0, :length] = torch.arange(length, dtype=torch.float32)[:, None]
+        prompt.end_step(prompt.valid[:, :, None].clone(), torch.zeros(1, 1, length, 1))
+        prompts.append(prompt)
+    cache = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), limits)
+    for prompt in prompts:
+        cache.add_rows(prompt)
+    assert cache.capacity == 3 + 1 and cache.fill[0].tolist() == [3, 2]
+    assert cache.held_bytes() == 5 * cache.bytes_per_entry
+    _step(cache, -1.0, [3, 2], drop=[(0, 0)])  # row 0 drops its first entry: a hole, masked, not reused
+    assert cache.fill[0].tolist() == [4, 3] and cache.valid[0, 0].tolist() == [False, True, True, True]
+    assert cache.positions[0, 0].tolist() == [0, 1, 2, 3] and cache.kint[0, 0, 0, 3] == -1.0
+    _step(cache, -2.0, [4, 3])  # row 0 is full: the layer is compacted first
+    assert cache.compactions == 1 and cache.fill[0].tolist() == [4, 4]
+    assert cache.positions[0, 0, :4].tolist() == [1, 2, 3, 4]  # kept entries packed in order, then the new one
+    assert cache.key[0, 0, 0, :4, 0].tolist() == [1.0, 2.0, -1.0, -2.0]
+    assert cache.capacity == 4
+    _step(cache, -3.0, [5, 4])  # full and no holes: W grows (kept + new + headroom)
+    assert cache.capacity == 4 + 1 + 1 and cache.fill[0].tolist() == [5, 5] and cache.compactions == 2
+    assert cache.dense_bytes() == (3 + 2 + 3 * 2) * cache.bytes_per_entry  # 11 tokens fed in all
+    cache.remove_rows(torch.tensor([1]))
+    assert cache.rows == 1 and cache.positions[0, 0, :4].tolist() == [0, 1, 2, 3]
     assert cache.peak_allocated_bytes >= cache.allocated_bytes()
 
 

@@ -51,9 +51,10 @@ def test_runtime_policy_matches_pytorch(name, dense_export, tiny_llama):
             assert tokens.tolist() == runtime_tokens[step].tolist()
             step_logits = lm.decode_step(cache, tokens, positions)
             positions = positions + 1
-    for layer, slots in enumerate(engine.cache.layers):
+    held_cache = engine.cache
+    for layer in range(held_cache.num_layers):
         for row in range(3):
-            held = sorted(slots.positions[row][slots.valid[row]].tolist())
+            held = sorted(held_cache.positions[layer, row][held_cache.valid[layer, row]].tolist())
             expected = cache.layers[layer].positions[row][cache.layers[layer].valid[row]].tolist()
             assert held == expected
             assert len(held) == BUDGET  # the last token's entry joined after the budget was applied

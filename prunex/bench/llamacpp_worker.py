@@ -89,7 +89,9 @@ def measure(directory: str, quant: str, batch: int, context: int, new_tokens: in
     prompts = bench_prompts(AutoTokenizer.from_pretrained(directory), batch, context)
     llama_cpp = _llama_cpp()
     llama_cpp.llama_backend_init()
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
+    model_params = llama_cpp.llama_model_default_params()
+    model_params.use_extra_bufts = False  # the AMX repacked weights crash llama_decode here (0.3.36, Xeon with AMX)
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = batch * (context + new_tokens)
     params.n_batch = params.n_ubatch = PREFILL_CHUNK

@@ -388,7 +388,7 @@ def export(
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's validation figures as JSON."),
 ) -> None:
-    """Export to ONNX, validated against PyTorch: a decoder (DCP, prunex::KVCompact) or an LTP encoder
+    """Export to ONNX, validated against PyTorch: a decoder (fused graph, DCP decisions inside) or an LTP encoder
     classifier (prunex::ThresholdGather between layers)."""
     from prunex.export.decoder import check_opset, export_decoder
     from prunex.export.folder import prepare_out

@@ -1,4 +1,4 @@
-"""Export a PrunedLM (DCP or dense) to an ONNX decoder step graph (keep decisions and KVCompact in the graph).
+"""Export a PrunedLM (DCP or dense) to the fused ONNX decoder graph (`prunex.export.fused`), validated.
 
 `export_decoder(lm, out)` writes `model.onnx`, the tokenizer files and `prunex.json` into a temp folder next to
 `out`, validates the graph against PyTorch (`prunex.export.validate`) and only then renames it to `out`; a
@@ -10,17 +10,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
+import onnx
 
 from prunex.errors import PrunexError
 from prunex.export.folder import prepare_out, write_atomically
-from prunex.export.step_module import DecoderStep
-from prunex.export.tracing import export_with_prunex_ops
-from prunex.format import CACHE_FIELDS, KV_COMPACT, MODEL_FILE, ONNX_OPSET, DecoderManifest, write_manifest
+from prunex.export.fused import build_decoder_graph
+from prunex.format import MODEL_FILE, ONNX_OPSET, DecoderManifest, write_manifest
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import PrunedLM
 
-MAX_OPSET = 20  # the newest standard opset the legacy exporter writes with these ops
+MAX_OPSET = 20  # the newest standard opset the graph was checked with
 
 
 def check_opset(opset: int) -> None:
@@ -35,54 +34,20 @@ def build_manifest(lm: PrunedLM, policy: DCPPolicy | None, opset: int, source: s
     tokenizer = lm.tokenizer
     return DecoderManifest(
         method="dense" if policy is None else "dcp",
-        ops=[KV_COMPACT],
+        ops=[],
         num_layers=a.num_layers, num_heads=a.num_heads, num_kv_heads=a.num_kv_heads, head_dim=a.head_dim,
         interaction_dim=0 if policy is None else policy.state_dim,
+        sink_tokens=0 if policy is None else policy.config.sink_tokens,
+        recent_tokens=0 if policy is None else policy.config.recent_tokens,
         vocab_size=int(config.vocab_size), max_positions=lm.max_positions, opset=opset,
         eos_token_id=None if tokenizer is None else tokenizer.eos_token_id,
         source=source, base_model=lm.base.model_id, base_model_hash=lm.base.weights_hash,
     )
 
 
-def _example_inputs(manifest: DecoderManifest, past: int = 3, seq: int = 2) -> tuple[list[str], list[torch.Tensor]]:
-    """Named example inputs (B=2, S=seq, P=past) to trace with; a padded past row keeps masks general."""
-    B, m = 2, manifest
-    names = list(m.inputs.values())
-    tensors = [
-        torch.randint(0, m.vocab_size, (B, seq)), torch.arange(past, past + seq).expand(B, seq).clone(),
-        torch.ones(B, seq, dtype=torch.bool), torch.zeros(B, 1, dtype=torch.int64),
-    ]
-    for layer in range(m.num_layers):
-        valid = torch.ones(B, past, dtype=torch.bool)
-        valid[1, -1] = False
-        names += [m.name(m.past[f], layer) for f in CACHE_FIELDS]
-        tensors += [
-            torch.randn(B, m.num_kv_heads, past, m.head_dim), torch.randn(B, m.num_kv_heads, past, m.head_dim),
-            torch.randn(B, past, m.interaction_dim), valid, torch.arange(past).expand(B, past).clone(),
-        ]
-    return names, tensors
-
-
-def _dynamic_axes(manifest: DecoderManifest) -> dict[str, dict[int, str]]:
-    m = manifest
-    axes = {name: {0: "batch", 1: "seq"} for name in m.inputs.values()}
-    axes[m.inputs["logit_index"]] = {0: "batch", 1: "wanted"}
-    axes[m.logits] = {0: "batch", 1: "wanted"}
-    for layer in range(m.num_layers):
-        # Layers prune differently: each gets its own width names (equal names promise equal sizes to ORT).
-        axes[m.name(m.keep_past, layer)] = {0: "batch", 1: f"past{layer}"}
-        for io, length in ((m.past, f"past{layer}"), (m.new, f"new{layer}")):
-            for f in CACHE_FIELDS:
-                axes[m.name(io[f], layer)] = {0: "batch", 2 if f in ("key", "value") else 1: length}
-    return axes
-
-
 def export_graph(lm: PrunedLM, policy: DCPPolicy | None, manifest: DecoderManifest, path: Path) -> None:
-    """Trace the step module (example B=2, S=2, P=3) into `path` with the prunex FunctionProtos attached."""
-    names, example = _example_inputs(manifest)
-    outputs = manifest.output_names()
-    step = DecoderStep(lm.adapter, policy).eval()
-    export_with_prunex_ops(step, tuple(example), path, names, outputs, _dynamic_axes(manifest), manifest.opset)
+    """Build the fused graph of `lm` (with `policy`, or dense) into `path`."""
+    onnx.save(build_decoder_graph(lm.adapter.graph_spec(), manifest, policy), str(path))
 
 
 def export_decoder(

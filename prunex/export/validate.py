@@ -38,8 +38,8 @@ def _compare(name: str, onnx_logits: np.ndarray, torch_logits: torch.Tensor, tol
     return diff
 
 
-def _compare_lengths(name: str, ours: list[np.ndarray], torch_cache: PrunedKVCache) -> None:
-    """The kept entries per layer and row (ours: per layer (B,) counts) must be equal."""
+def _compare_lengths(name: str, ours: np.ndarray, torch_cache: PrunedKVCache) -> None:
+    """The kept entries per layer and row (ours: (L, B) counts) must be equal."""
     for layer, (held, ref) in enumerate(zip(ours, torch_cache.layers)):
         theirs = ref.lengths.numpy()
         if not np.array_equal(held, theirs):
@@ -55,8 +55,9 @@ def validate_decoder(
 ) -> dict:
     """Validate the export in `directory`; returns the figures (max logit diff, ...) or raises PrunexError.
 
-    Checks the whole-prompt logits of a right-padded batch, then decode steps through the runtime's engine
-    (fixed slot buffers, in-place updates), each against PyTorch's physical-removal cache.
+    Checks the whole-prompt logits of a batch of prompts of different lengths (PyTorch: right-padded; the
+    runtime: one prompt a run, in chunks), then decode steps through the runtime's engine (slot buffers written
+    in place), each against PyTorch's physical-removal cache.
     """
     from prunex.runtime.engine import DecoderEngine
 
@@ -76,9 +77,10 @@ def validate_decoder(
     with torch.no_grad():
         full = run_full(reference.adapter, policy, ids, valid, collect_prefill=True)
         torch_cache = PrunedKVCache.from_prefill(full.prefill, valid)
-        all_logits, new = engine.run_prompts(prompts, all_logits=True)
+        all_logits, caches = engine.run_prompts(prompts, all_logits=True)
         max_diff = _compare("prefill", all_logits[valid.numpy()], full.logits[valid], tolerance)
-        _compare_lengths("prefill", [layer["valid"].sum(-1) for layer in new], torch_cache)
+        counts = torch.cat([cache.layer_counts() for cache in caches], dim=1)  # (L, B)
+        _compare_lengths("prefill", counts.numpy(), torch_cache)
         engine.prefill(prompts)
         logits = full.logits[torch.arange(B), lengths - 1]
         positions = lengths.clone()
@@ -87,8 +89,7 @@ def validate_decoder(
             logits = reference.decode_step(torch_cache, tokens, positions)  # (B, vocab)
             step_logits = engine.decode(tokens)
             max_diff = max(max_diff, _compare(f"decode step {step + 1}", step_logits.numpy(), logits, tolerance))
-            counts = [slots.valid.sum(1).numpy() for slots in engine.cache.layers]
-            _compare_lengths(f"decode step {step + 1}", counts, torch_cache)
+            _compare_lengths(f"decode step {step + 1}", engine.cache.layer_counts().numpy(), torch_cache)
             positions += 1
     held = int(sum(layer.lengths.sum() for layer in torch_cache.layers))
     return {

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from prunex.errors import PrunexError
+from prunex.models.graph_spec import DecoderGraphSpec, LayerWeights, Norm
 from prunex.models.registry import AdapterRegistry
 
 DECODERS: AdapterRegistry[DecoderAdapter] = AdapterRegistry("decoder pruning")
@@ -77,6 +78,19 @@ class DecoderAdapter(ABC):
     def logits(self, hidden: Tensor) -> Tensor:
         """(B, T, d) last residual -> (B, T, vocab) logits."""
 
+    @abstractmethod
+    def graph_spec(self) -> DecoderGraphSpec:
+        """The weights and block recipe for a fused ONNX graph (`prunex.export.fused`)."""
+
+
+def _weight(linear: torch.nn.Linear) -> Tensor:
+    """A Linear's weight as (in, out), for x @ W."""
+    return linear.weight.detach().t()
+
+
+def _bias(module: torch.nn.Module) -> Tensor | None:
+    return None if getattr(module, "bias", None) is None else module.bias.detach()
+
 
 @register_decoder("llama")
 class LlamaAdapter(DecoderAdapter):
@@ -126,6 +140,37 @@ class LlamaAdapter(DecoderAdapter):
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.lm_head(self.model.model.norm(hidden))
 
+    def graph_spec(self) -> DecoderGraphSpec:
+        config, inner = self.model.config, self.model.model
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise PrunexError(f"the fused graph builds SiLU-gated MLPs, not {config.hidden_act!r}")
+        positions = torch.arange(config.max_position_embeddings)[None]  # (1, P)
+        cos, sin = inner.rotary_emb(inner.embed_tokens.weight[:1, None].float(), positions)  # (1, P, D) each
+        half = self.head_dim // 2
+        layers = []
+        for layer, block in enumerate(self.layers):
+            attn, mlp = block.self_attn, block.mlp
+            q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
+            biases = [_bias(m) for m in (q, k, v)]
+            layers.append(LayerWeights(
+                attention_norm=Norm(block.input_layernorm.weight.detach()),
+                qkv=torch.cat([_weight(q), _weight(k), _weight(v)], dim=1),
+                qkv_bias=None if biases[0] is None else torch.cat(biases),
+                out=_weight(attn.o_proj), out_bias=_bias(attn.o_proj),
+                mlp_norm=Norm(block.post_attention_layernorm.weight.detach()),
+                up=torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)], dim=1),
+                up_bias=None if mlp.up_proj.bias is None else torch.cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)]),
+                down=_weight(mlp.down_proj), down_bias=_bias(mlp.down_proj),
+                scale=self.attention_scale(layer),
+            ))
+        return DecoderGraphSpec(
+            norm="rms", norm_eps=float(config.rms_norm_eps), activation="silu_gated",
+            embed=inner.embed_tokens.weight.detach(), position_embed=None,
+            rotary=(cos[0, :, :half].detach(), sin[0, :, :half].detach()), layers=layers,
+            final_norm=Norm(inner.norm.weight.detach()),
+            lm_head=_weight(self.model.lm_head), lm_head_bias=_bias(self.model.lm_head),
+        )
+
 
 @register_decoder("gpt2")
 class GPT2Adapter(DecoderAdapter):
@@ -170,3 +215,31 @@ class GPT2Adapter(DecoderAdapter):
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.lm_head(self.model.transformer.ln_f(hidden))
+
+    def graph_spec(self) -> DecoderGraphSpec:
+        activations = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+        name = self.config.activation_function
+        if name not in activations:
+            raise PrunexError(f"the fused graph has no {name!r} activation (it has {', '.join(activations)})")
+        transformer = self.model.transformer
+
+        def norm(ln: torch.nn.LayerNorm) -> Norm:
+            return Norm(ln.weight.detach(), ln.bias.detach())
+
+        layers = [
+            LayerWeights(  # GPT-2's Conv1D weights are already (in, out)
+                attention_norm=norm(block.ln_1), qkv=block.attn.c_attn.weight.detach(),
+                qkv_bias=block.attn.c_attn.bias.detach(),
+                out=block.attn.c_proj.weight.detach(), out_bias=block.attn.c_proj.bias.detach(),
+                mlp_norm=norm(block.ln_2), up=block.mlp.c_fc.weight.detach(), up_bias=block.mlp.c_fc.bias.detach(),
+                down=block.mlp.c_proj.weight.detach(), down_bias=block.mlp.c_proj.bias.detach(),
+                scale=self.attention_scale(layer),
+            )
+            for layer, block in enumerate(self.blocks)
+        ]
+        return DecoderGraphSpec(
+            norm="layer", norm_eps=float(self.config.layer_norm_epsilon), activation=activations[name],
+            embed=transformer.wte.weight.detach(), position_embed=transformer.wpe.weight.detach(), rotary=None,
+            layers=layers, final_norm=norm(transformer.ln_f),
+            lm_head=_weight(self.model.lm_head), lm_head_bias=_bias(self.model.lm_head),
+        )

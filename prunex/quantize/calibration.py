@@ -17,21 +17,34 @@ class FeedReader:
         return next(self._feeds, None)
 
 
-def decoder_feeds(directory: Path, text: str = "wikipedia", samples: int = 8, length: int = 256) -> list[dict]:
-    """Prompt-mode feeds (empty past) of `samples` windows of `length` tokens from the training split of
-    `text` (a packaged source or a UTF-8 file), so the held-out split stays unseen."""
-    import onnx
+def prompt_feeds(manifest, prompt: list[int]) -> dict[str, np.ndarray]:
+    """Feeds of one prompt's run over an empty cache of exactly its length (what the runtime's first prefill
+    chunk sees: every slot one of the new entries)."""
+    m, T = manifest, len(prompt)
+    positions = np.arange(T, dtype=np.int64)
+    empty = {
+        "key": np.zeros((1, m.num_kv_heads, T, m.head_dim), np.float32),
+        "value": np.zeros((1, m.num_kv_heads, T, m.head_dim), np.float32),
+        "kint": np.zeros((1, m.interaction_dim, T), np.float32), "valid": np.ones((1, 1, T), bool),
+        "guard": m.guard(positions)[None, None], "seqlens": np.array([T - 1], np.int32),
+    }
+    feeds = {m.inputs["input_ids"]: np.array([prompt], np.int64), m.inputs["position_ids"]: positions[None],
+             m.inputs["logit_index"]: np.array([[T - 1]], np.int64)}
+    for layer in range(m.num_layers):
+        feeds.update({m.name(m.past[f], layer): empty[f] for f in m.past_fields()})
+    return feeds
 
+
+def decoder_feeds(directory: Path, text: str = "wikipedia", samples: int = 8, length: int = 256) -> list[dict]:
+    """Prompt feeds (`prompt_feeds`) of `samples` windows of `length` tokens from the training split of `text`
+    (a packaged source or a UTF-8 file), so the held-out split stays unseen."""
     from prunex.data.text import split_text, token_windows
     from prunex.format import read_manifest
-    from prunex.runtime.engine import prompt_feeds
     from prunex.runtime.runtime import load_tokenizer
 
     manifest = read_manifest(directory)
-    graph = onnx.load(str(directory / manifest.model_file), load_external_data=False).graph
-    inputs = {i.name for i in graph.input}
     windows = token_windows(load_tokenizer(directory), split_text(text, "train"), length, samples)
-    return [prompt_feeds(manifest, [w.tolist()], graph_inputs=inputs) for w in windows]
+    return [prompt_feeds(manifest, w.tolist()) for w in windows]
 
 
 def encoder_feeds(directory: Path, task: str, samples: int = 32, batch: int = 8) -> list[dict]:

@@ -1,8 +1,10 @@
 """DecoderEngine: an exported decoder graph plus its KV-cache manager; prefill rows in, decode the batch a step.
 
-The engine knows tensors, not text: `prefill(prompts)` runs the prompts (right-padded) through the graph with
-an empty past and adds them to the cache as new rows; `decode(tokens)` feeds one token per row. Decode steps
-bind the cache buffers and preallocated outputs by pointer (IOBinding): no copy of the cache per step.
+The engine knows tensors, not text: `prefill(prompts)` runs each prompt through the graph in chunks of
+`prefill_chunk` tokens over a cache of its own (so a chunk attends only to what earlier chunks kept) and adds
+it to the batch's cache as a new row; `decode(tokens)` feeds one token per row. Every run binds the cache
+buffers and preallocated outputs by pointer (IOBinding): no copy of the cache per step. ONNX Runtime's
+GroupQueryAttention takes several rows of new tokens over a past only one row at a time, hence one prompt a run.
 """
 
 from __future__ import annotations
@@ -13,39 +15,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from prunex.data.batching import pad_rows
 from prunex.errors import PrunexError
-from prunex.format import CACHE_FIELDS, DecoderManifest, read_manifest
+from prunex.format import DecoderManifest, read_manifest
 from prunex.prune.policy import KeepPolicy
 from prunex.runtime.kv_cache import CacheLimits, CapacityError, KVCacheManager
 from prunex.runtime.policy_hook import check_runtime_policy, restrict_to_policy
 from prunex.runtime.session import make_session
-from prunex.runtime.step_io import DecodeIO
+from prunex.runtime.step_io import StepIO
 
-
-def prompt_feeds(manifest: DecoderManifest, prompts: list[list[int]], all_logits: bool = False,
-                 graph_inputs: set[str] | None = None) -> dict[str, np.ndarray]:
-    """Graph feeds for right-padded prompts with an empty past: logits wanted at the last real token of each
-    row, or at every position with `all_logits`. Only names in `graph_inputs` are fed (None: all)."""
-    m = manifest
-    ids, valid = pad_rows(prompts)  # (N, T) each
-    N, T = ids.shape
-    lengths = valid.sum(-1)  # (N,)
-    positions = np.broadcast_to(np.arange(T, dtype=np.int64), (N, T))
-    wanted = positions if all_logits else (lengths - 1)[:, None]
-    feeds = {
-        m.inputs["input_ids"]: ids, m.inputs["position_ids"]: positions.copy(),
-        m.inputs["input_valid"]: valid,
-        m.inputs["logit_index"]: np.ascontiguousarray(wanted),
-    }
-    D, KV, R = m.head_dim, m.num_kv_heads, m.interaction_dim
-    empty = {"key": np.zeros((N, KV, 0, D), np.float32), "value": np.zeros((N, KV, 0, D), np.float32),
-             "kint": np.zeros((N, 0, R), np.float32), "valid": np.zeros((N, 0), bool),
-             "positions": np.zeros((N, 0), np.int64)}
-    for layer in range(m.num_layers):
-        for f in CACHE_FIELDS:
-            feeds[m.name(m.past[f], layer)] = empty[f]
-    return {name: value for name, value in feeds.items() if graph_inputs is None or name in graph_inputs}
+PREFILL_CHUNK = 512  # prompt tokens a prefill run feeds
 
 
 class DecoderEngine:
@@ -59,18 +37,34 @@ class DecoderEngine:
         self.manifest = m = manifest or read_manifest(self.directory)
         self.session, self.device_choice = make_session(self.directory / m.model_file, device, threads)
         self.device = torch.device(self.device_choice.device)
-        self.cache = KVCacheManager(m.num_layers, m.num_kv_heads, m.head_dim, m.interaction_dim, self.device, limits)
+        self.cache = self.new_cache(limits)
         self.next_positions = torch.zeros(0, dtype=torch.int64)  # (B,) logical position of each row's next token
-        self.compact_every = 8  # decode steps between checks of the layers' load (one host sync each)
-        self._outputs = m.output_names()
-        # A dense graph does not read past_kint / past_pos: the exporter drops inputs nothing uses.
-        self._inputs = {i.name for i in self.session.get_inputs()}
+        self.compact_every = 8  # decode steps between checks of the layers' holes (one host sync each)
+        self.prefill_chunk = PREFILL_CHUNK
         self._steps = 0
-        self._io: DecodeIO | None = None
+        self._io: StepIO | None = None
 
     @property
     def rows(self) -> int:
         return self.cache.rows
+
+    def new_cache(self, limits: CacheLimits | None = None) -> KVCacheManager:
+        """An empty cache shaped for this graph."""
+        m = self.manifest
+        return KVCacheManager(m.num_layers, m.num_kv_heads, m.head_dim, m.interaction_dim, self.device, limits,
+                              guard=m.guard if m.interaction_dim else None)
+
+    def _run(self, cache: KVCacheManager, io: StepIO, token_ids: Tensor, positions: Tensor) -> None:
+        """One graph run of io.rows x io.seq tokens over `cache`, which takes the new entries."""
+        cache.reserve(io.seq)  # may compact or grow the buffers, or raise CapacityError before anything changed
+        io.bind_cache(cache)
+        io.token_ids.copy_(token_ids)
+        io.positions.copy_(positions)
+        cache.begin_step(io.positions)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # torch's writes to the buffers land before ORT's stream reads them
+        self.session.run_with_iobinding(io.binder.binding)
+        cache.end_step(io.keep, io.new_kint)
 
     # --- prefill -----------------------------------------------------------------------------------------
     def _check_prompts(self, prompts: list[list[int]]) -> None:
@@ -81,28 +75,52 @@ class DecoderEngine:
         if limit and longest >= limit:
             raise PrunexError(f"a prompt of {longest} tokens does not fit the model's context of {limit}")
 
+    def run_prompt(self, prompt: list[int], all_logits: bool = False) -> tuple[np.ndarray, KVCacheManager]:
+        """Run one prompt in chunks over a cache of its own; returns the logits of its last token (vocab,), or
+        of every token (T, vocab) with all_logits, and that cache (one row). The batch's cache is not touched."""
+        self._check_prompts([prompt])
+        cache = self.new_cache(CacheLimits(max_rows=1, headroom=0, max_bytes=self.cache.limits.max_bytes))
+        cache.start(1, min(len(prompt), self.prefill_chunk))
+        ids = torch.tensor(prompt, dtype=torch.int64)[None]  # (1, T)
+        logits = []
+        for start in range(0, len(prompt), self.prefill_chunk):
+            chunk = ids[:, start:start + self.prefill_chunk]  # (1, S)
+            S = chunk.shape[1]
+            last = start + S == len(prompt)
+            io = StepIO(self.session, self.manifest, 1, S, S if all_logits else 1, self.device)
+            self._run(cache, io, chunk, torch.arange(start, start + S)[None])
+            if all_logits or last:
+                logits.append(io.logits[0].cpu().numpy())  # (S | 1, vocab)
+            if not last:
+                cache.compact_sparse_layers()  # the next chunk attends only to what this one kept
+        return (np.concatenate(logits) if all_logits else logits[-1][0]), cache
+
     def run_prompts(self, prompts: list[list[int]], all_logits: bool = False) -> tuple[np.ndarray, list]:
-        """Run prompts with an empty past; returns logits ((N, vocab) last tokens, or (N, T, vocab) with
-        all_logits) and the packed new entries per layer, without touching the cache."""
+        """`run_prompt` for each prompt; logits (N, vocab), or (N, T, vocab) zero-padded with all_logits, and
+        the prompts' caches."""
         self._check_prompts(prompts)
-        feeds = prompt_feeds(self.manifest, prompts, all_logits, self._inputs)
-        outputs = self.session.run(self._outputs, feeds)
-        logits = outputs[0] if all_logits else outputs[0][:, 0]
-        per_layer = 1 + len(CACHE_FIELDS)
-        new = [dict(zip(CACHE_FIELDS, outputs[2 + per_layer * layer: 1 + per_layer * (layer + 1)]))
-               for layer in range(self.manifest.num_layers)]
-        return logits, new
+        runs = [self.run_prompt(p, all_logits) for p in prompts]
+        if not all_logits:
+            return np.stack([logits for logits, _ in runs]), [cache for _, cache in runs]
+        padded = np.zeros((len(prompts), max(len(p) for p in prompts), self.manifest.vocab_size), np.float32)
+        for row, (logits, _) in enumerate(runs):
+            padded[row, :len(logits)] = logits
+        return padded, [cache for _, cache in runs]
 
     def prefill(self, prompts: list[list[int]], all_logits: bool = False) -> Tensor:
         """Add the prompts as new rows (after the current ones); returns their last-token logits (N, vocab), or
         with `all_logits` the logits at every position (N, T, vocab) (the cache gets the same entries)."""
         self.cache.check_rows(len(prompts))  # before the prefill's work
-        logits, new = self.run_prompts(prompts, all_logits)
-        entries = [{f: torch.from_numpy(layer[f]) for f in CACHE_FIELDS} for layer in new]
-        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)
-        self.cache.add_rows(entries, lengths)
+        logits, caches = self.run_prompts(prompts, all_logits)
+        rows = self.rows
+        try:
+            for cache in caches:
+                self.cache.add_rows(cache)
+        except CapacityError:
+            self.cache.remove_rows(torch.arange(rows))  # all or nothing
+            raise
         self._io = None  # the rows changed: new bindings
-        self.next_positions = torch.cat([self.next_positions, lengths])
+        self.next_positions = torch.cat([self.next_positions, torch.tensor([len(p) for p in prompts])])
         return torch.from_numpy(logits).to(self.device)
 
     # --- decode ------------------------------------------------------------------------------------------
@@ -114,25 +132,15 @@ class DecoderEngine:
         if m.max_positions and int(self.next_positions.max()) >= m.max_positions:
             raise CapacityError(f"a row reached the model's context of {m.max_positions} tokens")
         if self._io is None or self._io.rows != B:
-            self._io = DecodeIO(self.session, m, B, self.device, self._inputs)
-        io = self._io
+            self._io = StepIO(self.session, m, B, 1, 1, self.device)
         if self.policy is not None:
-            restrict_to_policy(self.policy, self.cache, self.next_positions)  # before the free slots are picked
-        self.cache.reserve()  # picks each row's free slot; may rebuild full layers or raise CapacityError
-        io.token_ids.copy_(token_ids.view(B, 1))
-        io.positions.copy_(self.next_positions.view(B, 1))
-        io.bind_cache(self.cache)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # torch's writes to the buffers land before ORT's stream reads them
-        self.session.run_with_iobinding(io.binder.binding)
-        for layer in range(m.num_layers):
-            self.cache.apply_step(layer, io.keep[layer], io.new[layer])
-        self.cache.count_step()
+            restrict_to_policy(self.policy, self.cache, self.next_positions)
+        self._run(self.cache, self._io, token_ids.view(B, 1), self.next_positions.view(B, 1))
         self.next_positions += 1
         self._steps += 1
         if self._steps % self.compact_every == 0:
             self.cache.compact_sparse_layers()
-        return io.logits[:, 0].clone()
+        return self._io.logits[:, 0].clone()
 
     def remove_rows(self, keep: list[int]) -> None:
         """Keep only the rows in `keep` (indices, in order); the others leave the cache."""

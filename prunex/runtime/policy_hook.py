@@ -2,10 +2,10 @@
 
 Before each decode step, a policy that needs only positions (window, sinks: `WindowPolicy`) restricts which
 cached entries each row's next query may see; the graph then makes its own decisions (a DCP graph: its learned
-ones; a dense graph: keep all) over what is left, so the two combine as a logical AND, and the slots of the
-entries dropped here are reused like any other hole. The prompt pass runs as exported (a dense graph attends
-to the whole prompt); the budget holds from the first decode step on. Policies that need attention mass (H2O,
-TOVA) need a graph output that the export does not provide yet, so they are refused here.
+ones; a dense graph: keep all) over what is left, so the two combine as a logical AND, and the entries dropped
+here become holes that the cache manager masks and compacts like any other. The prompt pass runs as exported
+(a dense graph attends to the whole prompt); the budget holds from the first decode step on. Policies that need
+attention mass (H2O, TOVA) need a graph output that the export does not provide yet, so they are refused here.
 """
 
 from __future__ import annotations
@@ -35,6 +35,6 @@ def restrict_to_policy(policy: KeepPolicy, cache: KVCacheManager, query_position
     """Clear the validity of the cached entries `policy` drops for each row's next query at
     `query_positions` (B,), in every layer (a few elementwise ops on (B, W) per layer: no copy of K/V)."""
     query = query_positions.to(cache.device)[:, None, None]  # (B, 1, 1)
-    for layer, slots in enumerate(cache.layers):
-        keep = policy.step_keep(layer, None, None, query, slots.positions[:, None, :], math.inf)  # (B, 1, W)
-        slots.valid &= keep[:, 0]
+    for layer in range(cache.num_layers):
+        keep = policy.step_keep(layer, None, None, query, cache.positions[layer][:, None, :], math.inf)  # (B, 1, W)
+        cache.valid[layer] &= keep[:, 0]

@@ -57,6 +57,6 @@ def prompt_logprobs(logits: np.ndarray, prompt: list[int], top: int = 0) -> Prom
 
 def score_prompt(engine: DecoderEngine, prompt: list[int], top: int = 0) -> PromptScore:
     """Score a prompt (see the module docstring); the cache is not touched."""
-    logits, new = engine.run_prompts([prompt], all_logits=True)  # (1, T, vocab)
-    kept = int(sum(layer["valid"].sum() for layer in new))
-    return PromptScore(prompt_logprobs(logits[0], prompt, top), logits[0, -1], kept)
+    logits, cache = engine.run_prompt(prompt, all_logits=True)  # (T, vocab)
+    kept = int(cache.held_entries().sum())
+    return PromptScore(prompt_logprobs(logits, prompt, top), logits[-1], kept)

@@ -1,62 +1,58 @@
-"""DecodeIO: the bound inputs and outputs of decode steps, kept between steps while the batch is unchanged.
+"""StepIO: the bound inputs and outputs of graph runs of `rows` rows x `seq` new tokens, kept between runs.
 
-A decode step's io are the token and position of each row, the cache's slot buffers (read in place) and the
-outputs: logits, each layer's keep mask and new entry. All live in torch tensors bound once by pointer; only a
-layer whose buffers were reallocated (grown or compacted) is bound again, so a step costs ONNX Runtime's run
-and a few small copies, not hundreds of binding calls.
+A run's io are the tokens and positions of each row, the cache's slot buffers (read in place; the attention's
+present key / value are bound to the same memory, so the graph writes the new entries into them), and the
+outputs: logits at `logit_index`, each layer's keep mask and the new interaction keys. All live in torch
+tensors bound by pointer; the cache is bound again only when its buffers were reallocated, so a decode step
+costs ONNX Runtime's run and a few small copies, not hundreds of binding calls.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
-from prunex.format import CACHE_FIELDS, DecoderManifest
+from prunex.format import DecoderManifest
 from prunex.runtime.kv_cache import KVCacheManager
 from prunex.runtime.session import Binder
 
 
-class DecodeIO:
-    """Bindings for decode steps of `rows` rows; build a new one when the rows change."""
+class StepIO:
+    """Bindings for runs of `rows` x `seq` tokens with `wanted` logits per row; build a new one when a size
+    changes."""
 
-    def __init__(self, session, manifest: DecoderManifest, rows: int, device: torch.device,
-                 graph_inputs: set[str]) -> None:
+    def __init__(self, session, manifest: DecoderManifest, rows: int, seq: int, wanted: int,
+                 device: torch.device) -> None:
         m, B = manifest, rows
-        self.manifest, self.rows, self.device, self.graph_inputs = manifest, rows, device, graph_inputs
+        self.manifest, self.rows, self.seq, self.device = manifest, rows, seq, device
         self.binder = Binder(session, device)
-        self.token_ids = torch.zeros(B, 1, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(B, 1, dtype=torch.int64, device=device)
-        self.logits = torch.empty(B, 1, m.vocab_size, device=device)
+        self.token_ids = torch.zeros(B, seq, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(B, seq, dtype=torch.int64, device=device)
+        self.logit_index = torch.arange(seq - wanted, seq, device=device).expand(B, wanted).contiguous()
+        self.logits = torch.empty(B, wanted, m.vocab_size, device=device)
         self.binder.input(m.inputs["input_ids"], self.token_ids)
         self.binder.input(m.inputs["position_ids"], self.positions)
-        self.binder.input(m.inputs["input_valid"], torch.ones(B, 1, dtype=torch.bool, device=device))
-        self.binder.input(m.inputs["logit_index"], torch.zeros(B, 1, dtype=torch.int64, device=device))
+        self.binder.input(m.inputs["logit_index"], self.logit_index)
         self.binder.output(m.logits, self.logits)
-        KV, D, R = m.num_kv_heads, m.head_dim, m.interaction_dim
-        self.new: list[dict[str, Tensor]] = []  # per layer: the step's new entry (B, ..., 1, ...)
-        for layer in range(m.num_layers):
-            new = {"key": torch.empty(B, KV, 1, D, device=device), "value": torch.empty(B, KV, 1, D, device=device),
-                   "kint": torch.empty(B, 1, R, device=device),
-                   "valid": torch.empty(B, 1, dtype=torch.bool, device=device),
-                   "positions": torch.empty(B, 1, dtype=torch.int64, device=device)}
-            for f in CACHE_FIELDS:
-                self.binder.output(m.name(m.new[f], layer), new[f])
-            self.new.append(new)
-        self.keep: list[Tensor | None] = [None] * m.num_layers  # per layer (B, W): the step's keep_past
-        self._bound: list[tuple | None] = [None] * m.num_layers  # per layer: pointers and width bound
+        R = m.interaction_dim
+        self.new_kint = torch.empty(m.num_layers, B, seq, R, device=device) if R else None  # (L, B, S, R)
+        self.keep: torch.Tensor | None = None  # (L, B, 1, W): the step's validity (DCP), allocated with the cache's W
+        self._bound: tuple | None = None
 
     def bind_cache(self, cache: KVCacheManager) -> None:
-        """(Re)bind the layers whose slot buffers changed since the last step."""
-        m = self.manifest
-        for layer, slots in enumerate(cache.layers):
-            buffers = slots.tensors()
-            signature = (slots.width, *(t.data_ptr() for t in buffers))
-            if signature == self._bound[layer]:
-                continue
-            for f, tensor in zip(CACHE_FIELDS, buffers):
-                name = m.name(m.past[f], layer)
-                if name in self.graph_inputs:
-                    self.binder.input(name, tensor)
-            self.keep[layer] = torch.empty(self.rows, slots.width, dtype=torch.bool, device=self.device)
-            self.binder.output(m.name(m.keep_past, layer), self.keep[layer])
-            self._bound[layer] = signature
+        """(Re)bind the cache's buffers if they changed since the last run."""
+        signature = (cache.version, cache.capacity)
+        if signature == self._bound:
+            return
+        m, fields = self.manifest, cache.fields()
+        if m.interaction_dim:
+            self.keep = torch.empty(m.num_layers, self.rows, 1, cache.capacity, dtype=torch.bool, device=self.device)
+        for layer in range(m.num_layers):
+            for f in m.past_fields():
+                tensor = fields[f][layer]
+                self.binder.input(m.name(m.past[f], layer), tensor.unsqueeze(1) if f in ("valid", "guard") else tensor)
+            for f in ("key", "value"):
+                self.binder.output(m.name(m.present[f], layer), fields[f][layer])  # the same memory: in place
+            if m.interaction_dim:
+                self.binder.output(m.name(m.keep, layer), self.keep[layer])
+                self.binder.output(m.name(m.new_kint, layer), self.new_kint[layer])
+        self._bound = signature

@@ -1,0 +1,224 @@
+"""The fused decoder graph: ONNX Runtime's contrib operators around DCP's keep decisions, written node by node.
+
+One graph serves prefill chunks and decode steps (S new tokens per row over the runtime's slot buffers):
+- attention is `com.microsoft.GroupQueryAttention` over per-layer buffers of capacity W that are both its past
+  and its present (the runtime binds them to the same memory): it writes the S new keys / values of each row
+  into slots fill .. fill + S - 1 in place, applies RoPE at the explicit `position_ids` (a compacted cache keeps
+  logical positions) and masks the slots the keep decisions drop with `attention_bias`;
+- norms are `SkipSimplifiedLayerNormalization` / `SkipLayerNormalization` (the residual add fused in), q|k|v
+  (and DCP's q_int|k_int) one packed MatMul, gate|up another;
+- the keep decisions (DCP, hard): query n keeps slot j while every query m <= n of the step kept it
+  (q_int(m) . k_int(j) / sqrt(r) + beta > 0, or j is a sink, or j is among the last `recent` tokens of m); a
+  new token never drops itself. They come out as `keep` (B, W), the slots' validity after the step.
+The graph never compacts: the runtime packs a layer's kept entries now and then (`prunex.runtime.kv_cache`).
+
+Shapes: B rows, S new tokens, W slot capacity, H / KV heads, D head dim, d hidden, r DCP interaction width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from onnx import helper
+
+from prunex.export.onnx_builder import BOOL, FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder
+from prunex.format import NEVER, DecoderManifest
+from prunex.models.graph_spec import DecoderGraphSpec, Norm
+from prunex.prune.dcp import DCPPolicy
+
+
+def _np(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
+
+
+class _Globals:
+    """Values every layer shares, computed once per run."""
+
+    def __init__(self, g: GraphBuilder, m: DecoderManifest, ids: str, positions: str) -> None:
+        capacity = g.op("Shape", m.name(m.past["key"], 0), start=2, end=3)  # (1,) W
+        self.seq = g.op("Shape", ids, start=1, end=2)  # (1,) S
+        self.total_length = g.op("Squeeze", g.op("Cast", capacity, to=INT32))  # () int32: GQA's buffer length
+        batch = g.op("Shape", ids, start=0, end=1)
+        self.bias_shape = g.op("Concat", batch, g.const([1]), self.seq, capacity, axis=0)  # [B, 1, S, W]
+        if not m.interaction_dim:
+            return
+        self.decoding = g.op("Equal", g.op("Squeeze", self.seq), g.const(1))  # () bool: one new token a row
+        self.query_positions = g.op("Unsqueeze", positions, g.const([2]))  # (B, S, 1)
+        # The new keys' guards, as the runtime stores them for cached entries (`protection_guard`)
+        new_positions = g.op("Unsqueeze", positions, g.const([1]))  # (B, 1, S)
+        guard = g.op("Add", new_positions, g.const(max(m.recent_tokens, 1)))
+        self.new_guard = g.op("Where", g.op("Less", new_positions, g.const(m.sink_tokens)), g.const(NEVER), guard)
+        # For prefill chunks: where the new entries sit among the slots
+        self.slots = g.op("Unsqueeze", g.op("Range", g.const(0), g.op("Squeeze", capacity), g.const(1)),
+                          g.const([0, 1]))  # (1, 1, W)
+        self.last_new = g.op("Squeeze", g.op("Sub", self.seq, g.const([1])))  # () S - 1
+        self.queries_shape = g.op("Concat", batch, self.seq, capacity, axis=0)  # [B, S, W]
+
+
+def _kept_so_far(g: GraphBuilder, step_keep: str) -> str:
+    """(B, S, K) per-query keeps -> (B, S, K) bool: kept by queries 0..n (a dropped key stays dropped)."""
+    dropped = g.op("CumSum", g.op("Cast", g.op("Not", step_keep), to=INT32), g.const(1))
+    return g.op("Equal", dropped, g.const(0, np.int32))
+
+
+def _prefill_keep(g: GraphBuilder, glob: _Globals, past: dict[str, str], q_int: str, k_int: str, threshold: str,
+                  step_keep: str) -> str:
+    """The `If` branch for S > 1 new tokens a row: cumulative decisions over the past slots and, placed in
+    their slots, over the new keys (their interaction keys are not in the buffer yet). Returns
+    (B, S, W) keep per query."""
+    kept_past = g.op("And", past["valid"], _kept_so_far(g, step_keep))  # (B, S, W)
+    scores_new = g.op("MatMul", q_int, g.op("Transpose", k_int, perm=[0, 2, 1]))  # (B, S, S)
+    kept_new = _kept_so_far(g, g.op("Or", g.op("Greater", scores_new, threshold),
+                                    g.op("Less", glob.query_positions, glob.new_guard)))  # (B, S, S)
+    first_new = g.op("Sub", g.op("Cast", past["seqlens"], to=INT64), glob.last_new)  # (B,) fill before the step
+    offset = g.op("Sub", glob.slots, g.op("Unsqueeze", first_new, g.const([1, 2])))  # (B, 1, W)
+    is_new = g.op("And", g.op("GreaterOrEqual", offset, g.const(0)), g.op("Less", offset, glob.seq))
+    index = g.op("Expand", g.op("Clip", offset, g.const(0), glob.last_new), glob.queries_shape)  # (B, S, W)
+    placed = g.op("And", g.op("GatherElements", kept_new, index, axis=2), is_new)  # (B, S, W)
+    keep = g.op("Or", placed, g.op("And", kept_past, g.op("Not", is_new)))  # (no bool Where on ORT's CPU)
+    return keep
+
+
+def _dcp_keep(g: GraphBuilder, glob: _Globals, layer: int, m: DecoderManifest, q_int: str, k_int: str,
+              beta: float) -> str:
+    """DCP's keep decisions of the layer's S queries over its slots: returns the (B, S, W) keep per query;
+    the layer's `keep` output (B, 1, W) comes out under its graph name."""
+    past = {f: m.name(m.past[f], layer) for f in m.past_fields()}
+    threshold = g.const(-beta, np.float32)  # keep iff q.k / sqrt(r) + beta > 0 (1 / sqrt(r) is in q_int)
+    scores = g.op("MatMul", q_int, past["kint"])  # (B, S, r) @ (B, r, W) -> (B, S, W)
+    step_keep = g.op("Or", g.op("Greater", scores, threshold),
+                     g.op("Less", glob.query_positions, past["guard"]))  # (B, S, W): this query alone keeps
+    decode = g.branch(f"layers.{layer}.decode_keep")
+    kept = decode.op("And", past["valid"], step_keep)  # (B, 1, W): one query, nothing to accumulate
+    prefill = g.branch(f"layers.{layer}.prefill_keep")
+    keep = g.op("If", glob.decoding, then_branch=decode.body([kept]),
+                else_branch=prefill.body([_prefill_keep(prefill, glob, past, q_int, k_int, threshold, step_keep)]))
+    g.op("Gather", keep, g.const([-1]), axis=1, outputs=[m.name(m.keep, layer)])  # (B, 1, W) after the last query
+    return keep
+
+
+class _Blocks:
+    """The norm / MLP pieces of one architecture."""
+
+    def __init__(self, g: GraphBuilder, spec: DecoderGraphSpec, opset: int) -> None:
+        self.g, self.spec, self.opset = g, spec, opset
+
+    def _norm_weights(self, name: str, norm: Norm) -> list[str]:
+        names = [self.g.weight(f"{name}.gamma", _np(norm.gamma))]
+        if self.spec.norm == "layer":
+            names.append(self.g.weight(f"{name}.beta", _np(norm.beta)))
+        return names
+
+    def first_norm(self, name: str, norm: Norm, x: str) -> str:
+        g, eps = self.g, self.spec.norm_eps
+        weights = self._norm_weights(name, norm)
+        if self.spec.norm == "layer":
+            return g.op("LayerNormalization", x, *weights, axis=-1, epsilon=eps)
+        # RMSNorm in plain ops (opset 17 has none); ONNX Runtime fuses it into SimplifiedLayerNormalization
+        square = g.op("Mul", x, x)
+        mean_square = (g.op("ReduceMean", square, g.const([-1]), keepdims=1) if self.opset >= 18  # axes an input
+                       else g.op("ReduceMean", square, axes=[-1], keepdims=1))
+        inverse = g.op("Reciprocal", g.op("Sqrt", g.op("Add", mean_square, g.const(eps, np.float32))))
+        return g.op("Mul", g.op("Mul", x, inverse), weights[0])
+
+    def skip_norm(self, name: str, norm: Norm, x: str, residual: str) -> tuple[str, str]:
+        """(normed residual + x, residual + x): the residual add fused into the next norm."""
+        op = "SkipLayerNormalization" if self.spec.norm == "layer" else "SkipSimplifiedLayerNormalization"
+        normed, total = f"{name}.out", f"{name}.residual"
+        self.g.op(op, x, residual, *self._norm_weights(name, norm), outputs=[normed, "", "", total],
+                  domain=MS_DOMAIN, epsilon=self.spec.norm_eps)
+        return normed, total
+
+    def linear(self, name: str, x: str, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+        y = self.g.op("MatMul", x, self.g.weight(f"{name}.weight", _np(weight)))
+        return y if bias is None else self.g.op("Add", y, self.g.weight(f"{name}.bias", _np(bias)))
+
+    def mlp(self, name: str, x: str, layer) -> str:
+        g = self.g
+        up = self.linear(f"{name}.up", x, layer.up, layer.up_bias)
+        if self.spec.activation == "silu_gated":
+            width = layer.up.shape[1] // 2
+            gate, value = g.op("Split", up, g.const([width, width]), axis=-1, outputs=2)
+            hidden = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), value)
+        else:
+            hidden = g.op("FastGelu" if self.spec.activation == "gelu_tanh" else "Gelu", up, domain=MS_DOMAIN)
+        return self.linear(f"{name}.down", hidden, layer.down, layer.down_bias)
+
+
+def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPPolicy | None):
+    """The fused decoder graph of `spec` (with `policy`'s DCP heads, or dense) as an onnx.ModelProto."""
+    g = GraphBuilder("prunex_decoder")
+    H, KV, D, r = m.num_heads, m.num_kv_heads, m.head_dim, m.interaction_dim
+    ids = g.input(m.inputs["input_ids"], INT64, ["batch", "seq"])
+    positions = g.input(m.inputs["position_ids"], INT64, ["batch", "seq"])
+    wanted = g.input(m.inputs["logit_index"], INT64, ["batch", "wanted"])
+    shapes = {"key": ["batch", KV, "capacity", D], "value": ["batch", KV, "capacity", D],
+              "kint": ["batch", r, "capacity"], "valid": ["batch", 1, "capacity"], "guard": ["batch", 1, "capacity"],
+              "seqlens": ["batch"]}
+    types = {"key": FLOAT, "value": FLOAT, "kint": FLOAT, "valid": BOOL, "guard": INT64, "seqlens": INT32}
+    for layer in range(m.num_layers):
+        for f in m.past_fields():
+            g.input(m.name(m.past[f], layer), types[f], shapes[f])
+    glob = _Globals(g, m, ids, positions)
+    blocks = _Blocks(g, spec, m.opset)
+
+    hidden = g.op("Gather", g.weight("embed", _np(spec.embed)), ids)  # (B, S, d)
+    if spec.position_embed is not None:
+        hidden = g.op("Add", hidden, g.op("Gather", g.weight("position_embed", _np(spec.position_embed)), positions))
+    rotary = ["", ""] if spec.rotary is None else [g.weight("rope.cos", _np(spec.rotary[0])),
+                                                   g.weight("rope.sin", _np(spec.rotary[1]))]
+    residual, pending = hidden, None  # pending: the last block's output, added to the residual by the next norm
+    for layer, weights in enumerate(spec.layers):
+        name = f"layers.{layer}"
+        if pending is None:
+            x = blocks.first_norm(f"{name}.attention_norm", weights.attention_norm, residual)
+        else:
+            x, residual = blocks.skip_norm(f"{name}.attention_norm", weights.attention_norm, pending, residual)
+        if policy is None:
+            qkv = blocks.linear(f"{name}.qkv", x, weights.qkv, weights.qkv_bias)  # (B, S, (H + 2 KV) D) packed
+        else:  # q_int | k_int from the same MatMul; 1 / sqrt(r) folded into q_int
+            q_int = policy.q_int[layer].weight.detach().t() / math.sqrt(r)
+            projection = torch.cat([weights.qkv, q_int, policy.k_int[layer].weight.detach().t()], dim=1)
+            bias = None if weights.qkv_bias is None else torch.cat([weights.qkv_bias, weights.qkv_bias.new_zeros(2 * r)])
+            qkv, q_int, k_int = g.op("Split", blocks.linear(f"{name}.qkv", x, projection, bias),
+                                     g.const([(H + 2 * KV) * D, r, r]), axis=-1,
+                                     outputs=[f"{name}.qkv", f"{name}.q_int", m.name(m.new_kint, layer)])
+        if policy is None:  # the valid slots, the same for every query (causality is the attention's)
+            keep = m.name(m.past["valid"], layer)  # (B, 1, W)
+        else:
+            keep = _dcp_keep(g, glob, layer, m, q_int, k_int, float(policy.bias[layer].detach()))
+            g.outputs.append(helper.make_tensor_value_info(m.name(m.keep, layer), BOOL, shapes["valid"]))
+        masked = g.op("Where", keep, g.const(0.0, np.float32), g.const(-np.inf, np.float32))  # (B, S|1, W)
+        attention_bias = g.op("Expand", g.op("Unsqueeze", masked, g.const([1])), glob.bias_shape)  # (B, 1, S, W)
+        attended = g.op(
+            "GroupQueryAttention", qkv, "", "", m.name(m.past["key"], layer), m.name(m.past["value"], layer),
+            m.name(m.past["seqlens"], layer),
+            glob.total_length, *rotary, positions if spec.rotary is not None else "", attention_bias,
+            outputs=[f"{name}.attended", m.name(m.present["key"], layer), m.name(m.present["value"], layer)],
+            domain=MS_DOMAIN, num_heads=H, kv_num_heads=KV, scale=weights.scale,
+            do_rotary=int(spec.rotary is not None), rotary_interleaved=0,
+        )[0]
+        g.outputs += [helper.make_tensor_value_info(m.name(m.present[f], layer), FLOAT, shapes[f])
+                      for f in ("key", "value")]
+        if policy is not None:  # k_int (B, S, r) is the new_kint output itself
+            g.output(k_int, m.name(m.new_kint, layer), FLOAT, ["batch", "seq", r])
+        out = blocks.linear(f"{name}.out", attended, weights.out, weights.out_bias)
+        x, residual = blocks.skip_norm(f"{name}.mlp_norm", weights.mlp_norm, out, residual)
+        pending = blocks.mlp(f"{name}.mlp", x, weights)
+    final, _ = blocks.skip_norm("final_norm", spec.final_norm, pending, residual)  # (B, S, d)
+    width = g.op("Shape", final, start=2, end=3)
+    index = g.op("Expand", g.op("Unsqueeze", wanted, g.const([2])),
+                 g.op("Concat", g.op("Shape", wanted), width, axis=0))  # (B, K, d)
+    picked = g.op("GatherElements", final, index, axis=1)  # (B, K, d)
+    logits = blocks.linear("lm_head", picked, spec.lm_head, spec.lm_head_bias)
+    g.output(logits, m.logits, FLOAT, ["batch", "wanted", m.vocab_size])
+    _order_outputs(g, m)
+    return g.model(m.opset)
+
+
+def _order_outputs(g: GraphBuilder, m: DecoderManifest) -> None:
+    """Graph outputs in the manifest's order (logits first)."""
+    order = {name: i for i, name in enumerate(m.output_names())}
+    g.outputs.sort(key=lambda info: order[info.name])

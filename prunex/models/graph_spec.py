@@ -1,0 +1,53 @@
+"""A decoder's weights and block recipe in the form a fused ONNX graph is built from (`prunex.export.fused`).
+
+Adapters fill it (`DecoderAdapter.graph_spec`); the graph builder knows nothing about Hugging Face classes.
+Weights are laid out for `x @ W` (in, out). d hidden, H/KV heads, D head dim, I MLP width, V vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+NORMS = ("rms", "layer")  # RMSNorm (gamma only) | LayerNorm (gamma, beta)
+ACTIVATIONS = ("silu_gated", "gelu_tanh", "gelu")  # gated: up holds [gate | up]
+
+
+@dataclass
+class Norm:
+    gamma: Tensor  # (d,)
+    beta: Tensor | None = None  # (d,) LayerNorm only
+
+
+@dataclass
+class LayerWeights:
+    """One pre-norm block: norm -> attention -> residual, norm -> MLP -> residual."""
+
+    attention_norm: Norm
+    qkv: Tensor  # (d, H*D + 2*KV*D) packed [q | k | v]
+    qkv_bias: Tensor | None
+    out: Tensor  # (H*D, d)
+    out_bias: Tensor | None
+    mlp_norm: Norm
+    up: Tensor  # (d, 2I) [gate | up] when the activation is gated, else (d, I)
+    up_bias: Tensor | None
+    down: Tensor  # (I, d)
+    down_bias: Tensor | None
+    scale: float  # the factor on q.k
+
+
+@dataclass
+class DecoderGraphSpec:
+    """Everything a fused decoder graph needs from the model."""
+
+    norm: str  # one of NORMS
+    norm_eps: float
+    activation: str  # one of ACTIVATIONS
+    embed: Tensor  # (V, d)
+    position_embed: Tensor | None  # (P, d) learned absolute positions, or None
+    rotary: tuple[Tensor, Tensor] | None  # cos, sin caches (P, D/2) (halves rotated, not interleaved), or None
+    layers: list[LayerWeights]
+    final_norm: Norm
+    lm_head: Tensor  # (d, V)
+    lm_head_bias: Tensor | None
