@@ -39,7 +39,7 @@ DECODER_PAST = {  # per layer; every layer's buffers have the same capacity W
 }
 NEVER = 2**62  # the guard of an entry no query may drop (attention sinks)
 DECODER_PRESENT = {"key": "present_key.%d", "value": "present_value.%d"}  # the past buffers, written in place
-KEEP = "keep.%d"  # (B, 1, W) bool: validity after the step (DCP only; dense graphs keep every valid slot)
+KEEP = "keep.%d"  # (B, S, W) bool: validity after each query of the step, the last is the cache's (DCP only)
 NEW_KINT = "new_kint.%d"  # (B, S, R) the new entries' interaction keys (DCP only), for the runtime to store
 CACHE_FIELDS = tuple(DECODER_PAST)
 

@@ -83,8 +83,7 @@ def _prefill_keep(g: GraphBuilder, glob: _Globals, past: dict[str, str], q_int: 
 
 def _dcp_keep(g: GraphBuilder, glob: _Globals, layer: int, m: DecoderManifest, q_int: str, k_int: str,
               beta: float) -> str:
-    """DCP's keep decisions of the layer's S queries over its slots: returns the (B, S, W) keep per query;
-    the layer's `keep` output (B, 1, W) comes out under its graph name."""
+    """DCP's keep decisions of the layer's S queries over its slots: the layer's `keep` output, (B, S, W)."""
     past = {f: m.name(m.past[f], layer) for f in m.past_fields()}
     threshold = g.const(-beta, np.float32)  # keep iff q.k / sqrt(r) + beta > 0 (1 / sqrt(r) is in q_int)
     scores = g.op("MatMul", q_int, past["kint"])  # (B, S, r) @ (B, r, W) -> (B, S, W)
@@ -93,10 +92,8 @@ def _dcp_keep(g: GraphBuilder, glob: _Globals, layer: int, m: DecoderManifest, q
     decode = g.branch(f"layers.{layer}.decode_keep")
     kept = decode.op("And", past["valid"], step_keep)  # (B, 1, W): one query, nothing to accumulate
     prefill = g.branch(f"layers.{layer}.prefill_keep")
-    keep = g.op("If", glob.decoding, then_branch=decode.body([kept]),
+    return g.op("If", glob.decoding, then_branch=decode.body([kept]), outputs=[m.name(m.keep, layer)],
                 else_branch=prefill.body([_prefill_keep(prefill, glob, past, q_int, k_int, threshold, step_keep)]))
-    g.op("Gather", keep, g.const([-1]), axis=1, outputs=[m.name(m.keep, layer)])  # (B, 1, W) after the last query
-    return keep
 
 
 class _Blocks:
@@ -188,10 +185,12 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
         if policy is None:  # the valid slots, the same for every query (causality is the attention's)
             keep = m.name(m.past["valid"], layer)  # (B, 1, W)
         else:
-            keep = _dcp_keep(g, glob, layer, m, q_int, k_int, float(policy.bias[layer].detach()))
-            g.outputs.append(helper.make_tensor_value_info(m.name(m.keep, layer), BOOL, shapes["valid"]))
+            keep = _dcp_keep(g, glob, layer, m, q_int, k_int, float(policy.bias[layer].detach()))  # (B, S, W)
+            g.outputs.append(helper.make_tensor_value_info(m.name(m.keep, layer), BOOL, ["batch", "seq", "capacity"]))
         masked = g.op("Where", keep, g.const(0.0, np.float32), g.const(-np.inf, np.float32))  # (B, S|1, W)
-        attention_bias = g.op("Expand", g.op("Unsqueeze", masked, g.const([1])), glob.bias_shape)  # (B, 1, S, W)
+        attention_bias = g.op("Unsqueeze", masked, g.const([1]))  # (B, 1, S|1, W)
+        if policy is None:  # the attention wants one row a query
+            attention_bias = g.op("Expand", attention_bias, glob.bias_shape)  # (B, 1, S, W)
         attended = g.op(
             "GroupQueryAttention", qkv, "", "", m.name(m.past["key"], layer), m.name(m.past["value"], layer),
             m.name(m.past["seqlens"], layer),

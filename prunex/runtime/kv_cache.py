@@ -205,13 +205,13 @@ class KVCacheManager:
         self._new_slots = slots
 
     def end_step(self, keep: Tensor | None, new_kint: Tensor | None) -> None:
-        """After the run: `keep` (L, B, 1, W) bool is the new validity (None: the graph drops nothing), and
-        new_kint (L, B, S, R) the new entries' interaction keys (None without)."""
+        """After the run: `keep` (L, B, S, W) bool holds the validity after each query, the last one's is the
+        cache's (None: the graph drops nothing); new_kint (L, B, S, R) the new entries' interaction keys."""
         slots, self._new_slots = self._new_slots, None
         if slots is None:
             raise PrunexError("internal: end_step without begin_step")
         if keep is not None:
-            self.valid.copy_(keep.view_as(self.valid))
+            self.valid.copy_(keep[:, :, -1])
         if new_kint is not None and self.kint_dim:
             layers, rows = self._grid()
             self.kint[layers, rows, :, slots] = new_kint  # advanced indices first: (L, B, S, R)
@@ -224,7 +224,8 @@ class KVCacheManager:
         return self._grid_cache
 
     def compact(self, layers) -> None:
-        """Pack each row's valid entries to the front of its slots (in order) in the given layers, in place."""
+        """Pack each row's valid entries to the front of its slots (in order) in the given layers, in place.
+        Slots past a row's new fill keep stale data: they are invalid and the attention never reads them."""
         layers = list(layers)
         if not layers or not self.rows:
             return
@@ -233,11 +234,11 @@ class KVCacheManager:
         order, kept = pack_kept(valid, min_width=0)  # (l * B, k) each
         width = order.shape[1]
         for name in ("key", "value", "kint", "positions", "guard"):
-            tensor = getattr(self, name)
-            dim = _slot_dim(name)
+            tensor, dim = getattr(self, name), _slot_dim(name)
             packed = gather_tokens(tensor.index_select(0, index).flatten(0, 1), order, dim - 1)
-            tensor[index] = _widen(packed, dim - 1, self.capacity).unflatten(0, (len(layers), self.rows))
-        self.valid[index] = _widen(kept, 1, self.capacity).unflatten(0, (len(layers), self.rows))
+            tensor.narrow(dim, 0, width)[index] = packed.unflatten(0, (len(layers), self.rows))
+        self.valid[index] = False
+        self.valid.narrow(2, 0, width)[index] = kept.unflatten(0, (len(layers), self.rows))
         self.fill[index] = kept.sum(1).to(torch.int32).view(len(layers), self.rows)
         self.compactions += len(layers)
 
@@ -261,13 +262,3 @@ ROW_FIELDS = ("fill", "seqlens")  # (L, B): no slot axis
 def _slot_dim(name: str) -> int:
     """The slot axis of a buffer (with the layer axis first)."""
     return 3 if name in ("key", "value", "kint") else 2
-
-
-def _widen(tensor: Tensor, dim: int, width: int) -> Tensor:
-    """Zero-pad `tensor` along `dim` to `width`."""
-    missing = width - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor, tensor.new_zeros(shape)], dim=dim)

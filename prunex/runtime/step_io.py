@@ -35,7 +35,7 @@ class StepIO:
         self.binder.output(m.logits, self.logits)
         R = m.interaction_dim
         self.new_kint = torch.empty(m.num_layers, B, seq, R, device=device) if R else None  # (L, B, S, R)
-        self.keep: torch.Tensor | None = None  # (L, B, 1, W): the step's validity (DCP), allocated with the cache's W
+        self.keep: torch.Tensor | None = None  # (L, B, S, W): validity after each query (DCP), with the cache's W
         self._bound: tuple | None = None
 
     def bind_cache(self, cache: KVCacheManager) -> None:
@@ -45,7 +45,8 @@ class StepIO:
             return
         m, fields = self.manifest, cache.fields()
         if m.interaction_dim:
-            self.keep = torch.empty(m.num_layers, self.rows, 1, cache.capacity, dtype=torch.bool, device=self.device)
+            self.keep = torch.empty(m.num_layers, self.rows, self.seq, cache.capacity, dtype=torch.bool,
+                                    device=self.device)
         for layer in range(m.num_layers):
             for f in m.past_fields():
                 tensor = fields[f][layer]
