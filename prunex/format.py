@@ -21,7 +21,6 @@ from prunex.errors import PrunexError
 DOMAIN = "prunex"
 DOMAIN_VERSION = 1
 ONNX_OPSET = 17  # the default standard opset of the function bodies (every op used is unchanged up to 21)
-KV_COMPACT = "KVCompact"
 THRESHOLD_GATHER = "ThresholdGather"
 
 MANIFEST_FILE = "prunex.json"

@@ -178,7 +178,9 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
         else:  # q_int | k_int from the same MatMul; 1 / sqrt(r) folded into q_int
             q_int = policy.q_int[layer].weight.detach().t() / math.sqrt(r)
             projection = torch.cat([weights.qkv, q_int, policy.k_int[layer].weight.detach().t()], dim=1)
-            bias = None if weights.qkv_bias is None else torch.cat([weights.qkv_bias, weights.qkv_bias.new_zeros(2 * r)])
+            bias = weights.qkv_bias
+            if bias is not None:
+                bias = torch.cat([bias, bias.new_zeros(2 * r)])
             qkv, q_int, k_int = g.op("Split", blocks.linear(f"{name}.qkv", x, projection, bias),
                                      g.const([(H + 2 * KV) * D, r, r]), axis=-1,
                                      outputs=[f"{name}.qkv", f"{name}.q_int", m.name(m.new_kint, layer)])

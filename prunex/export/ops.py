@@ -1,4 +1,4 @@
-"""The `prunex` ONNX op domain (version 1): token compaction ops as model-local functions.
+"""The `prunex` ONNX op domain (version 1): the token compaction op as a model-local function.
 
 Each op is an `onnx.FunctionProto` whose body uses standard ONNX ops only (opset 17 by default), so a model
 that holds a `prunex::Op` node and carries these functions in `model.functions` runs in a plain
@@ -6,21 +6,19 @@ that holds a `prunex::Op` node and carries these functions in `model.functions` 
 kernel for the same op be registered later, ONNX Runtime prefers it: the body is the portable reference.
 
 Ops (B batch, T tokens in, W packed width = largest kept count of a row, at least 1):
-- `KVCompact`: keep the K/V cache entries (and their interaction keys and positions) where `keep` is True,
-  packed at the front of each row in their original order; the torch twin is
-  `prunex.prune.kv_cache.LayerCache.compact`.
 - `ThresholdGather`: LTP hard removal between encoder layers: a real token stays iff
   `scores > threshold` (strict, as `LTPThresholds.keep`) or it is in `keep_always` (e.g. [CLS]); the kept
   hidden states are packed in order, as `prunex.prune.encoder_forward.run_encoder(mode="hard")` does.
 
-Packing plan shared by both (the mirror of `prunex.prune.kv_cache.pack_kept`): rank = (1 - keep) * T + t,
+Packing plan (the mirror of `prunex.tensors.pack_kept`): rank = (1 - keep) * T + t,
 then TopK(rank, W, smallest, sorted): kept entries first in their original order, then the dropped ones in
 their order. Padding entries (valid False) therefore hold the first dropped entries of the row: deterministic,
 but consumers must only read entries where valid / mask_out is True. Gathers use flat row offsets and a plain
 `Gather` on axis 0, so the index tensors stay (B, W) or (B, KVH, W), never the size of the data.
 
-The numpy references `kv_compact_reference` and `threshold_gather_reference` define the exact results
-(padding included) the function bodies must reproduce.
+The numpy reference `threshold_gather_reference` defines the exact results (padding included) the function
+body must reproduce. (Decoder graphs use no prunex op since layout 3: the runtime compacts the KV cache, see
+`prunex.runtime.kv_cache`; layout 2's `KVCompact` is gone.)
 """
 
 from __future__ import annotations
@@ -29,30 +27,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, parser
 
-from prunex.format import DOMAIN, DOMAIN_VERSION, KV_COMPACT, ONNX_OPSET, THRESHOLD_GATHER
+from prunex.format import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, THRESHOLD_GATHER
 
 # Per op: inputs and outputs in call order, each (name, shape, dtype, meaning). Shapes use the symbols of the
 # module doc; dtype "float" means any floating type (the bodies are type-polymorphic), the rest are exact.
 # JSON-serialisable: the exporter writes it into the manifest.
 OP_SCHEMAS: dict[str, dict] = {
-    KV_COMPACT: {
-        "doc": "Order-preserving compaction of one layer's K/V cache: keep entries where keep is True.",
-        "inputs": [
-            ("K", ["B", "KVH", "T", "D"], "float", "cached keys (already rotated with RoPE)"),
-            ("V", ["B", "KVH", "T", "D"], "float", "cached values (last dim may differ from K's)"),
-            ("K_int", ["B", "T", "R"], "float", "interaction keys of the entries (DCP state); R may be 0"),
-            ("keep", ["B", "T"], "bool", "True where the entry stays (AND it with the validity first)"),
-            ("positions", ["B", "T"], "int64", "logical positions of the entries"),
-        ],
-        "outputs": [
-            ("K_out", ["B", "KVH", "W", "D"], "float", "kept keys packed at the front of each row, in order"),
-            ("V_out", ["B", "KVH", "W", "D"], "float", "kept values, same packing"),
-            ("K_int_out", ["B", "W", "R"], "float", "kept interaction keys, same packing"),
-            ("valid", ["B", "W"], "bool", "True for the first lengths[b] entries of row b, False on padding"),
-            ("lengths", ["B"], "int64", "kept entries per row"),
-            ("positions_out", ["B", "W"], "int64", "logical positions of the packed entries"),
-        ],
-    },
     THRESHOLD_GATHER: {
         "doc": "LTP hard token removal: keep real tokens with scores > threshold or keep_always, packed.",
         "inputs": [
@@ -117,68 +97,6 @@ def _pack_plan(keep: str, valid: str = "valid", lengths: str = "lengths") -> str
 
 _HEADER = '<domain: "{domain}", opset_import: ["" : {opset}], doc_string: "{doc}">'
 
-_KV_COMPACT_SIGNATURE = (
-    "KVCompact (K, V, K_int, keep, positions) => (K_out, V_out, K_int_out, valid, lengths, positions_out) {"
-)
-
-
-def _kv_packing(K_out: str, V_out: str, K_int_out: str, valid: str, lengths: str, positions_out: str) -> str:
-    """Body lines packing K, V, K_int and positions by `keep` into the given output names."""
-    return _pack_plan("keep", valid=valid, lengths=lengths) + f"""
-    # K and V: flat offsets (b * KVH + h) * T + index into a (B*KVH*T, D) view
-    KVH_1d = Shape <start = 1, end = 2> (K)
-    BH_1d = Mul (B_1d, KVH_1d)
-    BH = Squeeze (BH_1d)
-    heads = Range (zero, BH, one)                       # (B*KVH,)
-    head_base = Mul (heads, T)                          # (B*KVH,)
-    base_shape = Concat <axis = 0> (B_1d, KVH_1d, one_1d)
-    head_base_3d = Reshape (head_base, base_shape)      # (B, KVH, 1)
-    index_3d = Unsqueeze (index, axis1)                 # (B, 1, W)
-    kv_index = Add (head_base_3d, index_3d)             # (B, KVH, W)
-    K_flat = Flatten <axis = 3> (K)                     # (B*KVH*T, D)
-    V_flat = Flatten <axis = 3> (V)                     # (B*KVH*T, Dv)
-    {K_out} = Gather <axis = 0> (K_flat, kv_index)        # (B, KVH, W, D)
-    {V_out} = Gather <axis = 0> (V_flat, kv_index)        # (B, KVH, W, Dv)
-    # per-token tensors: offsets b * T + index into (B*T, ...) views
-    K_int_flat = Flatten <axis = 2> (K_int)             # (B*T, R)
-    {K_int_out} = Gather <axis = 0> (K_int_flat, flat_index)  # (B, W, R)
-    minus1 = Constant <value = int64[1] {{-1}}> ()
-    positions_flat = Reshape (positions, minus1)        # (B*T,)
-    {positions_out} = Gather <axis = 0> (positions_flat, flat_index)  # (B, W)
-"""
-
-
-_OUTPUTS = ("K_out", "V_out", "K_int_out", "valid", "lengths", "positions_out")
-_KV_COMPACT_PLAIN_BODY = _KV_COMPACT_SIGNATURE + _kv_packing(*_OUTPUTS) + "}\n"
-
-# One entry (T = 1: a decode step's new token) needs no packing: the outputs are the inputs, so an If skips the
-# plan's ~40 nodes there. Names in a branch may not shadow the function's, hence the *_packed / single_* names.
-_KV_COMPACT_BODY = (
-    _KV_COMPACT_SIGNATURE
-    + """
-    unit_1d = Constant <value = int64[1] {1}> ()
-    entries_1d = Shape <start = 1, end = 2> (keep)
-    single_1d = Equal (entries_1d, unit_1d)
-    single = Squeeze (single_1d)
-    K_out, V_out, K_int_out, valid, lengths, positions_out = If (single) <
-      then_branch = single_entry () => (K_1, V_1, K_int_1, valid_1, lengths_1, positions_1) {
-        K_1 = Identity (K)
-        V_1 = Identity (V)
-        K_int_1 = Identity (K_int)
-        valid_1 = Identity (keep)                       # (B, 1)
-        keep_1 = Cast <to = 7> (keep)                   # (B, 1) int64
-        lengths_1 = Squeeze (keep_1, unit_1d)           # (B,)
-        positions_1 = Identity (positions)
-      },
-      else_branch = packed () => (K_packed, V_packed, K_int_packed, valid_packed, lengths_packed,
-                                  positions_packed) {"""
-    + _kv_packing(*(f"{name.removesuffix('_out')}_packed" for name in _OUTPUTS))
-    + """      }
-    >
-}
-"""
-)
-
 _THRESHOLD_GATHER_BODY = (
     "ThresholdGather (hidden, scores, threshold, mask, keep_always) => (hidden_out, mask_out, kept_index) {"
     + """
@@ -199,7 +117,7 @@ _THRESHOLD_GATHER_BODY = (
 """
 )
 
-_BODIES = {KV_COMPACT: _KV_COMPACT_BODY, THRESHOLD_GATHER: _THRESHOLD_GATHER_BODY}
+_BODIES = {THRESHOLD_GATHER: _THRESHOLD_GATHER_BODY}
 
 
 def _function_proto(op_name: str, opset: int, body: str) -> onnx.FunctionProto:
@@ -208,20 +126,15 @@ def _function_proto(op_name: str, opset: int, body: str) -> onnx.FunctionProto:
     return parser.parse_function(header + "\n" + body)
 
 
-def function_protos(onnx_opset: int = ONNX_OPSET, single_entry_branch: bool = True) -> list[onnx.FunctionProto]:
+def function_protos(onnx_opset: int = ONNX_OPSET) -> list[onnx.FunctionProto]:
     """The FunctionProtos of every prunex op, to append to `model.functions`.
 
     `onnx_opset` is the standard opset the bodies import: pass the model's own (17 or later) so the functions
-    and the graph agree. `single_entry_branch=False` gives KVCompact's body without its If (same results):
-    ONNX Runtime 1.32's QDQPropagationTransformer aborts the process on an If whose outer-scope input comes
-    from a DequantizeLinear, so static QDQ graphs take the plain body.
+    and the graph agree.
     """
     if onnx_opset < ONNX_OPSET:
         raise ValueError(f"the prunex ops need ONNX opset {ONNX_OPSET} or later, got {onnx_opset}")
-    bodies = dict(_BODIES)
-    if not single_entry_branch:
-        bodies[KV_COMPACT] = _KV_COMPACT_PLAIN_BODY
-    return [_function_proto(name, onnx_opset, bodies[name]) for name in OP_SCHEMAS]
+    return [_function_proto(name, onnx_opset, _BODIES[name]) for name in OP_SCHEMAS]
 
 
 def opset_imports(onnx_opset: int = ONNX_OPSET) -> list[onnx.OperatorSetIdProto]:
@@ -252,14 +165,13 @@ def standalone_model(
     """A model whose graph is one `prunex::op_name` node, graph inputs/outputs named as in the schema.
 
     input_types: override the element type of some inputs (TensorProto enums), e.g.
-    {"mask": TensorProto.INT64} or {"K": TensorProto.FLOAT16, "V": TensorProto.FLOAT16}; outputs follow
-    their inputs' type.
+    {"mask": TensorProto.INT64} or {"hidden": TensorProto.FLOAT16}; outputs follow their inputs' type.
     """
     if op_name not in OP_SCHEMAS:
         raise ValueError(f"unknown prunex op {op_name!r}; known: {sorted(OP_SCHEMAS)}")
     schema, overrides = OP_SCHEMAS[op_name], dict(input_types or {})
     in_types = {io[0]: overrides.get(io[0], _ONNX_DTYPES[io[2]]) for io in schema["inputs"]}
-    source = {"K_out": "K", "V_out": "V", "K_int_out": "K_int", "hidden_out": "hidden"}
+    source = {"hidden_out": "hidden"}
     inputs = [helper.make_tensor_value_info(io[0], in_types[io[0]], io[1]) for io in schema["inputs"]]
     outputs = [
         helper.make_tensor_value_info(io[0], in_types.get(source.get(io[0], ""), _ONNX_DTYPES[io[2]]), io[1])
@@ -287,18 +199,6 @@ def pack_plan_reference(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     index = np.argsort(~keep, axis=-1, kind="stable")[:, :width].astype(np.int64)  # (B, W)
     valid = np.arange(width)[None, :] < lengths[:, None]  # (B, W)
     return index, valid, lengths
-
-
-def kv_compact_reference(
-    K: np.ndarray, V: np.ndarray, K_int: np.ndarray, keep: np.ndarray, positions: np.ndarray
-) -> tuple[np.ndarray, ...]:
-    """numpy KVCompact: (K_out, V_out, K_int_out, valid, lengths, positions_out); see OP_SCHEMAS."""
-    index, valid, lengths = pack_plan_reference(keep)
-    K_out = np.take_along_axis(K, index[:, None, :, None], axis=2)  # (B, KVH, W, D)
-    V_out = np.take_along_axis(V, index[:, None, :, None], axis=2)  # (B, KVH, W, Dv)
-    K_int_out = np.take_along_axis(K_int, index[:, :, None], axis=1)  # (B, W, R)
-    positions_out = np.take_along_axis(positions, index, axis=1)  # (B, W)
-    return K_out, V_out, K_int_out, valid, lengths, positions_out
 
 
 def threshold_gather_reference(

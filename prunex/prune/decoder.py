@@ -5,7 +5,7 @@ past of P cached entries per layer (`LayerCache`, valid entries marked). Each la
 and new entries every new query keeps (`KeepPolicy.decide`), attends over [past ; new] under those decisions and
 returns the new tokens' K/V with the decisions; what to do with them (count them, build a cache, compact them in
 the graph) is the caller's: `prune.forward.run_full` (whole sequences), `PrunedLM.decode_step` (one token over
-a physically pruned cache), `export.step_module.DecoderStep` (the ONNX step graph).
+a physically pruned cache), `export.validate` (the reference the fused ONNX graph is checked against).
 
 Soft decisions (alpha < inf, training) enter attention as log(keep) added to the logits, as in DCP; hard ones as
 a boolean mask. Shapes: B batch, S new tokens, P past entries, H query heads, KV key/value heads, G = H / KV,
@@ -53,7 +53,6 @@ def run_decoder(
     valid: Tensor,
     past: list[LayerCache] | None = None,
     alpha: float = math.inf,
-    attention: str = "sdpa",
 ) -> DecoderRun:
     """Run (B, S) ids at (B, S) logical positions, `valid` (B, S) bool, over `past` (one read-only `LayerCache`
     per layer, or None). `policy=None` is the dense model (keep = valid). alpha = inf: hard decisions. An
@@ -90,10 +89,7 @@ def run_decoder(
         else:  # soft decisions (training): log(keep) is added to the attention logits
             mask_new = _log_keep(keep_new, allowed | itself)
             mask_past = None if cached is None else _log_keep(keep_past, cached.valid[:, None, :])
-        if attention == "sdpa":
-            attended = _attend_sdpa(q, k, v, cached, mask_past, mask_new, adapter.attention_scale(layer))
-        else:
-            attended = _attend_matmul(q, k, v, cached, mask_past, mask_new, adapter, layer, B, S)
+        attended = _attend_sdpa(q, k, v, cached, mask_past, mask_new, adapter.attention_scale(layer))
         hidden = hidden + adapter.attention_output(layer, attended.transpose(1, 2).reshape(B, S, -1))  # (B, S, d)
         hidden = adapter.mlp_block(layer, hidden)
         layers.append(LayerRun(k, v, state, keep_past, keep_new, past_state))
@@ -119,27 +115,3 @@ def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor, cached: LayerCache | None, mas
         keys, values = torch.cat([cached.k, k], dim=2), torch.cat([cached.v, v], dim=2)  # (B, KV, P+S, D)
         mask = torch.cat([mask_past, mask_new], dim=-1)  # (B, S, P+S)
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], scale=scale, enable_gqa=True)
-
-
-def _attend_matmul(q: Tensor, k: Tensor, v: Tensor, cached: LayerCache | None, mask_past: Tensor | None,
-                   mask_new: Tensor, adapter: DecoderAdapter, layer: int, B: int, S: int) -> Tensor:
-    """The same as `_attend_sdpa` for hard decisions, in plain ops that export to ONNX without copying the
-    cache: the G query heads of a KV head become G*S rows of one matmul. Sizes come from the adapter and the
-    caller (in a traced graph every shape read is a node)."""
-    if mask_new.dtype != torch.bool:
-        raise ValueError("matmul attention takes hard decisions (alpha = inf); use sdpa for soft ones")
-    H, KV, scale = adapter.num_heads, adapter.num_kv_heads, adapter.attention_scale(layer)
-    G = H // KV
-    q_rows = q.reshape(B, KV, G * S, -1)  # (B, KV, G*S, D)
-    scores = (q_rows @ k.transpose(-1, -2)) * scale  # (B, KV, G*S, S)
-    if cached is None:
-        mask = mask_new[:, None].expand(B, G, S, S).reshape(B, 1, G * S, S)
-        probs = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1)
-        return (probs @ v).reshape(B, H, S, -1)
-    P = cached.k.shape[2]
-    scores = torch.cat([(q_rows @ cached.k.transpose(-1, -2)) * scale, scores], dim=-1)  # (B, KV, G*S, P+S)
-    mask = torch.cat([mask_past, mask_new], dim=-1)  # (B, S, P+S)
-    mask = mask[:, None].expand(B, G, S, P + S).reshape(B, 1, G * S, P + S)
-    probs = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1)
-    attended = probs[..., :P] @ cached.v + probs[..., P:] @ v  # (B, KV, G*S, D)
-    return attended.reshape(B, H, S, -1)

@@ -24,7 +24,7 @@ import onnx
 from prunex.errors import PrunexError
 from prunex.export.folder import prepare_out, write_atomically
 from prunex.format import DOMAIN, MANIFEST_FILE, manifest_kind, read_encoder_manifest, read_manifest, write_manifest
-from prunex.quantize.passes import untie_shared_weights, use_plain_function_bodies
+from prunex.quantize.passes import untie_shared_weights
 
 MODES = ("dynamic", "static")
 QUANTIZED_OPS = ["MatMul", "Gather"]
@@ -84,8 +84,6 @@ def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, kind: st
     block size used (dynamic; None for static)."""
     model = onnx.load(str(source))
     untied = untie_shared_weights(model)
-    if config.mode == "static":
-        use_plain_function_bodies(model)
     prepared = target.with_name("fp32-prepared.onnx")
     onnx.save(model, str(prepared))
     block = None

@@ -6,8 +6,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from prunex.export.ops import function_protos
-
 
 def untie_shared_weights(model: onnx.ModelProto) -> list[str]:
     """Give every MatMul that shares its weight with a Gather (a tied embedding) its own initializer.
@@ -42,11 +40,3 @@ def untie_shared_weights(model: onnx.ModelProto) -> list[str]:
             node.input[1] = copy.name
             untied.append(copy.name)
     return untied
-
-
-def use_plain_function_bodies(model: onnx.ModelProto) -> None:
-    """Swap the prunex functions for the bodies without control flow (same results), for static QDQ graphs:
-    ONNX Runtime's QDQ propagation aborts on the If of KVCompact's single-entry branch (see `function_protos`)."""
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    del model.functions[:]
-    model.functions.extend(function_protos(opset, single_entry_branch=False))

@@ -11,9 +11,9 @@ when a row's kept entries themselves need more room, and shrinks when the fulles
 
 Buffers (torch, on the session's device): key / value (L, B, KV, W, D), kint (L, B, R, W), valid (L, B, W)
 bool, positions and guard (L, B, W) int64 (guard: the first query position that may drop the entry), fill and
-seqlens (L, B) int32 (seqlens = fill - 1 after `begin_step`: what the attention reads). Memory is accounted in bytes of K, V and interaction keys:
-held (valid entries), allocated (slots) with its peak, and dense-equivalent (what a cache without pruning would
-hold for the same tokens).
+seqlens (L, B) int32 (seqlens = fill - 1 after `begin_step`: what the attention reads). Memory is accounted in
+bytes of K, V and interaction keys: held (valid entries), allocated (slots) with its peak, and dense-equivalent
+(what a cache without pruning would hold for the same tokens).
 """
 
 from __future__ import annotations
