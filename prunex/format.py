@@ -40,6 +40,7 @@ NEVER = 2**62  # the guard of an entry no query may drop (attention sinks)
 DECODER_PRESENT = {"key": "present_key.%d", "value": "present_value.%d"}  # the past buffers, written in place
 KEEP = "keep.%d"  # (B, S, W) bool: validity after each query of the step, the last is the cache's (DCP only)
 NEW_KINT = "new_kint.%d"  # (B, S, R) the new entries' interaction keys (DCP only), for the runtime to store
+ATTENTION = "attention.%d"  # (B, H, S, W) each query's attention probabilities (exported with attention scores)
 CACHE_FIELDS = tuple(DECODER_PAST)
 
 # Graph io of the encoder (see prunex.export.encoder): input_ids, attention_mask (B, T) int64 ->
@@ -62,6 +63,7 @@ class DecoderManifest:
     keep: str = KEEP  # per-layer output template
     present: dict[str, str] = field(default_factory=lambda: dict(DECODER_PRESENT))  # per-layer output templates
     new_kint: str = NEW_KINT  # per-layer output template (DCP only)
+    attention: str = ""  # per-layer output template of the attention probabilities ("": not exported)
     op_domain: str = DOMAIN
     op_domain_version: int = DOMAIN_VERSION
     ops: list[str] = field(default_factory=list)  # prunex ops the graph uses
@@ -101,7 +103,7 @@ class DecoderManifest:
     def layer_outputs(self) -> list[str]:
         """The per-layer output templates, in graph order."""
         dcp = [self.keep, self.new_kint] if self.interaction_dim else []
-        return [self.present["key"], self.present["value"]] + dcp
+        return [self.present["key"], self.present["value"]] + ([self.attention] if self.attention else []) + dcp
 
     def output_names(self) -> list[str]:
         """All graph outputs in order: logits, then per layer present key / value (and keep, new_kint)."""

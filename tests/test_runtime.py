@@ -149,6 +149,23 @@ def test_capacity_overflow_is_a_clear_error(exported):
         runtime.generate([[1] * (limit - 4)], SamplingParams(max_new_tokens=8))
 
 
+def test_decoding_up_to_the_context_edge(tmp_path, exported):
+    """A dense row decoded to the model's last position: the slot buffers never grow past the context (the
+    fused attention refuses buffers longer than its rotary table), and the next step is a clear error."""
+    lm, _ = exported
+    export_decoder(PrunedLM(lm.base, None), tmp_path / "dense", dense=True, source="tiny-llama")
+    runtime = Runtime(tmp_path / "dense", device="cpu", threads=1)
+    limit = runtime.manifest.max_positions
+    engine = runtime.engine
+    logits = engine.prefill([[1] * (limit - 8)])
+    for _ in range(8):
+        assert engine.cache.capacity <= limit
+        logits = engine.decode(logits.argmax(-1))
+    assert engine.cache.capacity == limit and int(engine.cache.fill.max()) == limit
+    with pytest.raises(CapacityError, match="context"):
+        engine.decode(logits.argmax(-1))
+
+
 def test_running_out_of_kv_bytes_mid_flight_is_an_error_that_loses_nothing(exported):
     probe = Runtime(exported[1], device="cpu", threads=1)
     prompt = _ids(probe)[0]

@@ -12,6 +12,7 @@ from prunex.prune.kv_cache import PrunedKVCache
 from prunex.prune.lm import PrunedLM
 from prunex.prune.training_free import training_free_policy
 from prunex.runtime.runtime import Runtime
+from prunex.runtime.sampling import SamplingParams
 
 BUDGET, STEPS = 7, 14
 
@@ -23,14 +24,23 @@ def dense_export(tmp_path_factory, tiny_llama):
     return out
 
 
-@pytest.mark.parametrize("name", ["window", "sinks"])
-def test_runtime_policy_matches_pytorch(name, dense_export, tiny_llama):
+@pytest.fixture(scope="module")
+def scored_export(tmp_path_factory, tiny_llama):
+    """The dense export with each layer's attention probabilities as outputs (what H2O / TOVA need)."""
+    out = tmp_path_factory.mktemp("scored") / "tiny-llama"
+    export_decoder(PrunedLM(tiny_llama, None), out, dense=True, source="tiny-llama", attention_scores=True)
+    return out
+
+
+@pytest.mark.parametrize("name", ["window", "sinks", "h2o", "tova"])
+def test_runtime_policy_matches_pytorch(name, dense_export, scored_export, tiny_llama):
     """Greedy, a batch of rows of different lengths (prompts within the budget: the prompt pass is the graph's):
     the same tokens, and every layer holds the same positions per row as the PyTorch cache after each run."""
     policy = training_free_policy(name, BUDGET, sink_tokens=2)
     gen = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (3, 6, 5)]
-    engine = Runtime(dense_export, device="cpu", threads=1, policy=policy).engine
+    directory = scored_export if name in ("h2o", "tova") else dense_export
+    engine = Runtime(directory, device="cpu", threads=1, policy=policy).engine
     logits = engine.prefill(prompts)
     runtime_tokens = []
     for _ in range(STEPS):
@@ -63,8 +73,8 @@ def test_runtime_policy_matches_pytorch(name, dense_export, tiny_llama):
     assert engine.cache.held_bytes() < engine.cache.dense_bytes() / 2
 
 
-def test_runtime_refuses_attention_policies(dense_export):
-    with pytest.raises(PrunexError, match="position-only"):
+def test_runtime_refuses_attention_policies_without_attention_outputs(dense_export):
+    with pytest.raises(PrunexError, match="--attention-scores"):
         Runtime(dense_export, device="cpu", threads=1, policy=training_free_policy("h2o", 8))
 
 
@@ -86,4 +96,29 @@ def test_cli_generate_with_policy_on_a_dense_export(dense_export):
     assert bounded["kv_bytes"] < plain["kv_bytes"] == plain["dense_kv_bytes"]
     assert bounded["kv_bytes"] * bounded["kv_kept_fraction"] ** -1 == pytest.approx(bounded["dense_kv_bytes"])
     refused = runner.invoke(app, [*args, "--policy", "h2o", "--kv-tokens", "8"])
-    assert refused.exit_code != 0 and "attention mass" in str(refused.exception)
+    assert refused.exit_code != 0 and "--attention-scores" in str(refused.exception)
+
+
+def test_serve_applies_a_run_time_policy(dense_export):
+    """`prunex serve DIR --policy sinks --kv-tokens 8`: the server's text is the library's under the same policy;
+    options the runtime cannot apply are refused before the server starts."""
+    import openai
+    from serve_helpers import running_server, tiny_loader, wait_healthy
+
+    from prunex.cli.serve_command import serve_command
+
+    policy = training_free_policy("sinks", 8)
+    params = SamplingParams(max_new_tokens=20)
+    runtime = Runtime(dense_export, device="cpu", threads=1, policy=policy)
+    expected = runtime.generate([runtime.encode("Once upon")], params)[0].text
+    with running_server(tiny_loader(str(dense_export), policy=policy)) as (base, _):
+        wait_healthy(base)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+        served = client.completions.create(model="tiny", prompt="Once upon", max_tokens=20, temperature=0)
+    assert served.choices[0].text == expected
+    options = {"host": "127.0.0.1", "port": 0, "api_key": None, "max_batch": 2, "max_queue": 2, "device": "cpu",
+               "threads": 1, "model_name": None}
+    with pytest.raises(PrunexError, match="--kv-tokens"):
+        serve_command(str(dense_export), **options, policy="sinks")
+    with pytest.raises(PrunexError, match="--attention-scores"):
+        serve_command(str(dense_export), **options, policy="h2o", kv_tokens=8)

@@ -43,7 +43,7 @@ class DecodeBenchConfig:
     optimum_python: str | None = None  # python of an env with optimum-onnx (transformers<4.58): adds that peer
     repeats: int = 1  # rounds of every engine in turn; figures are medians, ratios the median of each round's
     peers: list[str] = field(default_factory=list)  # dense engines of other projects to run beside: "ortgenai"
-    policy: str | None = None  # a run-time keep policy (window, sinks) for the prunex engine only
+    policy: str | None = None  # a run-time keep policy (window, sinks, h2o, tova) for the prunex engine only
     kv_tokens: int | None = None  # its budget: cached tokens per row and layer
 
 

@@ -31,7 +31,7 @@ def bench_prompts(tokenizer, batch: int, context: int) -> list[list[int]]:
 def measure_ort(directory: str, batch: int, context: int, new_tokens: int, threads: int, device: str,
                 policy: str | None = None, kv_tokens: int | None = None) -> dict:
     """prunex's Generator over an exported dir: all rows admitted in the first step, then decode steps;
-    `policy` (window, sinks) with `kv_tokens` adds a run-time keep policy."""
+    `policy` (window, sinks, h2o, tova) with `kv_tokens` adds a run-time keep policy."""
     from prunex.prune.training_free import training_free_policy
     from prunex.runtime.runtime import Runtime
     from prunex.runtime.sampling import SamplingParams

@@ -16,7 +16,7 @@ def generate_exported(source: str, prompts: list[str], *, chat: bool, params, st
                       device: str, threads: int | None, policy: str | None = None, kv_budget: float | None = None,
                       kv_tokens: int | None = None) -> None:
     """Generate through ONNX Runtime; prints text (streamed for one prompt with --stream) and a stats line.
-    `policy` (window, sinks) at `kv_budget`/`kv_tokens` bounds the cache on top of the graph's decisions."""
+    `policy` (window, sinks, h2o, tova) at `kv_budget`/`kv_tokens` bounds the cache on top of the graph's decisions."""
     from prunex.cli.policy_options import runtime_budget
     from prunex.prune.training_free import training_free_policy
     from prunex.runtime.runtime import Runtime, load_tokenizer

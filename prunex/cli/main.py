@@ -260,8 +260,8 @@ def generate(
     stop: list[str] = typer.Option([], "--stop", help="Exported dirs: stop string (repeatable)."),
     device: str = typer.Option("auto", help="Exported dirs: auto, cpu or cuda."),
     threads: int = typer.Option(0, min=0, help="Exported dirs: ONNX Runtime threads (0: as torch)."),
-    policy: Optional[str] = typer.Option(None, help="Keep policy on top of SOURCE's: window or sinks (any export), "
-                                         "h2o or tova too in PyTorch."),
+    policy: Optional[str] = typer.Option(None, help="Keep policy on top of SOURCE's: window or sinks (any "
+                                         "export); h2o or tova (PyTorch, or an --attention-scores export)."),
     kv_budget: Optional[float] = typer.Option(None, help="Its budget as a kept fraction of the longest prompt "
                                               "+ --max-new-tokens."),
     kv_tokens: Optional[int] = typer.Option(None, help="Its budget as cached tokens per row and layer."),
@@ -384,6 +384,8 @@ def export(
     ),
     out: Path = typer.Option(..., "--out", help="Folder for model.onnx, prunex.json and the tokenizer."),
     dense: bool = typer.Option(False, help="Export the same model without pruning (keep = valid)."),
+    attention_scores: bool = typer.Option(False, help="Decoders: also output each layer's attention "
+                                          "probabilities, so that run-time --policy h2o / tova can run on it."),
     opset: int = typer.Option(17, help="Standard ONNX opset (17 or later)."),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's validation figures as JSON."),
@@ -410,7 +412,8 @@ def export(
         )
         what = "kept tokens per layer equal"
     else:
-        manifest = export_decoder(load_lm(source), out, dense=dense, opset=opset, force=force, source=resolved.path)
+        manifest = export_decoder(load_lm(source), out, dense=dense, opset=opset, force=force, source=resolved.path,
+                                  attention_scores=attention_scores)
         what = "kept K/V entries equal"
     figures = manifest.validation
     if as_json:
@@ -438,13 +441,18 @@ def serve(
     threads: int = typer.Option(0, min=0, help="ONNX Runtime intra-op threads (0: as torch)."),
     model_name: Optional[str] = typer.Option(None, help="The `model` clients send (default: the dir's name, or "
                                              "SOURCE as given)."),
+    policy: Optional[str] = typer.Option(None, help="Run-time keep policy on top of the graph's own decisions "
+                                         "(window, sinks: any exported decoder, dense included; h2o, tova: "
+                                         "an --attention-scores export)."),
+    kv_tokens: Optional[int] = typer.Option(None, min=1, help="The policy's budget: cached tokens per layer and "
+                                            "request."),
 ) -> None:
     """An OpenAI-compatible server (/v1/completions with echo + logprobs, /v1/chat/completions, streaming,
     /v1/models, /health, /metrics, /tokenize, /detokenize, /tokenizer_info; /v1/classify for encoders)."""
     from prunex.cli.serve_command import serve_command
 
     serve_command(source, host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
-                  device=device, threads=threads or None, model_name=model_name)
+                  device=device, threads=threads or None, model_name=model_name, policy=policy, kv_tokens=kv_tokens)
 
 
 @bench_app.command("decode")
@@ -471,8 +479,9 @@ def bench_decode_command(
                                    "ortgenai (onnxruntime-genai, at prunex's precision), llamacpp (llama.cpp: "
                                    "Q8_0 beside int8, else the packaged Q4_1; CMAKE_ARGS=-DGGML_NATIVE=ON pip "
                                    "install llama-cpp-python, ~10 min)."),
-    policy: Optional[str] = typer.Option(None, help="Run-time keep policy for SOURCE (window or sinks); the "
-                                         "baseline runs without it (give the same dir as --baseline)."),
+    policy: Optional[str] = typer.Option(None, help="Run-time keep policy for SOURCE (window, sinks; h2o, "
+                                         "tova on an --attention-scores export); the baseline runs "
+                                         "without it (give the same dir as --baseline)."),
     kv_budget: Optional[float] = typer.Option(None, help="Its budget as a kept fraction of the largest --context "
                                               "+ --new-tokens."),
     kv_tokens: Optional[int] = typer.Option(None, help="Its budget as cached tokens per row and layer."),

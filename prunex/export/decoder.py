@@ -15,7 +15,7 @@ import onnx
 from prunex.errors import PrunexError
 from prunex.export.folder import prepare_out, write_atomically
 from prunex.export.fused import build_decoder_graph
-from prunex.format import MODEL_FILE, ONNX_OPSET, DecoderManifest, write_manifest
+from prunex.format import ATTENTION, MODEL_FILE, ONNX_OPSET, DecoderManifest, write_manifest
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import PrunedLM
 
@@ -28,8 +28,10 @@ def check_opset(opset: int) -> None:
         raise PrunexError(f"--opset {opset} is not supported: prunex exports with opset {ONNX_OPSET}..{MAX_OPSET}")
 
 
-def build_manifest(lm: PrunedLM, policy: DCPPolicy | None, opset: int, source: str) -> DecoderManifest:
-    """The manifest of `lm` exported with `policy` (None: dense)."""
+def build_manifest(lm: PrunedLM, policy: DCPPolicy | None, opset: int, source: str,
+                   attention_scores: bool = False) -> DecoderManifest:
+    """The manifest of `lm` exported with `policy` (None: dense), with the attention probabilities as outputs
+    when `attention_scores` (what run-time H2O / TOVA need)."""
     a, config = lm.adapter, lm.base.model.config
     tokenizer = lm.tokenizer
     return DecoderManifest(
@@ -37,6 +39,7 @@ def build_manifest(lm: PrunedLM, policy: DCPPolicy | None, opset: int, source: s
         ops=[],
         num_layers=a.num_layers, num_heads=a.num_heads, num_kv_heads=a.num_kv_heads, head_dim=a.head_dim,
         interaction_dim=0 if policy is None else policy.state_dim,
+        attention=ATTENTION if attention_scores else "",
         sink_tokens=0 if policy is None else policy.config.sink_tokens,
         recent_tokens=0 if policy is None else policy.config.recent_tokens,
         vocab_size=int(config.vocab_size), max_positions=lm.max_positions, opset=opset,
@@ -60,10 +63,13 @@ def export_decoder(
     source: str = "",
     tolerance: float = 1e-4,
     validation_steps: int = 4,
+    attention_scores: bool = False,
 ) -> DecoderManifest:
     """Export `lm` (its DCP policy, or dense) to the folder `out`, validated against PyTorch.
 
     tolerance: max |logit diff| allowed, relative to max(1, largest |logit|) of the PyTorch reference.
+    attention_scores: also output each layer's attention probabilities (run-time H2O / TOVA need them; they
+    cost a write of B x H x W floats a layer and step).
     """
     from prunex.export.validate import validate_decoder
 
@@ -75,7 +81,7 @@ def export_decoder(
         raise PrunexError(f"only DCP policies export to ONNX, not {type(policy).__name__}; use --dense")
     if lm.tokenizer is None:
         raise PrunexError("the model has no tokenizer: an export needs one to validate and to run")
-    manifest = build_manifest(lm, policy, opset, source)
+    manifest = build_manifest(lm, policy, opset, source, attention_scores)
 
     def fill(tmp: Path) -> DecoderManifest:
         started = time.perf_counter()

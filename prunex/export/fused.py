@@ -193,13 +193,16 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
         attention_bias = g.op("Unsqueeze", masked, g.const([1]))  # (B, 1, S|1, W)
         if policy is None:  # the attention wants one row a query
             attention_bias = g.op("Expand", attention_bias, glob.bias_shape)  # (B, 1, S, W)
+        outputs = [f"{name}.attended", m.name(m.present["key"], layer), m.name(m.present["value"], layer)]
+        if m.attention:  # each query's attention probabilities (qk_output=2: after the softmax), for H2O / TOVA
+            outputs.append(m.name(m.attention, layer))
+            g.outputs.append(helper.make_tensor_value_info(outputs[-1], FLOAT, ["batch", H, "seq", "capacity"]))
         attended = g.op(
             "GroupQueryAttention", qkv, "", "", m.name(m.past["key"], layer), m.name(m.past["value"], layer),
-            m.name(m.past["seqlens"], layer),
-            glob.total_length, *rotary, positions if spec.rotary is not None else "", attention_bias,
-            outputs=[f"{name}.attended", m.name(m.present["key"], layer), m.name(m.present["value"], layer)],
-            domain=MS_DOMAIN, num_heads=H, kv_num_heads=KV, scale=weights.scale,
-            do_rotary=int(spec.rotary is not None), rotary_interleaved=0,
+            m.name(m.past["seqlens"], layer), glob.total_length, *rotary,
+            positions if spec.rotary is not None else "", attention_bias, outputs=outputs, domain=MS_DOMAIN,
+            num_heads=H, kv_num_heads=KV, scale=weights.scale, do_rotary=int(spec.rotary is not None),
+            rotary_interleaved=0, qk_output=2 if m.attention else 0,
         )[0]
         g.outputs += [helper.make_tensor_value_info(m.name(m.present[f], layer), FLOAT, shapes[f])
                       for f in ("key", "value")]

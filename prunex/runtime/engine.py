@@ -17,9 +17,15 @@ from torch import Tensor
 
 from prunex.errors import PrunexError
 from prunex.format import DecoderManifest, read_manifest
+from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.policy import KeepPolicy
 from prunex.runtime.kv_cache import CacheLimits, CapacityError, KVCacheManager
-from prunex.runtime.policy_hook import check_runtime_policy, restrict_to_policy
+from prunex.runtime.policy_hook import (
+    check_runtime_policy,
+    evict_over_budget,
+    observe_attention,
+    restrict_to_policy,
+)
 from prunex.runtime.session import make_session
 from prunex.runtime.step_io import StepIO
 
@@ -31,10 +37,10 @@ class DecoderEngine:
 
     def __init__(self, directory: str | Path, device: str = "auto", threads: int | None = None,
                  limits: CacheLimits | None = None, manifest: DecoderManifest | None = None,
-                 policy: KeepPolicy | None = None) -> None:
+                 policy: KeepPolicy | AttentionPolicy | None = None) -> None:
         self.directory = Path(directory)
-        self.policy = None if policy is None else check_runtime_policy(policy)  # run-time policy (window, sinks)
         self.manifest = m = manifest or read_manifest(self.directory)
+        self.policy = None if policy is None else check_runtime_policy(policy, m)  # run-time window/sinks/h2o/tova
         self.session, self.device_choice = make_session(self.directory / m.model_file, device, threads)
         self.device = torch.device(self.device_choice.device)
         self.cache = self.new_cache(limits)
@@ -52,7 +58,7 @@ class DecoderEngine:
         """An empty cache shaped for this graph."""
         m = self.manifest
         return KVCacheManager(m.num_layers, m.num_kv_heads, m.head_dim, m.interaction_dim, self.device, limits,
-                              guard=m.guard if m.interaction_dim else None)
+                              guard=m.guard if m.interaction_dim else None, max_width=m.max_positions)
 
     def _run(self, cache: KVCacheManager, io: StepIO, token_ids: Tensor, positions: Tensor) -> None:
         """One graph run of io.rows x io.seq tokens over `cache`, which takes the new entries."""
@@ -61,10 +67,15 @@ class DecoderEngine:
         io.token_ids.copy_(token_ids)
         io.positions.copy_(positions)
         cache.begin_step(io.positions)
+        attention_policy = self.policy if isinstance(self.policy, AttentionPolicy) else None
+        if attention_policy is not None and io.seq == 1:  # the budget holds from the first decode step on
+            evict_over_budget(attention_policy, cache, io.positions[:, 0])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # torch's writes to the buffers land before ORT's stream reads them
         self.session.run_with_iobinding(io.binder.binding)
         cache.end_step(io.keep, io.new_kint)
+        if attention_policy is not None:
+            observe_attention(attention_policy, cache, io.attention)
 
     # --- prefill -----------------------------------------------------------------------------------------
     def _check_prompts(self, prompts: list[list[int]]) -> None:
@@ -133,7 +144,7 @@ class DecoderEngine:
             raise CapacityError(f"a row reached the model's context of {m.max_positions} tokens")
         if self._io is None or self._io.rows != B:
             self._io = StepIO(self.session, m, B, 1, 1, self.device)
-        if self.policy is not None:
+        if isinstance(self.policy, KeepPolicy):
             restrict_to_policy(self.policy, self.cache, self.next_positions)
         self._run(self.cache, self._io, token_ids.view(B, 1), self.next_positions.view(B, 1))
         self.next_positions += 1

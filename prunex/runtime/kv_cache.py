@@ -10,7 +10,8 @@ place) when its holes pass `max_holes` of its filled slots, or when a row has no
 when a row's kept entries themselves need more room, and shrinks when the fullest layer no longer needs half.
 
 Buffers (torch, on the session's device): key / value (L, B, KV, W, D), kint (L, B, R, W), valid (L, B, W)
-bool, positions and guard (L, B, W) int64 (guard: the first query position that may drop the entry), fill and
+bool, positions and guard (L, B, W) int64 (guard: the first query position that may drop the entry), score
+(L, B, W) float (a run-time attention policy's per-entry state: H2O's accumulated mass, TOVA's last), fill and
 seqlens (L, B) int32 (seqlens = fill - 1 after `begin_step`: what the attention reads). Memory is accounted in
 bytes of K, V and interaction keys: held (valid entries), allocated (slots) with its peak, and dense-equivalent
 (what a cache without pruning would hold for the same tokens).
@@ -47,8 +48,12 @@ class KVCacheManager:
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, interaction_dim: int,
                  device: torch.device, limits: CacheLimits | None = None,
-                 dtype: torch.dtype = torch.float32, guard: Callable[[Tensor], Tensor] | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, guard: Callable[[Tensor], Tensor] | None = None,
+                 max_width: int | None = None) -> None:
         self.num_layers, self.kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
+        # slots never needed past the model's context (a row holds at most that many entries); the fused graph's
+        # attention also refuses buffers longer than its rotary table
+        self.max_width = max_width
         self.kint_dim = interaction_dim
         self.guard_of = guard  # positions (…) -> guards (`DecoderManifest.guard`); None: the graph reads none
         self._new_slots: Tensor | None = None  # (L, B, S) the slots of the step under way
@@ -98,12 +103,15 @@ class KVCacheManager:
     def fields(self) -> dict[str, Tensor]:
         """The buffers by manifest field name (`prunex.format.DECODER_PAST`), all layers stacked."""
         return {"key": self.key, "value": self.value, "kint": self.kint, "valid": self.valid,
-                "positions": self.positions, "guard": self.guard, "fill": self.fill, "seqlens": self.seqlens}
+                "positions": self.positions, "guard": self.guard, "score": self.score, "fill": self.fill,
+                "seqlens": self.seqlens}
 
     # --- allocation --------------------------------------------------------------------------------------
     def _allocate(self, rows: int, width: int, keep_rows: int = 0, keep_width: int = 0) -> None:
         """New buffers of (rows, width), the first keep_rows x keep_width of the old ones copied over;
-        raises CapacityError past `max_bytes` and changes nothing."""
+        raises CapacityError past `max_bytes` and changes nothing. The width is capped at `max_width`."""
+        if self.max_width is not None:
+            width, keep_width = min(width, self.max_width), min(keep_width, self.max_width)
         total = self.num_layers * rows * width * self.bytes_per_entry
         limit = self.limits.max_bytes
         if limit is not None and total > limit:
@@ -119,6 +127,7 @@ class KVCacheManager:
             "valid": torch.zeros(L, rows, width, dtype=torch.bool, **kw),
             "positions": torch.zeros(L, rows, width, dtype=torch.int64, **kw),
             "guard": torch.zeros(L, rows, width, dtype=torch.int64, **kw),
+            "score": torch.zeros(L, rows, width, dtype=torch.float32, **kw),
             "fill": torch.zeros(L, rows, dtype=torch.int32, **kw),
             "seqlens": torch.zeros(L, rows, dtype=torch.int32, **kw),
         }
@@ -130,7 +139,7 @@ class KVCacheManager:
                     old = old.narrow(_slot_dim(name), 0, keep_width)
                 region.copy_(old.narrow(1, 0, keep_rows))
         self.key, self.value, self.kint = new["key"], new["value"], new["kint"]
-        self.valid, self.positions, self.guard = new["valid"], new["positions"], new["guard"]
+        self.valid, self.positions, self.guard, self.score = new["valid"], new["positions"], new["guard"], new["score"]
         self.fill, self.seqlens = new["fill"], new["seqlens"]
         self.peak_allocated_bytes = max(self.peak_allocated_bytes, total)
         self.version += 1
@@ -197,6 +206,7 @@ class KVCacheManager:
         positions = positions.to(self.device)[None].expand(L, B, S)
         self.valid[layers, rows, slots] = True
         self.positions[layers, rows, slots] = positions
+        self.score[layers, rows, slots] = 0.0
         if self.guard_of is not None:
             self.guard[layers, rows, slots] = self.guard_of(positions)
         self.fill += S
@@ -233,7 +243,7 @@ class KVCacheManager:
         valid = self.valid.index_select(0, index).flatten(0, 1)  # (l * B, W)
         order, kept = pack_kept(valid, min_width=0)  # (l * B, k) each
         width = order.shape[1]
-        for name in ("key", "value", "kint", "positions", "guard"):
+        for name in ("key", "value", "kint", "positions", "guard", "score"):
             tensor, dim = getattr(self, name), _slot_dim(name)
             packed = gather_tokens(tensor.index_select(0, index).flatten(0, 1), order, dim - 1)
             tensor.narrow(dim, 0, width)[index] = packed.unflatten(0, (len(layers), self.rows))

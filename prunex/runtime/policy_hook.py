@@ -1,32 +1,45 @@
-"""The runtime's one hook for a run-time keep policy on any exported decoder, dense included.
+"""The runtime's hooks for a run-time keep policy on any exported decoder, dense included.
 
-Before each decode step, a policy that needs only positions (window, sinks: `WindowPolicy`) restricts which
-cached entries each row's next query may see; the graph then makes its own decisions (a DCP graph: its learned
-ones; a dense graph: keep all) over what is left, so the two combine as a logical AND, and the entries dropped
-here become holes that the cache manager masks and compacts like any other. The prompt pass runs as exported
-(a dense graph attends to the whole prompt); the budget holds from the first decode step on. Policies that need
-attention mass (H2O, TOVA) need a graph output that the export does not provide yet, so they are refused here.
+Two kinds, both combined with the graph's own decisions (a DCP graph: its learned ones; a dense graph: keep
+all) as a logical AND; the entries they drop become holes that the cache manager masks and compacts:
+- position-only policies (window, sinks: `WindowPolicy`) restrict, before each decode step, which cached
+  entries the row's next query may see (`restrict_to_policy`);
+- attention policies (H2O, TOVA: `AttentionPolicy`) keep a score per cached entry (the manager's `score`),
+  updated from each query's attention probabilities, which the graph outputs when exported with
+  `--attention-scores` (`observe_attention`); once a decode step's new token has joined, each layer and row over
+  its budget loses its lowest-scored unprotected entries before the query attends (`evict_over_budget`), as
+  `prunex.prune.attention_policy` does in PyTorch.
+The prompt pass runs as exported (a dense graph attends to the whole prompt, the attention policies only score
+it); the budget holds from the first decode step on.
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from prunex.errors import PrunexError
+from prunex.format import DecoderManifest
+from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.policy import KeepPolicy
 from prunex.runtime.kv_cache import KVCacheManager
 
 
-def check_runtime_policy(policy: object) -> KeepPolicy:
-    """`policy` if the runtime can apply it (a position-only KeepPolicy), else a clear PrunexError."""
+def check_runtime_policy(policy: object, manifest: DecoderManifest) -> KeepPolicy | AttentionPolicy:
+    """`policy` if the runtime can apply it to this graph, else a clear PrunexError."""
+    if isinstance(policy, AttentionPolicy):
+        if not manifest.attention:
+            raise PrunexError(
+                f"{type(policy).__name__} scores tokens by the attention they receive: export the model with "
+                "`prunex export --attention-scores` (this graph does not output the attention probabilities)"
+            )
+        return policy
     if not isinstance(policy, KeepPolicy) or policy.state_dim != 0:
-        name = type(policy).__name__
         raise PrunexError(
-            f"the runtime applies position-only policies (window, sinks); {name} needs per-token state or the "
-            "attention mass, which exported graphs do not output yet: measure it in PyTorch (prunex eval ppl "
-            "--policy ...)"
+            f"the runtime applies window, sinks, h2o and tova; {type(policy).__name__} needs per-token state the "
+            "runtime does not keep: measure it in PyTorch (prunex eval ppl --policy ...)"
         )
     return policy
 
@@ -38,3 +51,24 @@ def restrict_to_policy(policy: KeepPolicy, cache: KVCacheManager, query_position
     for layer in range(cache.num_layers):
         keep = policy.step_keep(layer, None, None, query, cache.positions[layer][:, None, :], math.inf)  # (B, 1, W)
         cache.valid[layer] &= keep[:, 0]
+
+
+def evict_over_budget(policy: AttentionPolicy, cache: KVCacheManager, query_positions: Tensor) -> None:
+    """After a decode step's new entries joined (`begin_step`), before the query attends: in every layer and
+    row holding more than `policy.kv_tokens` entries, the excess leaves, lowest-scored unprotected first
+    (one sort over (L, B, W))."""
+    query = query_positions.to(cache.device)[None, :, None]  # (1, B, 1)
+    excess = (cache.valid.sum(-1) - policy.kv_tokens).clamp_min(0)  # (L, B)
+    candidates = cache.valid & ~policy.protected(query, cache.positions)  # (L, B, W)
+    order = cache.score.masked_fill(~candidates, math.inf).argsort(dim=-1, stable=True)  # lowest first
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=cache.device)
+                                            .expand_as(order))  # (L, B, W): each slot's place in that order
+    cache.valid &= ~(candidates & (rank < excess[..., None]))
+
+
+def observe_attention(policy: AttentionPolicy, cache: KVCacheManager, attention: Tensor) -> None:
+    """Update the entries' scores from a run's attention probabilities (L, B, H, S, W): each query in turn,
+    its probabilities averaged over the heads."""
+    probs = attention.mean(2)  # (L, B, S, W)
+    for query in range(probs.shape[2]):
+        cache.score.copy_(policy.updated_scores(cache.score, probs[:, :, query]))

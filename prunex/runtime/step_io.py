@@ -35,6 +35,7 @@ class StepIO:
         self.binder.output(m.logits, self.logits)
         R = m.interaction_dim
         self.new_kint = torch.empty(m.num_layers, B, seq, R, device=device) if R else None  # (L, B, S, R)
+        self.attention: torch.Tensor | None = None  # (L, B, H, S, W) when exported: allocated with the cache's W
         self.keep: torch.Tensor | None = None  # (L, B, S, W): validity after each query (DCP), with the cache's W
         self._bound: tuple | None = None
 
@@ -47,12 +48,17 @@ class StepIO:
         if m.interaction_dim:
             self.keep = torch.empty(m.num_layers, self.rows, self.seq, cache.capacity, dtype=torch.bool,
                                     device=self.device)
+        if m.attention:
+            self.attention = torch.empty(m.num_layers, self.rows, m.num_heads, self.seq, cache.capacity,
+                                         device=self.device)
         for layer in range(m.num_layers):
             for f in m.past_fields():
                 tensor = fields[f][layer]
                 self.binder.input(m.name(m.past[f], layer), tensor.unsqueeze(1) if f in ("valid", "guard") else tensor)
             for f in ("key", "value"):
                 self.binder.output(m.name(m.present[f], layer), fields[f][layer])  # the same memory: in place
+            if m.attention:
+                self.binder.output(m.name(m.attention, layer), self.attention[layer])
             if m.interaction_dim:
                 self.binder.output(m.name(m.keep, layer), self.keep[layer])
                 self.binder.output(m.name(m.new_kint, layer), self.new_kint[layer])

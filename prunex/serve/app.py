@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from fastapi import FastAPI, Request
@@ -27,10 +28,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from prunex.errors import PrunexError
 from prunex.serve import protocol as p
 from prunex.serve.metrics import Metrics
 from prunex.serve.scheduler import Scheduler
 from prunex.serve.serving import ServedModel, ServeError, Serving
+
+if TYPE_CHECKING:  # torch loads with the model, after the server is up
+    from prunex.prune.attention_policy import AttentionPolicy
+    from prunex.prune.policy import KeepPolicy
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +64,29 @@ class ServeSettings:
 
 
 def load_served_model(source: str | None, device: str = "auto", threads: int | None = None,
-                      max_batch: int = 16, name: str | None = None) -> ServedModel:
+                      max_batch: int = 16, name: str | None = None,
+                      policy: KeepPolicy | AttentionPolicy | None = None) -> ServedModel:
     """An exported dir (decoder or encoder), or a checkpoint / model name / None (the built-in default) exported
-    once into the cache, loaded for serving."""
+    once into the cache, loaded for serving; `policy` (window, sinks, h2o, tova) bounds every request's KV cache."""
     from prunex.export.cached import cached_export
     from prunex.format import manifest_kind
     from prunex.loading import resolve_source
+    from prunex.prune.attention_policy import AttentionPolicy
 
     exported = resolve_source(source).kind == "exported"
-    directory = Path(source) if exported else cached_export(source, False)
+    scores = isinstance(policy, AttentionPolicy)  # a checkpoint is exported with what the policy needs
+    directory = Path(source) if exported else cached_export(source, False, attention_scores=scores)
     name = name or (directory.name if exported else Path(source).name if source else "prunex")
     if manifest_kind(directory) == "encoder":
         from prunex.runtime.classifier import Classifier
 
+        if policy is not None:
+            raise PrunexError(f"{directory} is an encoder: --policy bounds a decoder's KV cache")
         return ServedModel(name, classifier=Classifier(directory, device=device, threads=threads))
     from prunex.runtime.runtime import Runtime
 
-    return ServedModel(name, runtime=Runtime(directory, device=device, threads=threads, max_batch=max_batch))
+    runtime = Runtime(directory, device=device, threads=threads, max_batch=max_batch, policy=policy)
+    return ServedModel(name, runtime=runtime)
 
 
 class _State:
