@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
-# Reproduces the decode figures in the README (built-in DCP default, CPU, 2 threads):
-#   1. prunex vs the dense export (same runtime) vs PyTorch generate, batch 1/8/16 x context 512/1024/2048;
-#   2. int8 (dynamic) vs fp32, both pruned, at batch 8 / context 2048, five rounds (median ratio);
-#   3. optionally the Optimum ORT peer (needs OPTIMUM_PYTHON: a python with optimum-onnx==0.1.0 and
-#      transformers==4.57.6, which cannot share prunex's environment).
+# Reproduces the decode figures in the README (built-in DCP default, CPU, 2 threads, graph layout 3):
+#   1. the grid: prunex int8 vs the dense export int8 (same runtime) vs onnxruntime-genai int8 vs llama.cpp Q8_0,
+#      batch 1/8/16 x context 512/1024/2048, one round;
+#   2. the bars of issue 13, three rounds each (median ratios): batch 1 x 512 and batch 8 x 2048, int8;
+#   3. fp32 at batch 8 x 2048 beside onnxruntime-genai fp32 (and the memory-bandwidth floor);
+#   4. a training-free policy (h2o, 256 tokens) on the dense int8 export with attention scores vs the same
+#      export without a policy.
+# The peers need onnxruntime-genai and llama-cpp-python (the `peers` extra; llama.cpp compiles for ~10 min).
 set -euo pipefail
 OUT=${OUT:-runs/bench}
 mkdir -p "$OUT"
-prunex bench decode --threads 2 --out "$OUT/decode.json"
-prunex export --out "$OUT/smollm2-dcp" --force
-prunex quantize "$OUT/smollm2-dcp" --out "$OUT/smollm2-dcp-int8" --overwrite
-prunex bench decode "$OUT/smollm2-dcp-int8" --baseline "$OUT/smollm2-dcp" --batch 8 --context 2048 --no-torch \
-  --threads 2 --repeats 5 --out "$OUT/int8.json"
-if [ -n "${OPTIMUM_PYTHON:-}" ]; then
-  prunex bench decode --batch 8 --context 2048 --no-torch --optimum-python "$OPTIMUM_PYTHON" --threads 2 \
-    --out "$OUT/optimum.json"
-fi
+prunex export --out "$OUT/dcp" --force
+prunex export --dense --out "$OUT/dense" --force
+prunex export --dense --attention-scores --out "$OUT/scored" --force
+for name in dcp dense scored; do
+  prunex quantize "$OUT/$name" --out "$OUT/$name-int8" --overwrite
+done
+PEERS=(--peer ortgenai --peer llamacpp)
+prunex bench decode "$OUT/dcp-int8" --baseline "$OUT/dense-int8" "${PEERS[@]}" --no-torch \
+  --out "$OUT/grid.json" --plot "$OUT/grid.png"
+prunex bench decode "$OUT/dcp-int8" --baseline "$OUT/dense-int8" "${PEERS[@]}" --no-torch --repeats 3 \
+  --batch 1 --context 512 --out "$OUT/b1x512.json"
+prunex bench decode "$OUT/dcp-int8" --baseline "$OUT/dense-int8" "${PEERS[@]}" --no-torch --repeats 3 \
+  --batch 8 --context 2048 --out "$OUT/b8x2048.json"
+prunex bench decode "$OUT/dcp" --baseline "$OUT/dense" --peer ortgenai --no-torch \
+  --batch 8 --context 2048 --out "$OUT/fp32.json"
+prunex bench decode "$OUT/scored-int8" --baseline "$OUT/dense-int8" --policy h2o --kv-tokens 256 --no-torch \
+  --batch 8 --context 2048 --out "$OUT/h2o.json"

@@ -73,3 +73,22 @@ def test_the_llamacpp_peer_says_what_to_install_when_llama_cpp_is_missing(tiny_l
 
     with pytest.raises(PrunexError, match="pip install llama-cpp-python"):
         _llama_cpp()
+
+
+def test_bench_decode_with_an_attention_policy(tiny_llama, tmp_path):
+    """`--policy h2o`: refused before anything runs on an export without attention scores; on one with them, the
+    prunex engine holds at most its budget per row and layer while the baseline holds everything."""
+    lm = PrunedLM(tiny_llama, None)
+    export_decoder(lm, tmp_path / "dense", dense=True, source="tiny-llama")
+    export_decoder(lm, tmp_path / "scored", dense=True, source="tiny-llama", attention_scores=True)
+    common = ["--baseline", str(tmp_path / "dense"), "--batch", "2", "--context", "32", "--new-tokens", "4",
+              "--threads", "1", "--no-torch", "--policy", "h2o", "--kv-tokens", "8"]
+    refused = CliRunner().invoke(app, ["bench", "decode", str(tmp_path / "dense"), *common])
+    assert refused.exit_code != 0 and "--attention-scores" in str(refused.exception)
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "decode", str(tmp_path / "scored"), *common, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(out.read_text())["results"]
+    tokens_seen = 32 + 4 - 2  # the figures are taken before the last step: the prompt and two fed tokens
+    held_per_row_and_layer = row["prunex"]["kv_kept_fraction"] * tokens_seen
+    assert held_per_row_and_layer == pytest.approx(8) and row["baseline"]["kv_kept_fraction"] == 1.0

@@ -16,6 +16,7 @@ import time
 import torch
 
 from prunex.bench.rss import peak_rss_bytes
+from prunex.prune.training_free import TRAINING_FREE
 
 
 def bench_prompts(tokenizer, batch: int, context: int) -> list[list[int]]:
@@ -112,7 +113,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--policy", choices=["window", "sinks"])
+    parser.add_argument("--policy", choices=list(TRAINING_FREE))
     parser.add_argument("--kv-tokens", type=int)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
