@@ -46,8 +46,9 @@ class AttentionPolicy(ABC):
             raise PrunexError(f"the budget ({self.kv_tokens} tokens) must exceed the protected tokens ({protected})")
 
     @abstractmethod
-    def updated_scores(self, scores: Tensor, probs: Tensor) -> Tensor:
-        """scores (B, K) before a query, probs (B, K) the attention it gave each key -> scores after it."""
+    def observe(self, scores: Tensor, probs: Tensor) -> Tensor:
+        """scores (..., K) before S queries, probs (..., S, K) the attention each gave each key, in order (a
+        key a query did not see has 0) -> the scores after them. One op for all S: a prompt is scored at once."""
 
     def protected(self, query_position: Tensor, key_positions: Tensor) -> Tensor:
         """(B, 1) query position, (B, K) key positions -> (B, K) keys this query may not evict."""
@@ -81,7 +82,7 @@ class AttentionPolicy(ABC):
             kept[rows, lowest] &= ~over
             decided[:, n] = kept
             probs = logits[:, :, n].masked_fill(~kept[:, None], -torch.inf).softmax(-1).mean(1)  # (B, P+S)
-            scores = torch.where(joining[:, None], self.updated_scores(scores, probs), scores)
+            scores = torch.where(joining[:, None], self.observe(scores, probs[:, None]), scores)
         index = torch.arange(S, device=q.device)
         later = index[None, None, :] >= index[None, :, None]  # (1, S, S): not yet joined
         return AttentionDecisions(
@@ -105,8 +106,8 @@ class H2OPolicy(AttentionPolicy):
         self.recent_tokens = max(1, int(self.kv_tokens * self.recent_fraction))
         self._check(self.recent_tokens + self.sink_tokens)
 
-    def updated_scores(self, scores: Tensor, probs: Tensor) -> Tensor:
-        return scores + probs
+    def observe(self, scores: Tensor, probs: Tensor) -> Tensor:
+        return scores + probs.sum(-2)  # accumulated attention mass
 
     def protected(self, query_position: Tensor, key_positions: Tensor) -> Tensor:
         recent = query_position - key_positions < self.recent_tokens
@@ -124,5 +125,5 @@ class TOVAPolicy(AttentionPolicy):
     def __post_init__(self) -> None:
         self._check(1 + self.sink_tokens)
 
-    def updated_scores(self, scores: Tensor, probs: Tensor) -> Tensor:
-        return probs
+    def observe(self, scores: Tensor, probs: Tensor) -> Tensor:
+        return probs[..., -1, :]  # the latest query's attention

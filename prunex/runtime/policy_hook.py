@@ -67,8 +67,6 @@ def evict_over_budget(policy: AttentionPolicy, cache: KVCacheManager, query_posi
 
 
 def observe_attention(policy: AttentionPolicy, cache: KVCacheManager, attention: Tensor) -> None:
-    """Update the entries' scores from a run's attention probabilities (L, B, H, S, W): each query in turn,
-    its probabilities averaged over the heads."""
-    probs = attention.mean(2)  # (L, B, S, W)
-    for query in range(probs.shape[2]):
-        cache.score.copy_(policy.updated_scores(cache.score, probs[:, :, query]))
+    """Update the entries' scores from a run's attention probabilities (L, B, H, S, W), averaged over the
+    heads: all S queries of a prompt chunk in one op."""
+    cache.score.copy_(policy.observe(cache.score, attention.mean(2)))  # (L, B, W) from (L, B, S, W)
