@@ -29,6 +29,7 @@ class DCPConfig:
 LTP_STAGES = ("base", "soft", "hard")  # LTP training stages: dense fine-tune, soft masks, hard removal
 DEFAULT_TEMPERATURE_FRACTION = 0.1  # T = final_threshold / 10 when not given
 DEFAULT_MIN_TOKENS = 8  # tokens per row that no layer removes ([CLS] and the most important), when not given
+IMPORTANCE_KINDS = ("relative", "absolute")  # what LTP's thresholds compare against (LTPConfig.importance)
 
 
 @dataclass
@@ -39,29 +40,38 @@ class LTPConfig:
     temperature: float | None = None  # T of the soft mask; None: final_threshold / 10
     min_tokens: int | None = None  # floor of tokens kept per row and layer ([CLS] included); None: 8 when
     #                                training starts, 0 for checkpoints written before the floor existed
+    importance: str | None = None  # relative: attention mass x tokens present (an average token scores 1, in
+    #   a 20-token snippet as in a 500-token article); absolute: the mass itself (~1/length). None: relative
+    #   when training starts, absolute for checkpoints written before relative existed
 
     def resolved(self, mean_tokens: float) -> LTPConfig:
         """This config with `None` fields filled in for data whose rows average `mean_tokens` real tokens.
 
-        final_threshold = 1 / mean_tokens is the importance of a token that receives exactly the average
-        attention: the last layer removes below-average tokens, earlier layers proportionally fewer (about
-        0.01 for 100-token inputs, the reference's setting for GLUE). T = final_threshold / 10 makes the
-        soft mask go from 0.27 to 0.73 across +-10% of the final threshold: sharp enough that the soft model
-        behaves like the hard one, wide enough that tokens near the thresholds pass gradients to them
-        (for 128 tokens this is T ~ 8e-4, inside the reference's 1e-3..1e-5 range).
+        final_threshold is the importance of a token that receives exactly the average attention: 1 for
+        relative importance, 1 / mean_tokens for absolute (about 0.01 for 100-token inputs, the reference's
+        setting for GLUE). The last layer removes below-average tokens, earlier layers proportionally fewer.
+        T = final_threshold / 10 makes the soft mask go from 0.27 to 0.73 across +-10% of the final
+        threshold: sharp enough that the soft model behaves like the hard one, wide enough that tokens near
+        the thresholds pass gradients to them.
         """
-        final = self.final_threshold if self.final_threshold is not None else 1.0 / max(mean_tokens, 1.0)
+        importance = self.importance or IMPORTANCE_KINDS[0]
+        if importance not in IMPORTANCE_KINDS:
+            raise PrunexError(f"unknown LTP importance {importance!r}; use one of {IMPORTANCE_KINDS}")
+        average = 1.0 if importance == "relative" else 1.0 / max(mean_tokens, 1.0)
+        final = self.final_threshold if self.final_threshold is not None else average
         temperature = self.temperature if self.temperature is not None else final * DEFAULT_TEMPERATURE_FRACTION
         min_tokens = DEFAULT_MIN_TOKENS if self.min_tokens is None else self.min_tokens
         if final <= 0 or temperature <= 0:
             raise PrunexError(f"final_threshold and temperature must be positive, got {final} and {temperature}")
         if min_tokens < 1:
             raise PrunexError(f"min_tokens must be at least 1 ([CLS] is always kept), got {min_tokens}")
-        return LTPConfig(final_threshold=float(final), temperature=float(temperature), min_tokens=int(min_tokens))
+        return LTPConfig(final_threshold=float(final), temperature=float(temperature), min_tokens=int(min_tokens),
+                         importance=importance)
 
     def scaled(self, factor: float) -> LTPConfig:
         """This config with every threshold (and the soft mask's temperature) multiplied by `factor`."""
-        return LTPConfig(self.final_threshold * factor, self.temperature * factor, self.min_tokens)
+        return dataclasses.replace(self, final_threshold=self.final_threshold * factor,
+                                   temperature=self.temperature * factor)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -83,14 +84,30 @@ def test_threshold_schedule_is_linear_plus_offset():
 
 
 def test_config_resolution_from_mean_length():
-    """None fields: final = 1 / mean tokens, T = final / 10; explicit values are kept."""
+    """None fields: relative importance, final = 1 (an average token), T = final / 10; with absolute importance
+    final = 1 / mean tokens; explicit values are kept."""
     resolved = LTPConfig().resolved(mean_tokens=128.0)
-    assert resolved.final_threshold == pytest.approx(1 / 128)
-    assert resolved.temperature == pytest.approx(1 / 1280)
-    assert 1e-5 <= resolved.temperature <= 1e-3  # the reference's range at GLUE lengths
-    assert LTPConfig(0.02, 1e-4, 3).resolved(50.0) == LTPConfig(0.02, 1e-4, 3)
+    assert (resolved.importance, resolved.final_threshold, resolved.temperature) == ("relative", 1.0, 0.1)
+    absolute = LTPConfig(importance="absolute").resolved(mean_tokens=128.0)
+    assert absolute.final_threshold == pytest.approx(1 / 128)
+    assert 1e-5 <= absolute.temperature <= 1e-3  # the reference's range at GLUE lengths
+    assert LTPConfig(0.02, 1e-4, 3, "absolute").resolved(50.0) == LTPConfig(0.02, 1e-4, 3, "absolute")
     with pytest.raises(PrunexError, match="positive"):
         LTPConfig(-1.0, None).resolved(10.0)
+    with pytest.raises(PrunexError, match="relative"):
+        LTPConfig(importance="softmax").resolved(10.0)
+
+
+def test_relative_importance_means_the_same_at_any_length():
+    """Under uniform attention every token is average: relative importance 1 for a row of 5 tokens as for one of
+    50 (absolute: 1/5 and 1/50), so one threshold prunes snippets and articles alike."""
+    relative = LTPThresholds(2, LTPConfig().resolved(20.0))
+    absolute = LTPThresholds(2, LTPConfig(importance="absolute").resolved(20.0))
+    for n in (5, 50):
+        alive = torch.ones(1, n, dtype=torch.bool)
+        probs = torch.full((1, 2, n, n), 1.0 / n)  # (B, H, n, n) uniform
+        torch.testing.assert_close(relative.score(0, probs, alive), torch.ones(1, n))
+        torch.testing.assert_close(absolute.score(0, probs, alive), torch.full((1, n), 1.0 / n))
 
 
 def test_token_importance_excludes_padding_rows_and_keys():
@@ -268,7 +285,7 @@ def trained(tmp_path_factory, csv_task):
     config = LTPTrainConfig(model="tiny-bert", task=str(csv_task), steps=15, batch_size=8, threads=1, lr=1e-2)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ltp_trainer, "save_ltp", spy)
-        meta = train_ltp(config, out, LTPConfig(final_threshold=0.05), show_progress=False)
+        meta = train_ltp(config, out, LTPConfig(importance="absolute", final_threshold=0.05), show_progress=False)
     return out, meta, captured
 
 
@@ -282,7 +299,8 @@ def test_train_writes_ltp_checkpoint(trained, csv_task):
     training = saved["training"]
     scale = calibrated_scale(training["figures"])  # the thresholds scaled to the FLOPs target
     assert saved["config"] == {"final_threshold": pytest.approx(0.05 * scale, rel=1e-2),  # scales rounded to 4 digits
-                               "temperature": pytest.approx(0.005 * scale, rel=1e-2), "min_tokens": 8}
+                               "temperature": pytest.approx(0.005 * scale, rel=1e-2), "min_tokens": 8,
+                               "importance": "absolute"}
     assert training["stage"] == "hard" and training["label_names"] == ["neg", "pos"]
     assert training["task"] == str(csv_task.resolve()) and training["max_length"] == 512
     for stage in ("base", "soft", "hard"):
@@ -292,9 +310,10 @@ def test_train_writes_ltp_checkpoint(trained, csv_task):
     assert training["figures"]["base"]["validation"]["relative_flops"] == 1.0
 
 
-def test_checkpoint_roundtrip(trained):
+def test_checkpoint_roundtrip(trained, tmp_path):
     """load_ltp rebuilds the trained classifier: same weights, fp16 thresholds equal to those trained with,
-    same logits; dense=True gives the stage-1 model, which differs from the final one."""
+    same logits; dense=True gives the stage-1 model, which differs from the final one; a checkpoint written
+    before relative importance existed keeps the absolute importance it was trained with."""
     out, _, captured = trained
     classifier, base = load_ltp(out)
     assert classifier.stage == "hard" and classifier.inference_mode == "hard"
@@ -315,12 +334,19 @@ def test_checkpoint_roundtrip(trained):
     dense, _ = load_ltp(out, dense=True)
     assert dense.inference_mode == "dense"
     assert any(not torch.equal(dense.model.state_dict()[k], v) for k, v in captured["state"].items())
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    saved = json.loads((old / META_FILE).read_text())
+    del saved["config"]["importance"]  # written before the field existed: absolute, as it was trained
+    (old / META_FILE).write_text(json.dumps(saved))
+    assert not classifier.thresholds.relative and not load_ltp(old)[0].thresholds.relative
+    saved["config"]["importance"] = "relative"
+    (old / META_FILE).write_text(json.dumps(saved))
+    assert load_ltp(old)[0].thresholds.relative
 
 
 def test_checkpoint_refusals(tmp_path, trained):
     """Another base model's hash, a DCP checkpoint, or a missing model file: clear PrunexErrors."""
-    import shutil
-
     out, _, _ = trained
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)

@@ -1,15 +1,18 @@
 """Learned Token Pruning (Kim, Shen et al., 2021) for encoder classifiers, as torch modules.
 
-A token's importance at layer l is the mean attention probability it receives, over heads and over the
-query rows of the tokens present (padding excluded); it sums to 1 over a row's tokens, so an average token
-scores 1/n. Layer l removes the tokens whose importance falls below
+A token's attention mass at layer l is the mean attention probability it receives, over heads and over the
+query rows of the tokens present (padding excluded); it sums to 1 over a row's n present tokens, so an
+average token gets 1/n. Its importance is that mass times n (`relative`, the default: 1 for an average token
+whatever the row's length) or the mass itself (`absolute`, the paper's, kept for older checkpoints: with
+it, thresholds trained on 30-token snippets prune a 100-token review far harder than a snippet, since all its
+masses are ~3x smaller). Layer l removes the tokens whose importance falls below
 
     threshold_l = final_threshold * ((l + 1) / L + offset_l)
 
 a linear base schedule plus a learned offset (init 0). The offset is kept in units of `final_threshold` so
-that one learning rate suits tasks whose importance scale differs tenfold (it is ~1/length: 1/30 for review
-snippets, 1/400 for news articles); the threshold itself is the reference's `schedule + delta` with
-delta = final_threshold * offset. Training uses the soft mask sigmoid((importance - threshold) / T).
+that one learning rate suits any importance scale; the threshold itself is the reference's
+`schedule + delta` with delta = final_threshold * offset. Training uses the soft mask
+sigmoid((importance - threshold) / T).
 
 A floor of `min_tokens` per row is never removed: [CLS] and the most important tokens of the layer, so a
 threshold tuned on long inputs cannot strip a short one down to [CLS] alone (a row shorter than the floor
@@ -68,6 +71,7 @@ class LTPThresholds(nn.Module):
         self.final_threshold = config.final_threshold
         self.temperature = config.temperature
         self.min_tokens = config.min_tokens or 0
+        self.relative = config.importance == "relative"
         self.offset = nn.Parameter(torch.zeros(num_layers))  # (L,) learned, in units of final_threshold
         schedule = config.final_threshold * torch.arange(1, num_layers + 1, dtype=torch.float32) / num_layers
         self.register_buffer("schedule", schedule, persistent=False)  # (L,)
@@ -77,7 +81,8 @@ class LTPThresholds(nn.Module):
         return self.schedule + self.final_threshold * self.offset
 
     def score(self, layer: int, probs: Tensor, alive: Tensor) -> Tensor:
-        return token_importance(probs, alive)
+        mass = token_importance(probs, alive)  # (B, n)
+        return mass * alive.sum(-1, keepdim=True) if self.relative else mass
 
     def protected(self, layer: int, scores: Tensor, alive: Tensor) -> Tensor:
         return protected_tokens(scores, alive, self.min_tokens)

@@ -175,7 +175,7 @@ def _continued_run(config: LTPTrainConfig, ltp: LTPConfig | None, stage: str) ->
         old = classifier.thresholds.config
         final = ltp.final_threshold if ltp.final_threshold is not None else old.final_threshold
         floor = ltp.min_tokens if ltp.min_tokens is not None else old.min_tokens
-        resolved = LTPConfig(final, ltp.temperature, floor).resolved(1.0)
+        resolved = LTPConfig(final, ltp.temperature, floor, old.importance or "absolute").resolved(1.0)
         classifier.thresholds = LTPThresholds(classifier.adapter.num_layers, resolved)
     seed, max_length = meta.training["split_seed"], meta.training["max_length"]
     train_ids, train_labels, _ = _encode(base.tokenizer, task, "train", seed, max_length)
