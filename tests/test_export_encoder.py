@@ -20,14 +20,15 @@ from prunex.prune.ltp import LTPClassifier, LTPConfig, LTPThresholds
 TEXTS = ("a long enough sentence for the pruner to drop a few of its many tokens", "short one", "mid length text here")
 
 
-def peaky_classifier() -> tuple[LTPClassifier, object]:
+def peaky_classifier(importance: str = "absolute") -> tuple[LTPClassifier, object]:
     """tiny-bert with sharp attention (q, k x20) so the thresholds keep only some tokens per row."""
     base = load_classifier("tiny-bert", 3)
     with torch.no_grad():
         for layer in base.model.base_model.encoder.layer:
             layer.attention.self.query.weight.mul_(20)
             layer.attention.self.key.weight.mul_(20)
-    thresholds = LTPThresholds(3, LTPConfig(final_threshold=0.05, temperature=0.005))
+    final = 0.05 if importance == "absolute" else 1.0  # an average token of ~20 in absolute terms; 1 in relative
+    thresholds = LTPThresholds(3, LTPConfig(final_threshold=final, temperature=final / 10, importance=importance))
     return LTPClassifier(base.model, thresholds, tokenizer=base.tokenizer).eval(), base
 
 
@@ -37,8 +38,9 @@ def _session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def test_ltp_export_gathers_tokens_between_layers(tmp_path):
-    classifier, base = peaky_classifier()
+@pytest.mark.parametrize("importance", ["absolute", "relative"])
+def test_ltp_export_gathers_tokens_between_layers(tmp_path, importance):
+    classifier, base = peaky_classifier(importance)
     manifest = export_encoder(classifier, tmp_path / "ltp", texts=TEXTS, base_model=base.model_id)
     assert manifest == read_encoder_manifest(tmp_path / "ltp")
     model = onnx.load(str(tmp_path / "ltp" / "model.onnx"))
