@@ -3,7 +3,7 @@
 #   1. the grid: prunex int8 vs the dense export int8 (same runtime) vs onnxruntime-genai int8 vs llama.cpp Q8_0,
 #      batch 1/8/16 x context 512/1024/2048, one round;
 #   2. the bars of issue 13, three rounds each (median ratios): batch 1 x 512 and batch 8 x 2048, int8;
-#   3. fp32 at batch 8 x 2048 beside onnxruntime-genai fp32 (and the memory-bandwidth floor);
+#   3. fp32 at batch 8 x 2048 beside onnxruntime-genai fp32 (and the memory-bandwidth floor), three rounds;
 #   4. a training-free policy (h2o, 256 tokens) on the dense int8 export with attention scores vs the same
 #      export without a policy.
 # The peers need onnxruntime-genai and llama-cpp-python (the `peers` extra; llama.cpp compiles for ~10 min).
@@ -23,7 +23,7 @@ prunex bench decode "$OUT/dcp-int8" --baseline "$OUT/dense-int8" "${PEERS[@]}" -
   --batch 1 --context 512 --out "$OUT/b1x512.json"
 prunex bench decode "$OUT/dcp-int8" --baseline "$OUT/dense-int8" "${PEERS[@]}" --no-torch --repeats 3 \
   --batch 8 --context 2048 --out "$OUT/b8x2048.json"
-prunex bench decode "$OUT/dcp" --baseline "$OUT/dense" --peer ortgenai --no-torch \
+prunex bench decode "$OUT/dcp" --baseline "$OUT/dense" --peer ortgenai --no-torch --repeats 3 \
   --batch 8 --context 2048 --out "$OUT/fp32.json"
 prunex bench decode "$OUT/scored-int8" --baseline "$OUT/dense-int8" --policy h2o --kv-tokens 256 --no-torch \
   --batch 8 --context 2048 --out "$OUT/h2o.json"
