@@ -550,7 +550,8 @@ def test_lambda_controller_steers_towards_the_target():
 
 @pytest.mark.parametrize("target", [0.35, 0.6])
 def test_threshold_search_reaches_the_target(target):
-    """calibrate_thresholds scales the thresholds until hard pruning on the examples runs at the target."""
+    """calibrate_thresholds scales the thresholds until hard pruning on the examples runs at the target or
+    just under it, never over."""
     from prunex.eval.accuracy import measure
     from prunex.train.ltp_target import calibrate_thresholds
 
@@ -560,7 +561,7 @@ def test_threshold_search_reaches_the_target(target):
                for n in (40, 31, 25, 18, 12, 9, 33, 27)]
     labels = [0] * len(encoded)
     found = calibrate_thresholds(classifier, encoded, labels, target, tolerance=0.02)
-    assert abs(found.relative_flops - target) <= 0.02
+    assert target - 0.02 <= found.relative_flops <= target
     assert measure(classifier, encoded, labels, mode="hard").relative_flops == pytest.approx(found.relative_flops)
     assert classifier.thresholds.config.final_threshold == pytest.approx(0.05 * found.scale)
 
@@ -569,7 +570,7 @@ def test_trained_checkpoint_lands_on_the_flops_target(trained):
     """The default target (0.5) is what the soft stage's calibration reached on the validation examples."""
     _, meta, _ = trained
     soft = meta.training["figures"]["soft"]
-    assert abs(soft["calibration"]["relative_flops"] - 0.5) <= 0.01
+    assert 0.49 <= soft["calibration"]["relative_flops"] <= 0.5
     assert "final_lambda" in soft
     hard = meta.training["figures"]["hard"]
     assert abs(hard["validation"]["relative_flops"] - 0.5) <= 0.05 and hard["distill"] == 0.5

@@ -61,7 +61,8 @@ def train(
         None, "--lambda", min=0.0, help="ltp, experts: a fixed mask loss weight instead of --target-flops."
     ),
     target_flops: Optional[float] = typer.Option(
-        None, min=0.0, max=1.0, help="ltp: relative FLOPs wanted on validation (default 0.5; off with --lambda)."
+        None, min=0.0, max=1.0,
+        help="ltp: relative FLOPs wanted on validation, reached from under (default 0.5; off with --lambda).",
     ),
     model_lr: Optional[float] = typer.Option(None, min=0.0, help="ltp: encoder learning rate (1e-4)."),
     epochs: Optional[float] = typer.Option(None, min=0.0, help="ltp: most epochs of the base stage (2)."),

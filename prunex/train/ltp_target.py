@@ -8,7 +8,7 @@ Two parts:
   makes the landing exact.
 - `calibrate_thresholds` (end of the soft stage, and again after the hard stage if it drifted): every
   threshold is scaled by one factor, found by bisection in log space, until the relative FLOPs of hard
-  pruning on validation examples are within `tolerance` of the target.
+  pruning on validation examples are at most the target and within `tolerance` of it (`on_target`).
 """
 
 from __future__ import annotations
@@ -75,6 +75,11 @@ def _set_scale(classifier: LTPClassifier, base: LTPThresholds, scale: float) -> 
     classifier.thresholds = scaled
 
 
+def on_target(flops: float, target: float, tolerance: float) -> bool:
+    """True when `flops` is at most `target` and within `tolerance` of it: what the user asked, not more."""
+    return target - tolerance <= flops <= target
+
+
 def calibrate_thresholds(
     classifier: LTPClassifier,
     encoded: Sequence[Sequence[int]],
@@ -84,11 +89,13 @@ def calibrate_thresholds(
     tolerance: float = 0.01,
     max_evaluations: int = 14,
 ) -> Calibration:
-    """Scale `classifier`'s thresholds so that hard pruning on `encoded` runs at `target` relative FLOPs.
+    """Scale `classifier`'s thresholds so that hard pruning on `encoded` runs at `target` relative FLOPs or
+    just under (`on_target`).
 
     Relative FLOPs fall as the thresholds rise (more tokens removed), so the factor is bracketed by doubling
-    or halving, then bisected; the closest factor found is kept (the floor of tokens can make a low target
-    unreachable: then the lowest FLOPs reached are reported). Replaces `classifier.thresholds`.
+    or halving, then bisected; the factor kept is the one with the most FLOPs not above the target (the floor
+    of tokens can make a low target unreachable: then the lowest FLOPs reached are reported). Replaces
+    `classifier.thresholds`.
     """
     if not 0 < target <= 1:
         raise PrunexError(f"the target relative FLOPs must be in (0, 1], got {target}")
@@ -107,7 +114,7 @@ def calibrate_thresholds(
         evaluations += 1
         tried.append((scale, flops))
         log.info("threshold scale %.4g: relative FLOPs %.4f (target %.3f)", scale, flops, target)
-        if abs(flops - target) <= tolerance:
+        if on_target(flops, target, tolerance):
             break
         if flops > target:
             low = scale
@@ -115,6 +122,8 @@ def calibrate_thresholds(
         else:
             high = scale
             scale = scale / 2 if low is None else math.sqrt(low * scale)
-    best_scale, best_flops = min(tried, key=lambda pair: abs(pair[1] - target))
+    under = [pair for pair in tried if pair[1] <= target]
+    best_scale, best_flops = (max(under, key=lambda pair: pair[1]) if under
+                              else min(tried, key=lambda pair: pair[1]))
     _set_scale(classifier, base, best_scale)
     return Calibration(target, best_flops, best_scale, evaluations, len(encoded))

@@ -42,7 +42,7 @@ from prunex.prune.encoder_forward import dense_flops, run_encoder
 from prunex.prune.ltp import LTPClassifier, LTPThresholds
 from prunex.train.loop import batch_at, shuffled_order
 from prunex.train.ltp_budget import EarlyStopping, StageBudget, check_beats_majority, stage_budget
-from prunex.train.ltp_target import LambdaController, calibrate_thresholds, calibration_examples
+from prunex.train.ltp_target import LambdaController, calibrate_thresholds, calibration_examples, on_target
 from prunex.train.progress import TrainProgress
 
 STAGE_CHOICES = (*LTP_STAGES, "all")
@@ -72,7 +72,7 @@ class LTPTrainConfig:
     threshold_lr: float = 1e-2  # learning rate of the threshold offsets (soft stage; units of final_threshold)
     target_flops: float = 0.5  # relative FLOPs wanted on validation (0: off, lambda stays `lam`)
     lam: float = 0.1  # lambda: weight of the mask loss; with a target, where the controller starts
-    flops_tolerance: float = 0.01  # the threshold calibration stops this close to the target
+    flops_tolerance: float = 0.01  # the threshold calibration stops at most this far under the target
     calibration_tokens: int = 50_000  # input tokens of validation examples the calibration runs on
     distill: float = 0.5  # hard stage: weight of the KL to the dense stage-1 model's predictions (0: off)
     distill_temperature: float = 2.0  # softmax temperature of that KL
@@ -326,7 +326,7 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
     figures: dict[str, Any] = {}
     if config.target_flops and stage in ("soft", "hard"):
         before = measure(classifier, *run.validation, mode="hard").relative_flops if stage == "hard" else None
-        if before is None or abs(before - config.target_flops) > config.flops_tolerance:
+        if before is None or not on_target(before, config.target_flops, config.flops_tolerance):
             figures["calibration"] = _calibrate(run, config)
     validation = _validate(run, stage, show_progress)
     check_beats_majority(stage, validation["accuracy"], run.validation[1], train_labels)
