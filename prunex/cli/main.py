@@ -506,11 +506,12 @@ def bench_decode_command(
     report = bench_decode(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")
-    png = plot_path or (out.with_suffix(".png") if out is not None else Path("bench-decode.png"))
-    if plot(report, png):
-        typer.echo(f"plot: {png}", err=True)
-    else:
-        typer.echo("no plot: matplotlib is not installed (pip install 'prunex[bench]')", err=True)
+    png = plot_path or (out.with_suffix(".png") if out is not None else None)  # nothing written unasked
+    if png is not None:
+        if plot(report, png):
+            typer.echo(f"plot: {png}", err=True)
+        else:
+            typer.echo("no plot: matplotlib is not installed (pip install 'prunex[bench]')", err=True)
     if as_json:
         typer.echo(json.dumps(report))
 
