@@ -1,12 +1,15 @@
-"""Training pieces: the alpha schedule and the distillation loss."""
+"""Training pieces: the alpha schedule, the distillation loss and the progress a log file gets."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
 
 from prunex.config import TrainConfig
 from prunex.train.dcp_trainer import alpha_at, distill_loss
+from prunex.train.progress import TrainProgress
 
 
 def test_alpha_cosine_schedule_ends_at_both_bounds():
@@ -25,3 +28,12 @@ def test_distill_loss_is_zero_for_the_dense_logits_and_positive_otherwise():
     expected = torch.nn.functional.kl_div(other.log_softmax(-1), dense.log_softmax(-1), log_target=True,
                                           reduction="sum") / 10
     assert float(distill_loss(other, dense)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_progress_is_logged_as_lines_when_stderr_is_not_a_terminal(caplog):
+    with caplog.at_level(logging.INFO, logger="prunex.train.progress"):
+        with TrainProgress(3, log_every_s=3600) as progress:  # pytest captures stderr: not a terminal
+            for step in range(3):
+                progress.update({"loss": 1.0 / (step + 1)})
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("train step 3/3") and "loss 0.333" in lines[0]

@@ -39,7 +39,7 @@ def train(
     ),
     context: int = typer.Option(512, min=8, help="Tokens per training sequence."),
     batch_size: Optional[int] = typer.Option(
-        None, min=1, help="Sequences per step (dcp: 1; ltp: 32 up to 128 tokens, else 16)."
+        None, min=1, help="Sequences per step (dcp: 1; ltp: 32 up to 128 tokens, else 8)."
     ),
     sparsity_weight: float = typer.Option(0.3, min=0.0, help="Weight of the sparsity loss (mean keep prob)."),
     train_what: str = typer.Option("heads", "--train", help="heads: new parameters only; all: whole model."),
