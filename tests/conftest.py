@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny random models, a DCP policy that really drops tokens, an isolated cache."""
+"""Shared fixtures: the tiny random models, a DCP policy that really drops tokens, an isolated cache, a small
+labelled task."""
 
 from __future__ import annotations
 
@@ -54,3 +55,37 @@ def dropping_policy(base: LoadedModel, sink_tokens: int = 1, seed: int = 0, rece
 def make_dropping_policy():
     """The `dropping_policy` builder as a fixture (tests call it with a base model)."""
     return dropping_policy
+
+
+@pytest.fixture(scope="session")
+def csv_task(tmp_path_factory):
+    """A small labelled CSV for LTP: 'good' words = pos, 'bad' words = neg, rows of 3-15 words."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("labelled") / "reviews.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(100):
+            label = rng.choice(["pos", "neg"])
+            words = ["good", "great", "fine"] if label == "pos" else ["bad", "awful", "poor"]
+            writer.writerow([" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) + f" no {i}", label])
+    return path
+
+
+@pytest.fixture
+def run_prunex(monkeypatch, capsys):
+    """Run the console entry point in-process: `run_prunex(*args)` -> (exit code, stderr)."""
+    import sys
+
+    from prunex.cli.main import main
+
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["prunex", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        return exit_info.value.code, capsys.readouterr().err
+
+    return run

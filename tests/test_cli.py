@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from prunex.cli.main import app, main
+from prunex.cli.main import app
 from prunex.errors import PrunexError
 
 runner = CliRunner()
@@ -30,14 +30,6 @@ def run_ok(*args: str) -> str:
     return result.stdout
 
 
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run the console entry point in-process; returns (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["prunex", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, capsys.readouterr().err
-
-
 def test_entry_point_turns_user_error_into_one_line():
     """`prunex eval ppl /nonexistent/dir` in a real process: exit code 2, an 'error:' line, no traceback."""
     proc = subprocess.run(
@@ -49,15 +41,15 @@ def test_entry_point_turns_user_error_into_one_line():
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_train_refuses_non_empty_out_without_force(tmp_path, monkeypatch, capsys):
+def test_train_refuses_non_empty_out_without_force(run_prunex, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
-    code, err = run_main(monkeypatch, capsys, "train", "--model", "tiny-llama", "--out", str(tmp_path))
+    code, err = run_prunex("train", "--model", "tiny-llama", "--out", str(tmp_path))
     assert code == 2 and "--force" in err and "Traceback" not in err
     assert (tmp_path / "keep.txt").read_text() == "precious"
 
 
-def test_train_refuses_unknown_method(tmp_path, monkeypatch, capsys):
-    code, err = run_main(monkeypatch, capsys, "train", "--method", "nope", "--out", str(tmp_path / "x"))
+def test_train_refuses_unknown_method(run_prunex, tmp_path):
+    code, err = run_prunex("train", "--method", "nope", "--out", str(tmp_path / "x"))
     assert code == 2 and "ltp" in err and "dcp" in err
     assert not (tmp_path / "x").exists()
 
@@ -117,23 +109,23 @@ def test_generate_batch_json():
     assert "text" not in out and out["kv_kept_fraction"] == 1.0
 
 
-def test_train_out_is_a_file(tmp_path, monkeypatch, capsys):
+def test_train_out_is_a_file(run_prunex, tmp_path):
     """--out naming an existing file is a user error (exit 2), not a traceback."""
     target = tmp_path / "file.txt"
     target.write_text("x")
-    code, err = run_main(monkeypatch, capsys, "train", "--model", "tiny-llama", "--out", str(target))
+    code, err = run_prunex("train", "--model", "tiny-llama", "--out", str(target))
     assert code == 2 and err.startswith("error: ")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without a GPU gives")
-def test_train_on_cuda_without_a_gpu_says_what_to_do(tmp_path, monkeypatch, capsys):
-    code, err = run_main(monkeypatch, capsys, "train", "--model", "tiny-llama", "--device", "cuda", "--steps", "1",
+def test_train_on_cuda_without_a_gpu_says_what_to_do(run_prunex, tmp_path):
+    code, err = run_prunex("train", "--model", "tiny-llama", "--device", "cuda", "--steps", "1",
                          "--out", str(tmp_path / "x"))
     assert code == 2 and "--device cpu" in err and "Traceback" not in err
 
 
-def test_unknown_device_is_refused(text_file, monkeypatch, capsys):
-    code, err = run_main(monkeypatch, capsys, "eval", "ppl", "tiny-gpt2", "--text-file", str(text_file),
+def test_unknown_device_is_refused(run_prunex, text_file):
+    code, err = run_prunex("eval", "ppl", "tiny-gpt2", "--text-file", str(text_file),
                          "--device", "tpu")
     assert code == 2 and "auto, cpu, cuda" in err
 

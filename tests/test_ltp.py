@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 
 from prunex.checkpoints.ltp import DENSE_FILE, MODEL_FILE
 from prunex.checkpoints.meta import META_FILE, WEIGHTS_FILE, CheckpointMeta, save_checkpoint
-from prunex.cli.main import app, main
+from prunex.cli.main import app
 from prunex.errors import PrunexError
 from prunex.eval.accuracy import evaluate_accuracy
 from prunex.loading import load_ltp
@@ -49,24 +48,6 @@ def peaky(name: str, labels: int = 3) -> LTPClassifier:
             layer.attention.self.key.weight.mul_(20)
     thresholds = LTPThresholds(3, LTPConfig(final_threshold=0.05, temperature=0.005))
     return LTPClassifier(base.model, thresholds, tokenizer=base.tokenizer).eval()
-
-
-@pytest.fixture(scope="module")
-def csv_task(tmp_path_factory):
-    """A small labelled CSV: 'good' words = pos, 'bad' words = neg, rows of 3-15 words."""
-    import csv
-    import random
-
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("ltp") / "reviews.csv"
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for i in range(100):
-            label = rng.choice(["pos", "neg"])
-            words = ["good", "great", "fine"] if label == "pos" else ["bad", "awful", "poor"]
-            writer.writerow([" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) + f" no {i}", label])
-    return path
 
 
 # --- thresholds and the soft mask -------------------------------------------------------------------------
@@ -419,30 +400,23 @@ def test_stages_one_at_a_time(tmp_path, csv_task):
 # --- command line ------------------------------------------------------------------------------------------------
 
 
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["prunex", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, capsys.readouterr().err
-
-
-def test_cli_unknown_task(tmp_path, monkeypatch, capsys):
+def test_cli_unknown_task(run_prunex, tmp_path):
     """An unknown task is a user error (exit 2, 'error:'), before --out is created or a model loads."""
-    code, err = run_main(monkeypatch, capsys, "train", "--method", "ltp", "--task", "imdb", "--out",
+    code, err = run_prunex("train", "--method", "ltp", "--task", "imdb", "--out",
                          str(tmp_path / "x"))
     assert code == 2 and err.startswith("error: ") and "imdb" in err and "rotten-tomatoes" in err
     assert not (tmp_path / "x").exists()
-    code, err = run_main(monkeypatch, capsys, "eval", "accuracy", str(tmp_path), "--task", "imdb")
+    code, err = run_prunex("eval", "accuracy", str(tmp_path), "--task", "imdb")
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err
 
 
-def test_cli_bad_stage_and_method(tmp_path, monkeypatch, capsys, csv_task):
-    code, err = run_main(monkeypatch, capsys, "train", "--method", "ltp", "--stage", "medium", "--task",
+def test_cli_bad_stage_and_method(run_prunex, tmp_path, csv_task):
+    code, err = run_prunex("train", "--method", "ltp", "--stage", "medium", "--task",
                          str(csv_task), "--out", str(tmp_path / "x"))
     assert code == 2 and "--stage" in err and "soft" in err
-    code, err = run_main(monkeypatch, capsys, "train", "--method", "nope", "--out", str(tmp_path / "y"))
+    code, err = run_prunex("train", "--method", "nope", "--out", str(tmp_path / "y"))
     assert code == 2 and "dcp" in err and "ltp" in err
-    code, err = run_main(monkeypatch, capsys, "eval", "accuracy", str(tmp_path), "--task", str(csv_task))
+    code, err = run_prunex("eval", "accuracy", str(tmp_path), "--task", str(csv_task))
     assert code == 2 and "not an LTP checkpoint" in err
 
 

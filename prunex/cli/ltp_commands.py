@@ -25,18 +25,20 @@ def train_ltp_command(
     threads: int,
     seed: int,
     force: bool,
-    prepare_out: Callable[[Path, bool], None],
+    prepare_out: Callable[[Path, bool, bool], None],
     target_flops: float | None = None,
     model_lr: float | None = None,
     epochs: float | None = None,
     distill: float | None = None,
     min_tokens: int | None = None,
     device: str = "auto",
+    resume: bool = False,
 ) -> None:
     """`prunex train --method ltp`: train stage(s) and print where the checkpoint went with its figures.
 
     `context` caps the tokens per input (the task's own length when larger); `lr` is the thresholds' learning
-    rate, as `--lr` is the pruning parameters' for DCP; `prepare_out` checks/clears --out (see main.py).
+    rate, as `--lr` is the pruning parameters' for DCP; `prepare_out` checks/clears --out (see main.py);
+    `resume` goes on from the state an interrupted run saved there.
     A `--lambda` without `--target-flops` trains with that fixed lambda and no threshold calibration; None
     elsewhere means the default of `LTPTrainConfig`.
     """
@@ -51,7 +53,7 @@ def train_ltp_command(
     if target_flops is not None and target_flops <= 0:
         raise PrunexError("--target-flops must be above 0 (relative to the dense model, e.g. 0.5)")
     load_labelled(task)  # refuse an unknown task or a bad file before --out is touched
-    prepare_out(out, force)
+    prepare_out(out, force, resume)
     defaults = LTPTrainConfig()
     given = {
         "steps": steps, "batch_size": batch_size, "lr": model_lr, "base_epochs": epochs, "distill": distill,
@@ -62,7 +64,8 @@ def train_ltp_command(
         threshold_lr=defaults.threshold_lr if lr is None else lr, seed=seed, threads=threads, device=device,
         **{name: getattr(defaults, name) if value is None else value for name, value in given.items()},
     )
-    meta = train_ltp(config, out, LTPConfig(min_tokens=min_tokens) if min_tokens is not None else None)
+    meta = train_ltp(config, out, LTPConfig(min_tokens=min_tokens) if min_tokens is not None else None,
+                     resume=resume)
     last = meta.training["figures"][meta.training["stage"]]["validation"]
     typer.echo(
         f"wrote {out} ({meta.training['stage']} stage): validation accuracy {last['accuracy']:.4f}, "

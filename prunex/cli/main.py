@@ -21,11 +21,22 @@ bench_app = typer.Typer(help="Measure speed side by side in one run.", no_args_i
 app.add_typer(bench_app, name="bench")
 
 
-def _clear_out(out: Path, force: bool) -> None:
-    """Refuse a non-empty --out unless --force, which empties it (training writes into it as it goes)."""
+def _clear_out(out: Path, force: bool, resume: bool = False) -> None:
+    """Refuse a non-empty --out unless --force, which empties it (training writes into it as it goes), or
+    --resume with the training state an interrupted run left there."""
     from prunex.export.folder import prepare_out
+    from prunex.train.resume import STATE_FILE
 
-    prepare_out(out, force, clear=True)
+    if not resume:
+        prepare_out(out, force, clear=True)
+        return
+    if force:
+        raise PrunexError("--resume goes on with what --out holds and --force empties it: pass one of them")
+    if out.is_dir() and any(out.iterdir()) and not (out / STATE_FILE).is_file():
+        raise PrunexError(
+            f"{out} holds no saved training state ({STATE_FILE}) to resume: its run finished or it was written by "
+            "something else; choose another --out, or pass --force to start over"
+        )
 
 
 @app.command()
@@ -55,6 +66,9 @@ def train(
     device: str = typer.Option("auto", help="auto (CUDA when PyTorch sees a GPU), cpu or cuda."),
     seed: int = typer.Option(0),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
+    resume: bool = typer.Option(
+        False, help="Go on from the state an interrupted run saved in --out (every 5 minutes; same options)."
+    ),
     task: str = typer.Option("bbc", help="ltp: bbc, rotten-tomatoes, or a text/label CSV or JSONL."),
     stage: str = typer.Option("all", help="ltp: base, soft, hard (--model: previous stage dir), all."),
     lam: Optional[float] = typer.Option(
@@ -82,11 +96,11 @@ def train(
             out=out, model="minilm" if model == "smollm2" else model, task=task, stage=stage, lam=lam, steps=steps,
             context=context, batch_size=batch_size, lr=lr, threads=threads, seed=seed, force=force,
             target_flops=target_flops, model_lr=model_lr, epochs=epochs, distill=distill, min_tokens=min_tokens,
-            device=device, prepare_out=_clear_out,
+            device=device, prepare_out=_clear_out, resume=resume,
         )
     if method != "dcp":
         raise PrunexError(f"--method {method!r} is not available; use dcp or ltp")
-    _clear_out(out, force)
+    _clear_out(out, force, resume)
     config = TrainConfig(
         method=method, model=model, text=text, steps=steps or 200, batch_size=batch_size or 1, context=context,
         lr=1e-3 if lr is None else lr,
@@ -95,7 +109,7 @@ def train(
     dcp = DCPConfig(
         interaction_dim=interaction_dim, init_bias=init_bias, sink_tokens=sinks, recent_tokens=recent
     )
-    meta = train_dcp(config, dcp, out)
+    meta = train_dcp(config, dcp, out, resume=resume)
     figures = meta.training["figures"]["validation"]
     typer.echo(
         f"wrote {out}: validation perplexity {figures['perplexity']:.2f}, sparsity {figures['sparsity']:.3f}"

@@ -1,8 +1,12 @@
-"""Training DCP interaction heads (optionally the whole model) with LM loss + sparsity loss."""
+"""Training DCP interaction heads (optionally the whole model) with LM loss + sparsity loss.
+
+A run saves its state in the output dir every few minutes; `resume=True` goes on from there
+(`prunex.train.resume`)."""
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +24,7 @@ from prunex.prune.dcp import DCPPolicy
 from prunex.prune.forward import run_full
 from prunex.prune.lm import PrunedLM
 from prunex.train.loop import batch_at, run_steps, shuffled_order
+from prunex.train.resume import TrainState
 
 
 def alpha_at(step: int, config: TrainConfig) -> float:
@@ -102,8 +107,12 @@ def _train_step(lm: PrunedLM, batch: torch.Tensor, alpha: float, config: TrainCo
             "sparsity": 1 - result.kept_fraction}
 
 
-def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_progress: bool = True) -> CheckpointMeta:
-    """Train DCP on `config.model` and write a checkpoint to `out_dir`; returns its metadata."""
+def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_progress: bool = True,
+              resume: bool = False) -> CheckpointMeta:
+    """Train DCP on `config.model` and write a checkpoint to `out_dir`; returns its metadata.
+
+    `resume`: go on from the state an interrupted run with the same settings saved in `out_dir` (none there:
+    start from the beginning)."""
     _check(config)
     device = torch_device(config.device)  # checked before the (slow) model load
     if config.threads:
@@ -115,12 +124,32 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
     validation = token_windows(tokenizer, split_text(config.text, "validation", config.seed), config.context, 2)
     optimizer = _optimizer(lm, config)
     order = shuffled_order(len(windows), config.seed)
+    saver = TrainState(out_dir, {**to_dict(config), "dcp": to_dict(dcp)})
+    state = saver.load() if resume else None
+    state = state or {"step": 0, "history": [], "seconds": 0.0}
+    if "policy" in state:
+        lm.policy.load_state_dict(state["policy"])
+        if config.train == "all":
+            lm.base.model.load_state_dict(state["base"])
+        optimizer.load_state_dict(state["optimizer"])
+        saver.restore_rng(state)
+
+    def save_now_and_then(done: int, history: list[dict[str, float]]) -> None:
+        if saver.due() and done < config.steps:
+            saved = {"step": done, "history": history, "seconds": state["seconds"] + time.time() - started,
+                     "policy": lm.policy.state_dict(), "optimizer": optimizer.state_dict()}
+            if config.train == "all":
+                saved["base"] = lm.base.model.state_dict()
+            saver.save(saved, f"step {done}")
 
     def step(index: int) -> dict[str, float]:
         batch = windows[batch_at(order, index, config.batch_size)].to(lm.device)  # (B, context)
         return {"step": index + 1, **_train_step(lm, batch, alpha_at(index, config), config, optimizer)}
 
-    history, seconds = run_steps(config.steps, step, show_progress)
+    started = time.time()
+    history, seconds = run_steps(config.steps, step, show_progress, start=state["step"], history=state["history"],
+                                 after_step=save_now_and_then)
+    seconds += state["seconds"]
     lm.base.model.eval()
     lm.policy.eval()
     figures = {"train_seconds": round(seconds, 1), "device": str(lm.device), "validation": hard_figures(lm, validation)}
@@ -131,4 +160,5 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
     out = save_checkpoint(out_dir, meta, lm.policy.state_dict())
     if config.train == "all":
         save_model(lm.base.model.cpu(), str(out / BASE_WEIGHTS_FILE))  # tied weights stored once
+    saver.finish()
     return meta

@@ -21,14 +21,19 @@ def batch_at(order: Sequence[int], step: int, batch_size: int) -> list[int]:
     return [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
 
 
-def run_steps(steps: int, step: Callable[[int], dict[str, float]], show_progress: bool = True,
+def run_steps(steps: int, step: Callable[[int], dict[str, float]], show_progress: bool = True, *,
+              start: int = 0, history: list[dict[str, float]] | None = None,
+              after_step: Callable[[int, list[dict[str, float]]], None] | None = None,
               ) -> tuple[list[dict[str, float]], float]:
-    """Call `step(i)` for i in 0..steps-1 (each returns its figures); returns the figures and the seconds taken."""
+    """Call `step(i)` for i in start..steps-1 (each returns its figures), then `after_step(i + 1, history)`;
+    returns the figures (`history`, those of a resumed run's earlier steps first) and the seconds taken."""
     started = time.time()
-    history: list[dict[str, float]] = []
-    with TrainProgress(steps, enabled=show_progress) as progress:
-        for index in range(steps):
+    history = list(history or [])
+    with TrainProgress(steps, enabled=show_progress, start=start) as progress:
+        for index in range(start, steps):
             figures = step(index)
             history.append(figures)
             progress.update(figures)
+            if after_step is not None:
+                after_step(index + 1, history)
     return history, time.time() - started

@@ -11,7 +11,9 @@ validation accuracy, a stage no better than the majority label is an error, and 
 and then calibrates the thresholds on validation examples (see `prunex.train.ltp_target`).
 
 `stage="all"` runs the three in one go; a single later stage continues from the previous stage's checkpoint
-dir (given as `model`), with the same task, split seed and input length.
+dir (given as `model`), with the same task, split seed and input length. A run interrupted (end of a session,
+a crash) goes on with `resume=True` from the state saved in its output dir every few minutes and at each
+validation check and stage boundary (`prunex.train.resume`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from prunex.train.loop import batch_at, shuffled_order
 from prunex.train.ltp_budget import EarlyStopping, StageBudget, check_beats_majority, stage_budget
 from prunex.train.ltp_target import LambdaController, calibrate_thresholds, calibration_examples, on_target
 from prunex.train.progress import TrainProgress
+from prunex.train.resume import TrainState
 
 STAGE_CHOICES = (*LTP_STAGES, "all")
 _PREVIOUS = {"soft": "base", "hard": "soft"}
@@ -238,8 +241,29 @@ def _calibrate(run: _Run, config: LTPTrainConfig) -> dict[str, Any]:
     return found.to_dict()
 
 
-def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: bool) -> dict[str, Any]:
-    """Run one stage's optimizer steps, then measure it on the validation examples (and refuse a useless one)."""
+def _saved_stage(run: _Run, stage: str, step: int, loop: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `TrainState` saves at `step` of `stage`: the weights, thresholds and finished stages' figures, and
+    `loop` (optimizer, scheduler, figures so far, early stopping, lambda) when the stage is under way."""
+    thresholds = run.classifier.thresholds
+    return {"stage": stage, "step": step, "model": run.classifier.model.state_dict(),
+            "thresholds": to_dict(thresholds.config), "offset": thresholds.offset.detach().clone(),
+            "figures": dict(run.figures), "loop": loop}
+
+
+def _restore_run(run: _Run, state: dict[str, Any]) -> None:
+    """Put the weights, thresholds and finished stages' figures of a saved state back into `run`."""
+    run.classifier.model.load_state_dict(state["model"])
+    thresholds = LTPThresholds(run.classifier.adapter.num_layers, LTPConfig(**state["thresholds"]))
+    thresholds.offset.data.copy_(state["offset"])
+    run.classifier.thresholds = thresholds.to(state["offset"].device)
+    run.figures = dict(state["figures"])
+
+
+def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: bool, saver: TrainState,
+                 resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one stage's optimizer steps, then measure it on the validation examples (and refuse a useless one).
+
+    `resumed`: the state `saver` saved when this stage was interrupted (its weights are already back)."""
     classifier, thresholds = run.classifier, run.classifier.thresholds
     classifier.stage = stage
     mode = _TRAIN_MODE[stage]
@@ -271,15 +295,32 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
     stopping = EarlyStopping(budget.patience) if budget.check_every else None
     best_state: dict[str, torch.Tensor] | None = None
     lam = config.lam
+    history: list[dict[str, float]] = []
+    steps_run, seconds_before = 0, 0.0
+    if resumed is not None:
+        loop = resumed["loop"]
+        optimizer.load_state_dict(loop["optimizer"])
+        scheduler.load_state_dict(loop["scheduler"])
+        history, steps_run, seconds_before = loop["history"], resumed["step"], loop["seconds"]
+        best_state, lam = loop["best_state"], loop["lam"]
+        if stopping is not None:
+            vars(stopping).update(loop["stopping"])
+        if controller is not None:
+            controller.lam, controller.flops = lam, loop["controller_flops"]
+
+    def save(where: str) -> None:
+        loop = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+                "seconds": seconds_before + time.time() - started, "best_state": best_state, "lam": lam,
+                "stopping": dict(vars(stopping)) if stopping is not None else None,
+                "controller_flops": controller.flops if controller is not None else None}
+        saver.save(_saved_stage(run, stage, steps_run, loop), where)
 
     if show_progress:
         logger.info("ltp: stage %s (%s forward), up to %d steps x %d", stage, mode, budget.steps, batch_size)
     classifier.train()
-    history: list[dict[str, float]] = []
     started = time.time()
-    steps_run = 0
-    with TrainProgress(budget.steps, enabled=show_progress) as progress:
-        for step in range(budget.steps):
+    with TrainProgress(budget.steps, enabled=show_progress, start=steps_run) as progress:
+        for step in range(steps_run, budget.steps):
             picks = batch_at(order, step, batch_size)
             ids, mask = pad_batch([train_ids[i] for i in picks], pad_id)  # (B, T) each
             ids, mask = ids.to(device), mask.to(device)
@@ -317,7 +358,10 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
                 classifier.train()
                 if stopping.should_stop:
                     break
-    seconds = time.time() - started
+                save(f"{stage} stage step {steps_run}, after its validation check")
+            elif saver.due() and steps_run < budget.steps:
+                save(f"{stage} stage step {steps_run}")
+    seconds = seconds_before + time.time() - started
     thresholds.offset.requires_grad_(False)
     classifier.eval()
     if best_state is not None:
@@ -353,12 +397,14 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
 
 
 def train_ltp(
-    config: LTPTrainConfig, out_dir: str | Path, ltp: LTPConfig | None = None, show_progress: bool = True
+    config: LTPTrainConfig, out_dir: str | Path, ltp: LTPConfig | None = None, show_progress: bool = True,
+    resume: bool = False,
 ) -> CheckpointMeta:
     """Train LTP stage(s) and write an LTP checkpoint to `out_dir`; returns its metadata.
 
     `ltp` sets the thresholds' schedule and temperature (None fields: derived from the training data, see
-    `LTPConfig.resolved`); it applies when the base or soft stage starts.
+    `LTPConfig.resolved`); it applies when the base or soft stage starts. `resume`: go on from the state an
+    interrupted run with the same settings saved in `out_dir` (none there: start from the beginning).
     """
     _check(config)
     device = torch_device(config.device)  # checked before the (slow) model load
@@ -366,20 +412,33 @@ def train_ltp(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     stages = LTP_STAGES if config.stage == "all" else (config.stage,)
+    saver = TrainState(out_dir, {**to_dict(config), "ltp": to_dict(ltp) if ltp is not None else None})
+    state = saver.load() if resume else None
+    if resume and state is None:
+        logger.info("no saved training state in %s: starting from the beginning", out_dir)
     if stages[0] == "base":
         run = _fresh_run(config, ltp)
     else:
         if Path(out_dir).expanduser().resolve() == Path(config.model).expanduser().resolve():
             raise PrunexError("--out must differ from the previous stage's checkpoint dir given as --model")
         run = _continued_run(config, ltp, stages[0])
+    if state is not None:
+        _restore_run(run, state)
+        if stages[0] == "base" and state["stage"] != "base":  # stage "all" after its base stage
+            run.dense_weights = Path(out_dir) / DENSE_FILE
+        stages = stages[stages.index(state["stage"]):]
+        saver.restore_rng(state)
     run.classifier.to(device)
-    for stage in stages:
-        run.figures[stage] = _train_stage(run, stage, config, show_progress)
+    for index, stage in enumerate(stages):
+        under_way = state is not None and state["stage"] == stage and state["loop"] is not None
+        run.figures[stage] = _train_stage(run, stage, config, show_progress, saver, state if under_way else None)
         if stage == "base" and len(stages) > 1:  # keep the stage-1 model as the dense reference
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             save_model(run.classifier.model, str(out / DENSE_FILE))
             run.dense_weights = out / DENSE_FILE
+        if index + 1 < len(stages):
+            saver.save(_saved_stage(run, stages[index + 1], 0), f"the start of the {stages[index + 1]} stage")
     training = {
         "stage": stages[-1],
         "task": run.task,
@@ -390,4 +449,6 @@ def train_ltp(
         "figures": run.figures,
         "device": str(device),
     }
-    return save_ltp(out_dir, run.classifier, run.base, training, run.dense_weights)
+    meta = save_ltp(out_dir, run.classifier, run.base, training, run.dense_weights)
+    saver.finish()
+    return meta

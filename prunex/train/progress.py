@@ -20,19 +20,19 @@ logger = logging.getLogger(__name__)
 class TrainProgress:
     """`with TrainProgress(total) as p: p.update({"loss": ..., ...})`: one advance per call."""
 
-    def __init__(self, total: int, enabled: bool = True, log_every_s: float = 60.0) -> None:
+    def __init__(self, total: int, enabled: bool = True, log_every_s: float = 60.0, start: int = 0) -> None:
         self.total = total
         self.enabled = enabled
         self.as_lines = enabled and not STDERR.is_terminal
         self.log_every_s = log_every_s
-        self.done = 0
+        self.done = self.start = start  # steps done before (a resumed run)
         self.started = self.last_logged = time.monotonic()
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), TextColumn("{task.fields[figures]}"), disable=not enabled or self.as_lines,
             console=STDERR,
         )
-        self.task = self.progress.add_task("train", total=total, figures="")
+        self.task = self.progress.add_task("train", total=total, completed=start, figures="")
 
     def __enter__(self) -> "TrainProgress":
         self.progress.__enter__()
@@ -50,6 +50,6 @@ class TrainProgress:
         if self.as_lines and (now - self.last_logged >= self.log_every_s or self.done == self.total):
             self.last_logged = now
             elapsed = now - self.started
-            left = elapsed / self.done * (self.total - self.done)
+            left = elapsed / (self.done - self.start) * (self.total - self.done)
             logger.info("train step %d/%d, %.0f s elapsed, ~%.0f s left (if it runs all steps): %s",
                         self.done, self.total, elapsed, left, text)
