@@ -29,6 +29,7 @@ def train_ltp_command(
     target_flops: float | None = None,
     model_lr: float | None = None,
     epochs: float | None = None,
+    prune_epochs: float | None = None,
     distill: float | None = None,
     min_tokens: int | None = None,
     device: str = "auto",
@@ -56,7 +57,8 @@ def train_ltp_command(
     prepare_out(out, force, resume)
     defaults = LTPTrainConfig()
     given = {
-        "steps": steps, "batch_size": batch_size, "lr": model_lr, "base_epochs": epochs, "distill": distill,
+        "steps": steps, "batch_size": batch_size, "lr": model_lr, "base_epochs": epochs,
+        "prune_epochs": prune_epochs, "distill": distill,
         "lam": lam, "target_flops": 0.0 if lam is not None and target_flops is None else target_flops,
     }
     config = LTPTrainConfig(

@@ -80,6 +80,9 @@ def train(
     ),
     model_lr: Optional[float] = typer.Option(None, min=0.0, help="ltp: encoder learning rate (1e-4)."),
     epochs: Optional[float] = typer.Option(None, min=0.0, help="ltp: most epochs of the base stage (2)."),
+    prune_epochs: Optional[float] = typer.Option(
+        None, min=0.0, help="ltp: epochs of the soft and of the hard stage (0.25, at most 100k tokens each)."
+    ),
     distill: Optional[float] = typer.Option(
         None, min=0.0, max=1.0, help="ltp: hard stage weight of distilling the dense model (0.5; 0: off)."
     ),
@@ -95,7 +98,8 @@ def train(
         return train_ltp_command(
             out=out, model="minilm" if model == "smollm2" else model, task=task, stage=stage, lam=lam, steps=steps,
             context=context, batch_size=batch_size, lr=lr, threads=threads, seed=seed, force=force,
-            target_flops=target_flops, model_lr=model_lr, epochs=epochs, distill=distill, min_tokens=min_tokens,
+            target_flops=target_flops, model_lr=model_lr, epochs=epochs, prune_epochs=prune_epochs, distill=distill,
+            min_tokens=min_tokens,
             device=device, prepare_out=_clear_out, resume=resume,
         )
     if method != "dcp":
