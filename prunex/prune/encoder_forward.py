@@ -22,6 +22,9 @@ the token from layer l's output ("between layers"), at lower cost.
 without the attention-probability dropout of training: on CPU that dropout forces the unfused kernel, 6x slower
 on 512-token inputs (the hidden-state dropout stays). The pruning modes need the probabilities (importance).
 
+Padding and removed keys are masked with an additive (B, 1, 1, n) bias of 0 / -inf: broadcast in one Add,
+where a boolean mask costs the exported graph a Where over the full (B, H, n, n) scores.
+
 Rules: the [CLS] token (index 0 of every row) and the pruner's floor of tokens are never removed; padding is
 never a key, never counted in the importance and never kept. B batch, T input tokens, n tokens at a layer,
 W packed width, d hidden, H heads, D head dim, C labels, L layers.
@@ -100,6 +103,11 @@ def threshold_gather(hidden: Tensor, scores: Tensor, threshold: Tensor, alive: T
     return gather_tokens(hidden, index, 1), valid, index
 
 
+def _merge_heads(per_head: Tensor) -> Tensor:
+    """(B, H, m, D) -> (B, m, H * D)."""
+    return per_head.transpose(1, 2).flatten(2)
+
+
 # (hidden, scores, threshold, alive, keep_always) -> (hidden kept, valid, index), as `threshold_gather`
 TokenGather = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
@@ -134,7 +142,7 @@ def run_encoder(
     valid = _checked_valid(adapter, input_ids, attention_mask, pruner, mode)  # (B, T)
     B, T = input_ids.shape
     device = input_ids.device
-    H, D, d = adapter.num_heads, adapter.head_dim, adapter.hidden_size
+    d = adapter.hidden_size
     lengths = valid.sum(-1)  # (B,)
     soft_alive = valid  # (B, T) soft mode: tokens that hard decisions would still have
 
@@ -146,25 +154,27 @@ def run_encoder(
     for layer in range(adapter.num_layers):
         q, k, v = adapter.qkv(layer, hidden)  # (B, H, n, D) each
         residual, alive_next = hidden, alive
+        key_bias = q.new_zeros(alive.shape).masked_fill(~alive, float("-inf"))[:, None, None, :]  # (B, 1, 1, n)
         if mode == "dense":
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=alive[:, None, None, :],
-                                                      scale=adapter.attention_scale(layer))  # (B, H, n, D)
+            attended = _merge_heads(F.scaled_dot_product_attention(
+                q, k, v, attn_mask=key_bias, scale=adapter.attention_scale(layer)))  # (B, n, d)
         else:
             scores = (q @ k.transpose(-1, -2)) * adapter.attention_scale(layer)  # (B, H, n, n)
-            probs = scores.masked_fill(~alive[:, None, None, :], float("-inf")).softmax(-1)  # (B, H, n, n)
+            probs = (scores + key_bias).softmax(-1)  # (B, H, n, n)
             dropped_probs = adapter.attention_dropout(layer, probs)
             importance = pruner.score(layer, probs, alive)  # (B, n)
             protected = pruner.protected(layer, importance, alive)  # (B, n) [CLS] first, plus the floor
+            attended = _merge_heads(dropped_probs @ v)  # (B, n, d)
             if mode == "hard":
                 residual, alive_next, index = gather(hidden, importance, pruner.threshold(layer), alive,
                                                      protected)  # (B, W, d), (B, W), (B, W)
-                dropped_probs = gather_tokens(dropped_probs, index, 2)  # (B, H, W, n): only kept queries
+                # only the kept queries go on: their rows of the attended values (a (B, W, d) gather costs
+                # far less than gathering the (B, H, W, n) probabilities before the product)
+                attended = gather_tokens(attended, index, 1)  # (B, W, d)
                 positions = torch.where(alive_next, positions.gather(1, index), -1)  # (B, W)
             elif mode == "masked":
                 alive_next = ((importance > pruner.threshold(layer)) | protected) & alive  # (B, n)
-            attended = dropped_probs @ v  # (B, H, m, D), m = W or n
         n_in, n_out = alive.sum(-1), alive_next.sum(-1)  # (B,)
-        attended = attended.transpose(1, 2).reshape(B, -1, H * D)  # (B, m, d)
         hidden = adapter.attention_block(layer, attended, residual)  # (B, m, d)
         hidden = adapter.ffn_block(layer, hidden)  # (B, m, d)
         if mode == "soft":

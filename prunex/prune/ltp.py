@@ -40,7 +40,9 @@ def token_importance(probs: Tensor, alive: Tensor) -> Tensor:
     """
     H = probs.shape[1]
     rows = alive.to(probs.dtype)  # (B, n)
-    received = (probs * rows[:, None, :, None]).sum(dim=(1, 2))  # (B, n): summed over heads and query rows
+    # summed over the present query rows as a matrix-vector product (one pass over probs; a masked multiply and
+    # a two-axis ReduceSum cost ONNX Runtime 5x more on 400-token rows), then over heads
+    received = (rows[:, None, None, :] @ probs).sum(dim=(1, 2))  # (B, H, 1, n) -> (B, n)
     return received / (H * rows.sum(-1, keepdim=True)) * rows
 
 
