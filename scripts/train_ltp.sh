@@ -6,7 +6,7 @@
 # hard stage once more without distillation (--distill 0) to measure what distillation brings.
 #
 # Defaults (see prunex/train/ltp_trainer.py): batch 32 (inputs up to 128 tokens) or 8; base stage up to 2
-# epochs, validation checked every quarter epoch, stopping at the first check without a gain (best kept);
+# epochs, validation checked every quarter epoch, stopping after two checks in a row without a gain (best kept);
 # soft and hard stages a quarter epoch each (at least 30 steps); encoder lr 1e-4, thresholds 1e-2; lambda
 # steered towards the target, thresholds then calibrated on validation; floor of 8 tokens; distillation 0.5.
 #

@@ -66,7 +66,7 @@ class LTPTrainConfig:
     base_epochs: float = 2.0  # most epochs of the base stage (it stops earlier when validation stops improving)
     prune_epochs: float = 0.25  # epochs of the soft stage and of the hard stage each
     check_epochs: float = 0.25  # base stage: validation accuracy is checked every this many epochs
-    patience: int = 1  # base stage: checks without a gain before it stops (the best weights are kept)
+    patience: int = 2  # base stage: checks without a gain before it stops (the best weights are kept)
     min_steps: int = 30  # every stage runs at least this many steps (small files)
     max_tokens: int = 100_000  # training tokens between base checks and per soft/hard stage, at most (0: no cap)
     batch_size: int = 0  # examples per step; 0: 32 for inputs of up to 128 tokens, 8 for longer ones
@@ -356,7 +356,7 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
                 logger.info("base stage step %d: validation accuracy %.4f (best %.4f at step %d)",
                          steps_run, accuracy, stopping.best, stopping.best_step)
                 classifier.train()
-                if stopping.should_stop:
+                if stopping.should_stop or steps_run == budget.steps:
                     break
                 save(f"{stage} stage step {steps_run}, after its validation check")
             elif saver.due() and steps_run < budget.steps:
