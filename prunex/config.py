@@ -28,7 +28,7 @@ class DCPConfig:
 
 LTP_STAGES = ("base", "soft", "hard")  # LTP training stages: dense fine-tune, soft masks, hard removal
 DEFAULT_TEMPERATURE_FRACTION = 0.1  # T = final_threshold / 10 when not given
-DEFAULT_MIN_TOKENS = 8  # tokens per row that no layer removes ([CLS] and the most important), when not given
+DEFAULT_MIN_TOKENS = 4  # tokens per row that no layer removes ([CLS] and the most important), when not given
 IMPORTANCE_KINDS = ("relative", "absolute")  # what LTP's thresholds compare against (LTPConfig.importance)
 
 

@@ -280,7 +280,7 @@ def test_train_writes_ltp_checkpoint(trained, csv_task):
     training = saved["training"]
     scale = calibrated_scale(training["figures"])  # the thresholds scaled to the FLOPs target
     assert saved["config"] == {"final_threshold": pytest.approx(0.05 * scale, rel=1e-2),  # scales rounded to 4 digits
-                               "temperature": pytest.approx(0.005 * scale, rel=1e-2), "min_tokens": 8,
+                               "temperature": pytest.approx(0.005 * scale, rel=1e-2), "min_tokens": 4,
                                "importance": "absolute"}
     assert training["stage"] == "hard" and training["label_names"] == ["neg", "pos"]
     assert training["task"] == str(csv_task.resolve()) and training["max_length"] == 512

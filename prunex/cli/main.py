@@ -86,7 +86,7 @@ def train(
     distill: Optional[float] = typer.Option(
         None, min=0.0, max=1.0, help="ltp: hard stage weight of distilling the dense model (0.5; 0: off)."
     ),
-    min_tokens: Optional[int] = typer.Option(None, min=1, help="ltp: tokens a row always keeps (8)."),
+    min_tokens: Optional[int] = typer.Option(None, min=1, help="ltp: tokens a row always keeps (4)."),
 ) -> None:
     """Fine-tune a model so that it learns which tokens to drop; writes pruning.safetensors + pruning.json."""
     from prunex.config import DCPConfig, TrainConfig
