@@ -8,10 +8,11 @@
 # Defaults (see prunex/train/ltp_trainer.py): batch 32 (inputs up to 128 tokens) or 8; base stage up to 2
 # epochs, validation checked every quarter epoch, stopping after two checks in a row without a gain (best kept);
 # soft and hard stages a quarter epoch each (at least 30 steps); encoder lr 1e-4, thresholds 1e-2; lambda
-# steered towards the target, thresholds then calibrated on validation; floor of 8 tokens; distillation 0.5.
+# steered towards the target, thresholds then calibrated on validation; floor of 4 tokens; distillation 0.5.
 #
-# Cost on this 2-core CPU at 1 thread (MiniLM, fp32): rotten-tomatoes ~1.8 s a step of 32 (base), bbc ~1.5 s
-# an article (base). Measured wall times are in the README (the machine was shared).
+# Cost on a 2-core CPU with THREADS=2 (MiniLM, fp32): bbc ~4 s a step of 8 in the base stage (fused attention),
+# ~10 s soft, ~6 s hard; the bbc part ~17 minutes. Measured wall times are in the README. An interrupted stage
+# goes on where it stopped: rerun with --resume in place of --force.
 # BBC, Rotten Tomatoes and the UCI drug reviews are research-use datasets.
 set -euo pipefail
 OUT=${OUT:-runs/ltp}
