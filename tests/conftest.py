@@ -57,21 +57,29 @@ def make_dropping_policy():
     return dropping_policy
 
 
-@pytest.fixture(scope="session")
-def csv_task(tmp_path_factory):
-    """A small labelled CSV for LTP: 'good' words = pos, 'bad' words = neg, rows of 3-15 words."""
+def write_labelled_csv(path, rows) -> None:
+    """A labelled task file with a `text,label` header and one (text, label) pair per row."""
     import csv
-    import random
 
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("labelled") / "reviews.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])
-        for i in range(100):
-            label = rng.choice(["pos", "neg"])
-            words = ["good", "great", "fine"] if label == "pos" else ["bad", "awful", "poor"]
-            writer.writerow([" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) + f" no {i}", label])
+        writer.writerows(rows)
+
+
+@pytest.fixture(scope="session")
+def csv_task(tmp_path_factory):
+    """A small labelled CSV for LTP: 'good' words = pos, 'bad' words = neg, rows of 3-15 words."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(100):
+        label = rng.choice(["pos", "neg"])
+        words = ["good", "great", "fine"] if label == "pos" else ["bad", "awful", "poor"]
+        rows.append((" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) + f" no {i}", label))
+    path = tmp_path_factory.mktemp("labelled") / "reviews.csv"
+    write_labelled_csv(path, rows)
     return path
 
 

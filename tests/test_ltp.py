@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import write_labelled_csv
 from typer.testing import CliRunner
 
 from prunex.checkpoints.ltp import DENSE_FILE, MODEL_FILE
@@ -443,17 +444,15 @@ def test_cli_train_then_eval_json(tmp_path, csv_task):
 @pytest.fixture(scope="module")
 def shuffled_task(tmp_path_factory):
     """Labels that carry no information: 70% 'a', 30% 'b', assigned at random to random word rows."""
-    import csv
     import random
 
     rng = random.Random(1)
+    rows = []
+    for i in range(120):
+        words = " ".join(rng.choice(["good", "bad", "fine", "poor", "great", "awful"]) for _ in range(8))
+        rows.append((f"{words} no {i}", "a" if rng.random() < 0.7 else "b"))
     path = tmp_path_factory.mktemp("ltp-noise") / "noise.csv"
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for i in range(120):
-            words = " ".join(rng.choice(["good", "bad", "fine", "poor", "great", "awful"]) for _ in range(8))
-            writer.writerow([f"{words} no {i}", "a" if rng.random() < 0.7 else "b"])
+    write_labelled_csv(path, rows)
     return path
 
 
