@@ -99,8 +99,7 @@ def train(
             out=out, model="minilm" if model == "smollm2" else model, task=task, stage=stage, lam=lam, steps=steps,
             context=context, batch_size=batch_size, lr=lr, threads=threads, seed=seed, force=force,
             target_flops=target_flops, model_lr=model_lr, epochs=epochs, prune_epochs=prune_epochs, distill=distill,
-            min_tokens=min_tokens,
-            device=device, prepare_out=_clear_out, resume=resume,
+            min_tokens=min_tokens, device=device, prepare_out=_clear_out, resume=resume,
         )
     if method != "dcp":
         raise PrunexError(f"--method {method!r} is not available; use dcp or ltp")
