@@ -27,14 +27,15 @@ MANIFEST_FILE = "prunex.json"
 MODEL_FILE = "model.onnx"
 
 # Graph io of the decoder (see prunex.export.fused): per-layer names are %d templates.
-DECODER_GRAPH_VERSION = 3  # 3: fused (GroupQueryAttention writing into shared slot buffers); 2: traced step
+DECODER_GRAPH_VERSION = 4  # 4: fused, a slot capacity per layer; 3: fused, one capacity for all; 2: traced step
 DECODER_INPUTS = {"input_ids": "input_ids", "position_ids": "position_ids", "logit_index": "logit_index"}
-DECODER_PAST = {  # per layer; every layer's buffers have the same capacity W
+DECODER_PAST = {  # per layer; W: the layer's slot capacity (each layer has its own)
     "key": "past_key.%d", "value": "past_value.%d",  # (B, KV, W, D), shared with present_key / present_value
     "kint": "past_kint.%d",  # (B, R, W) interaction keys (DCP only)
     "valid": "past_valid.%d",  # (B, 1, W) bool: slot holds a kept entry or one of the step's new entries
     "guard": "past_guard.%d",  # (B, 1, W) int64: first query position that may drop the entry (DCP only)
     "seqlens": "seqlens.%d",  # (B,) int32: slots in use after the step, minus 1; new entries at the end
+    "capacity": "capacity.%d",  # () int32: W, the attention's total length
 }
 NEVER = 2**62  # the guard of an entry no query may drop (attention sinks)
 DECODER_PRESENT = {"key": "present_key.%d", "value": "present_value.%d"}  # the past buffers, written in place

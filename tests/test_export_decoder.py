@@ -58,8 +58,9 @@ def test_graph_is_fused_and_plain_ort_loads_it(exported):
     session = ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == manifest.output_names()
     inputs = {i.name: i.shape for i in session.get_inputs()}
-    assert inputs["past_key.0"][2] == inputs["past_valid.0"][2] == "capacity"
-    assert "past_guard.0" in inputs and "seqlens.0" in inputs
+    assert inputs["past_key.0"][2] == inputs["past_valid.0"][2] == "capacity.0"  # a capacity per layer
+    assert inputs["past_kint.1"][2] == inputs["past_guard.1"][2] == "capacity.1"
+    assert inputs["capacity.0"] == [] and "seqlens.0" in inputs
 
 
 def test_manifest_records_the_export(exported):
@@ -69,7 +70,7 @@ def test_manifest_records_the_export(exported):
     assert again.method == "dcp" and again.op_domain == "prunex" and again.op_domain_version == 1
     assert again.interaction_dim == lm.policy.state_dim and again.num_layers == lm.adapter.num_layers
     assert again.base_model_hash == lm.base.weights_hash
-    assert again.past["key"] == "past_key.%d" and again.graph_version == 3
+    assert again.past["key"] == "past_key.%d" and again.graph_version == 4
     assert (again.sink_tokens, again.recent_tokens) == (1, 0)
     assert 0 <= again.validation["max_logit_diff"] <= 1e-4
     assert (out / "tokenizer.json").is_file()

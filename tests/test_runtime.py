@@ -208,12 +208,12 @@ def _step(cache: KVCacheManager, key: float, positions: list[int], drop: tuple =
     cache.reserve(1)
     cache.begin_step(torch.tensor(positions)[:, None])
     rows, slot = torch.arange(cache.rows), cache.seqlens[0].long()
-    cache.key[0, rows, 0, slot] = key
-    cache.value[0, rows, 0, slot] = key + 100
-    keep = cache.valid[0].clone()
+    cache.layer_view("key", 0)[rows, 0, slot] = key
+    cache.layer_view("value", 0)[rows, 0, slot] = key + 100
+    keep = cache.layer_view("valid", 0).clone()  # (B, W): with one layer and one query, keep's flat layout
     for row, dropped in drop:
         keep[row, dropped] = False
-    cache.end_step(keep[None, :, None], torch.full((1, cache.rows, 1, 1), key))
+    cache.end_step(keep.flatten(), torch.full((1, cache.rows, 1, 1), key))
 
 
 def test_cache_appends_masks_holes_and_compacts_in_order():
@@ -223,8 +223,10 @@ def test_cache_appends_masks_holes_and_compacts_in_order():
         prompt = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), CacheLimits(headroom=0))
         prompt.start(1, length)
         prompt.begin_step(torch.arange(length)[None])  # the whole prompt in one run
-        prompt.key[0, 0, 0, :length] = torch.arange(length, dtype=torch.float32)[:, None]
-        prompt.end_step(prompt.valid[:, :, None].clone(), torch.zeros(1, 1, length, 1))
+        prompt.layer_view("key", 0)[0, 0, :length] = torch.arange(length, dtype=torch.float32)[:, None]
+        keep, views = prompt.layer_buffers((length,), torch.bool)  # (1, S, W): every query keeps everything
+        views[0].fill_(True)
+        prompt.end_step(keep, torch.zeros(1, 1, length, 1))
         prompts.append(prompt)
     cache = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), limits)
     for prompt in prompts:
@@ -232,19 +234,42 @@ def test_cache_appends_masks_holes_and_compacts_in_order():
     assert cache.capacity == 3 + 1 and cache.fill[0].tolist() == [3, 2]
     assert cache.held_bytes() == 5 * cache.bytes_per_entry
     _step(cache, -1.0, [3, 2], drop=[(0, 0)])  # row 0 drops its first entry: a hole, masked, not reused
-    assert cache.fill[0].tolist() == [4, 3] and cache.valid[0, 0].tolist() == [False, True, True, True]
-    assert cache.positions[0, 0].tolist() == [0, 1, 2, 3] and cache.kint[0, 0, 0, 3] == -1.0
+    valid, positions, key = (cache.layer_view(f, 0) for f in ("valid", "positions", "key"))
+    assert cache.fill[0].tolist() == [4, 3] and valid[0].tolist() == [False, True, True, True]
+    assert positions[0].tolist() == [0, 1, 2, 3] and cache.layer_view("kint", 0)[0, 0, 3] == -1.0
     _step(cache, -2.0, [4, 3])  # row 0 is full: the layer is compacted first
     assert cache.compactions == 1 and cache.fill[0].tolist() == [4, 4]
-    assert cache.positions[0, 0, :4].tolist() == [1, 2, 3, 4]  # kept entries packed in order, then the new one
-    assert cache.key[0, 0, 0, :4, 0].tolist() == [1.0, 2.0, -1.0, -2.0]
+    assert positions[0, :4].tolist() == [1, 2, 3, 4]  # kept entries packed in order, then the new one
+    assert key[0, 0, :4, 0].tolist() == [1.0, 2.0, -1.0, -2.0]
     assert cache.capacity == 4
     _step(cache, -3.0, [5, 4])  # full and no holes: W grows (kept + new + headroom)
     assert cache.capacity == 4 + 1 + 1 and cache.fill[0].tolist() == [5, 5] and cache.compactions == 2
     assert cache.dense_bytes() == (3 + 2 + 3 * 2) * cache.bytes_per_entry  # 11 tokens fed in all
     cache.remove_rows(torch.tensor([1]))
-    assert cache.rows == 1 and cache.positions[0, 0, :4].tolist() == [0, 1, 2, 3]
+    assert cache.rows == 1 and cache.layer_view("positions", 0)[0, :4].tolist() == [0, 1, 2, 3]
     assert cache.peak_allocated_bytes >= cache.allocated_bytes()
+
+
+def test_each_layer_sizes_its_own_slots():
+    """A layer that drops most entries shrinks to what it keeps while another keeps everything; growing the full
+    layer copies only its own keys and values."""
+    cache = KVCacheManager(2, 1, 2, 1, torch.device("cpu"), CacheLimits(headroom=2))
+    cache.start(1, 16)
+    cache.begin_step(torch.arange(16)[None])  # a 16-token prompt in one run
+    keep, views = cache.layer_buffers((16,), torch.bool)  # (1, S, W) per layer: the graph's keep outputs
+    views[0].fill_(True)
+    views[1].fill_(False)
+    views[1][:, :, 14:] = True  # layer 1 keeps only the last two entries
+    cache.end_step(keep, torch.zeros(2, 1, 16, 1))
+    cache.layer_view("value", 0)[0, 0, :, 0] = torch.arange(16.0)
+    cache.compact_sparse_layers()
+    assert cache.fill[:, 0].tolist() == [16, 2] and cache.widths == [16, 2 + 2]
+    assert cache.layer_view("positions", 1)[0, :2].tolist() == [14, 15]
+    assert cache.allocated_bytes() == (16 + 4) * cache.bytes_per_entry
+    small = cache.layer_view("value", 1)
+    cache.reserve(1)  # layer 0 is full and has no holes: it grows, layer 1 has room and stays as it is
+    assert cache.widths == [16 + 1 + 2, 4] and cache.layer_view("value", 1) is small
+    assert cache.layer_view("value", 0)[0, 0, :16, 0].tolist() == list(range(16))
 
 
 def test_cpu_is_used_when_cuda_is_absent(exported):

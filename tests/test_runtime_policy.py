@@ -64,7 +64,8 @@ def test_runtime_policy_matches_pytorch(name, dense_export, scored_export, tiny_
     held_cache = engine.cache
     for layer in range(held_cache.num_layers):
         for row in range(3):
-            held = sorted(held_cache.positions[layer, row][held_cache.valid[layer, row]].tolist())
+            valid = held_cache.layer_view("valid", layer)[row]
+            held = sorted(held_cache.layer_view("positions", layer)[row][valid].tolist())
             expected = cache.layers[layer].positions[row][cache.layers[layer].valid[row]].tolist()
             assert held == expected
             assert len(held) == BUDGET  # the last token's entry joined after the budget was applied

@@ -12,7 +12,11 @@ One graph serves prefill chunks and decode steps (S new tokens per row over the 
   new token never drops itself. They come out as `keep` (B, W), the slots' validity after the step.
 The graph never compacts: the runtime packs a layer's kept entries now and then (`prunex.runtime.kv_cache`).
 
-Shapes: B rows, S new tokens, W slot capacity, H / KV heads, D head dim, d hidden, r DCP interaction width.
+Each layer has its own capacity W (`capacity.<layer>`): the runtime sizes a layer's buffers to what that layer
+keeps, so the keep decisions and the attention of a layer that prunes hard cover few slots.
+
+Shapes: B rows, S new tokens, W the layer's slot capacity, H / KV heads, D head dim, d hidden, r DCP interaction
+width.
 """
 
 from __future__ import annotations
@@ -37,11 +41,9 @@ class _Globals:
     """Values every layer shares, computed once per run."""
 
     def __init__(self, g: GraphBuilder, m: DecoderManifest, ids: str, positions: str) -> None:
-        capacity = g.op("Shape", m.name(m.past["key"], 0), start=2, end=3)  # (1,) W
         self.seq = g.op("Shape", ids, start=1, end=2)  # (1,) S
-        self.total_length = g.op("Squeeze", g.op("Cast", capacity, to=INT32))  # () int32: GQA's buffer length
-        batch = g.op("Shape", ids, start=0, end=1)
-        self.bias_shape = g.op("Concat", batch, g.const([1]), self.seq, capacity, axis=0)  # [B, 1, S, W]
+        self.batch = g.op("Shape", ids, start=0, end=1)  # (1,) B
+        self.query_rows = g.op("Concat", g.const([1, 1]), self.seq, g.const([1]), axis=0)  # [1, 1, S, 1]
         if not m.interaction_dim:
             return
         self.decoding = g.op("Equal", g.op("Squeeze", self.seq), g.const(1))  # () bool: one new token a row
@@ -50,11 +52,7 @@ class _Globals:
         new_positions = g.op("Unsqueeze", positions, g.const([1]))  # (B, 1, S)
         guard = g.op("Add", new_positions, g.const(max(m.recent_tokens, 1)))
         self.new_guard = g.op("Where", g.op("Less", new_positions, g.const(m.sink_tokens)), g.const(NEVER), guard)
-        # For prefill chunks: where the new entries sit among the slots
-        self.slots = g.op("Unsqueeze", g.op("Range", g.const(0), g.op("Squeeze", capacity), g.const(1)),
-                          g.const([0, 1]))  # (1, 1, W)
         self.last_new = g.op("Squeeze", g.op("Sub", self.seq, g.const([1])))  # () S - 1
-        self.queries_shape = g.op("Concat", batch, self.seq, capacity, axis=0)  # [B, S, W]
 
 
 def _kept_so_far(g: GraphBuilder, step_keep: str) -> str:
@@ -73,9 +71,13 @@ def _prefill_keep(g: GraphBuilder, glob: _Globals, past: dict[str, str], q_int: 
     kept_new = _kept_so_far(g, g.op("Or", g.op("Greater", scores_new, threshold),
                                     g.op("Less", glob.query_positions, glob.new_guard)))  # (B, S, S)
     first_new = g.op("Sub", g.op("Cast", past["seqlens"], to=INT64), glob.last_new)  # (B,) fill before the step
-    offset = g.op("Sub", glob.slots, g.op("Unsqueeze", first_new, g.const([1, 2])))  # (B, 1, W)
+    capacity = g.op("Shape", past["valid"], start=2, end=3)  # (1,) W
+    slots = g.op("Unsqueeze", g.op("Range", g.const(0), g.op("Squeeze", capacity), g.const(1)),
+                 g.const([0, 1]))  # (1, 1, W)
+    offset = g.op("Sub", slots, g.op("Unsqueeze", first_new, g.const([1, 2])))  # (B, 1, W): the new ones at 0..S-1
     is_new = g.op("And", g.op("GreaterOrEqual", offset, g.const(0)), g.op("Less", offset, glob.seq))
-    index = g.op("Expand", g.op("Clip", offset, g.const(0), glob.last_new), glob.queries_shape)  # (B, S, W)
+    queries_shape = g.op("Concat", glob.batch, glob.seq, capacity, axis=0)  # [B, S, W]
+    index = g.op("Expand", g.op("Clip", offset, g.const(0), glob.last_new), queries_shape)  # (B, S, W)
     placed = g.op("And", g.op("GatherElements", kept_new, index, axis=2), is_new)  # (B, S, W)
     keep = g.op("Or", placed, g.op("And", kept_past, g.op("Not", is_new)))  # (no bool Where on ORT's CPU)
     return keep
@@ -151,13 +153,12 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
     ids = g.input(m.inputs["input_ids"], INT64, ["batch", "seq"])
     positions = g.input(m.inputs["position_ids"], INT64, ["batch", "seq"])
     wanted = g.input(m.inputs["logit_index"], INT64, ["batch", "wanted"])
-    shapes = {"key": ["batch", KV, "capacity", D], "value": ["batch", KV, "capacity", D],
-              "kint": ["batch", r, "capacity"], "valid": ["batch", 1, "capacity"], "guard": ["batch", 1, "capacity"],
-              "seqlens": ["batch"]}
-    types = {"key": FLOAT, "value": FLOAT, "kint": FLOAT, "valid": BOOL, "guard": INT64, "seqlens": INT32}
+    types = {"key": FLOAT, "value": FLOAT, "kint": FLOAT, "valid": BOOL, "guard": INT64, "seqlens": INT32,
+             "capacity": INT32}
+    shapes = [_buffer_shapes(m, f"capacity.{layer}") for layer in range(m.num_layers)]
     for layer in range(m.num_layers):
         for f in m.past_fields():
-            g.input(m.name(m.past[f], layer), types[f], shapes[f])
+            g.input(m.name(m.past[f], layer), types[f], shapes[layer][f])
     glob = _Globals(g, m, ids, positions)
     blocks = _Blocks(g, spec, m.opset)
 
@@ -168,7 +169,7 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
                                                    g.weight("rope.sin", _np(spec.rotary[1]))]
     residual, pending = hidden, None  # pending: the last block's output, added to the residual by the next norm
     for layer, weights in enumerate(spec.layers):
-        name = f"layers.{layer}"
+        name, W = f"layers.{layer}", f"capacity.{layer}"
         if pending is None:
             x = blocks.first_norm(f"{name}.attention_norm", weights.attention_norm, residual)
         else:
@@ -188,23 +189,23 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
             keep = m.name(m.past["valid"], layer)  # (B, 1, W)
         else:
             keep = _dcp_keep(g, glob, layer, m, q_int, k_int, float(policy.bias[layer].detach()))  # (B, S, W)
-            g.outputs.append(helper.make_tensor_value_info(m.name(m.keep, layer), BOOL, ["batch", "seq", "capacity"]))
+            g.outputs.append(helper.make_tensor_value_info(m.name(m.keep, layer), BOOL, ["batch", "seq", W]))
         masked = g.op("Where", keep, g.const(0.0, np.float32), g.const(-np.inf, np.float32))  # (B, S|1, W)
         attention_bias = g.op("Unsqueeze", masked, g.const([1]))  # (B, 1, S|1, W)
         if policy is None:  # the attention wants one row a query
-            attention_bias = g.op("Expand", attention_bias, glob.bias_shape)  # (B, 1, S, W)
+            attention_bias = g.op("Expand", attention_bias, glob.query_rows)  # (B, 1, S, W)
         outputs = [f"{name}.attended", m.name(m.present["key"], layer), m.name(m.present["value"], layer)]
         if m.attention:  # each query's attention probabilities (qk_output=2: after the softmax), for H2O / TOVA
             outputs.append(m.name(m.attention, layer))
-            g.outputs.append(helper.make_tensor_value_info(outputs[-1], FLOAT, ["batch", H, "seq", "capacity"]))
+            g.outputs.append(helper.make_tensor_value_info(outputs[-1], FLOAT, ["batch", H, "seq", W]))
         attended = g.op(
             "GroupQueryAttention", qkv, "", "", m.name(m.past["key"], layer), m.name(m.past["value"], layer),
-            m.name(m.past["seqlens"], layer), glob.total_length, *rotary,
+            m.name(m.past["seqlens"], layer), m.name(m.past["capacity"], layer), *rotary,
             positions if spec.rotary is not None else "", attention_bias, outputs=outputs, domain=MS_DOMAIN,
             num_heads=H, kv_num_heads=KV, scale=weights.scale, do_rotary=int(spec.rotary is not None),
             rotary_interleaved=0, qk_output=2 if m.attention else 0,
         )[0]
-        g.outputs += [helper.make_tensor_value_info(m.name(m.present[f], layer), FLOAT, shapes[f])
+        g.outputs += [helper.make_tensor_value_info(m.name(m.present[f], layer), FLOAT, shapes[layer][f])
                       for f in ("key", "value")]
         if policy is not None:  # k_int (B, S, r) is the new_kint output itself
             g.output(k_int, m.name(m.new_kint, layer), FLOAT, ["batch", "seq", r])
@@ -220,6 +221,13 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
     g.output(logits, m.logits, FLOAT, ["batch", "wanted", m.vocab_size])
     _order_outputs(g, m)
     return g.model(m.opset)
+
+
+def _buffer_shapes(m: DecoderManifest, capacity: str) -> dict[str, list]:
+    """The shapes of one layer's cache inputs, its slot capacity named `capacity`."""
+    KV, D, r = m.num_kv_heads, m.head_dim, m.interaction_dim
+    return {"key": ["batch", KV, capacity, D], "value": ["batch", KV, capacity, D], "kint": ["batch", r, capacity],
+            "valid": ["batch", 1, capacity], "guard": ["batch", 1, capacity], "seqlens": ["batch"], "capacity": []}
 
 
 def _order_outputs(g: GraphBuilder, m: DecoderManifest) -> None:

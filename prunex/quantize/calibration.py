@@ -27,6 +27,7 @@ def prompt_feeds(manifest, prompt: list[int]) -> dict[str, np.ndarray]:
         "value": np.zeros((1, m.num_kv_heads, T, m.head_dim), np.float32),
         "kint": np.zeros((1, m.interaction_dim, T), np.float32), "valid": np.ones((1, 1, T), bool),
         "guard": m.guard(positions)[None, None], "seqlens": np.array([T - 1], np.int32),
+        "capacity": np.array(T, np.int32),
     }
     feeds = {m.inputs["input_ids"]: np.array([prompt], np.int64), m.inputs["position_ids"]: positions[None],
              m.inputs["logit_index"]: np.array([[T - 1]], np.int64)}

@@ -1,24 +1,30 @@
 """The runtime's KV-cache manager: slot buffers the fused graph writes into, appended to and compacted now and then.
 
-All layers share one slot capacity W; per layer and row, `fill` slots are in use: kept entries and the holes
-that dropped ones left. A step's S new entries go to slots fill .. fill + S - 1: before the run the manager
+Each layer has its own slot capacity W_l, so a layer that prunes hard holds few slots and the graph's keep
+decisions and attention for it cover only those. Per layer and row, `fill` slots are in use: kept entries and the
+holes that dropped ones left. A step's S new entries go to slots fill .. fill + S - 1: before the run the manager
 marks them valid with their positions and guards (`begin_step`); the graph's attention writes their keys and
-values there in place; after the run the manager stores their interaction keys and takes the graph's `keep`
-as the validity (`end_step`). Attention reads a row up to its fill, holes masked,
-so holes cost bandwidth: a layer is compacted (each row's kept entries packed to the front, in order, in
-place) when its holes pass `max_holes` of its filled slots, or when a row has no free slot left; W grows only
-when a row's kept entries themselves need more room, and shrinks when the fullest layer no longer needs half.
+values there in place; after the run the manager stores their interaction keys and takes the graph's `keep` as
+the validity (`end_step`). Attention reads a row up to its fill, holes masked, so holes cost bandwidth: a layer
+is compacted (each row's kept entries packed to the front, in order, in place) when its holes pass `max_holes`
+of its filled slots, or when a row has no free slot left; a layer's W_l grows only when a row's kept entries
+themselves need more room, and shrinks when its fullest row no longer needs half.
 
-Buffers (torch, on the session's device): key / value (L, B, KV, W, D), kint (L, B, R, W), valid (L, B, W)
-bool, positions and guard (L, B, W) int64 (guard: the first query position that may drop the entry), score
-(L, B, W) float (a run-time attention policy's per-entry state: H2O's accumulated mass, TOVA's last), fill and
-seqlens (L, B) int32 (seqlens = fill - 1 after `begin_step`: what the attention reads). Memory is accounted in
-bytes of K, V and interaction keys: held (valid entries), allocated (slots) with its peak, and dense-equivalent
-(what a cache without pruning would hold for the same tokens).
+Storage, on the session's device: key and value (the bulk of the bytes) a tensor per layer, so growing one layer
+copies only that layer; every other field one flat buffer, the layers' blocks one after the other.
+`layer_view(field, l)` is layer l's part: key / value (B, KV, W_l, D), kint (B, R, W_l), valid (B, W_l) bool,
+positions and guard (B, W_l) int64 (guard: the first query position that may drop the entry), score (B, W_l)
+float (a run-time attention policy's per-entry state: H2O's accumulated mass, TOVA's last). Slot s of row b in
+layer l is element `row_start[l, b] + s` of a per-slot field (valid, positions, guard, score), so a step's
+bookkeeping is a few indexed writes over all layers at once. fill and seqlens are (L, B) int32 (seqlens =
+fill - 1 after `begin_step`: what the attention reads). Memory is accounted in bytes of K, V and interaction
+keys: held (valid entries), allocated (slots) with its peak, and dense-equivalent (what a cache without pruning
+would hold for the same tokens).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,8 +45,12 @@ class CacheLimits:
 
     max_rows: int = 16  # requests decoded together
     max_bytes: int | None = None  # K/V/kint bytes the slot buffers may allocate (None: no limit)
-    headroom: int = 64  # free slots beyond the fullest row when the buffers are (re)allocated
+    headroom: int = 64  # free slots beyond a layer's fullest row when its buffers are (re)allocated
     max_holes: float = 0.25  # compact a layer when its holes pass this share of its filled slots
+
+
+FIELDS = ("key", "value", "kint", "valid", "positions", "guard", "score")  # one slot axis each
+KV_FIELDS = ("key", "value")  # the bulk of the bytes: one tensor per layer, the other fields flat
 
 
 class KVCacheManager:
@@ -57,14 +67,16 @@ class KVCacheManager:
         self.kint_dim = interaction_dim
         self.guard_of = guard  # positions (…) -> guards (`DecoderManifest.guard`); None: the graph reads none
         self._new_slots: Tensor | None = None  # (L, B, S) the slots of the step under way
-        self._grid_cache: tuple[Tensor, Tensor] | None = None
         self.device, self.dtype = device, dtype
         self.limits = limits or CacheLimits()
         self.tokens_seen = torch.zeros(0, dtype=torch.int64)  # (B,) tokens fed per row (dense-equivalent)
+        self.widths = [0] * num_layers  # W_l: each layer's slot capacity
+        self.fill = torch.zeros(num_layers, 0, dtype=torch.int32)
+        self._views: dict[str, list[Tensor]] = {}
         self.peak_allocated_bytes = 0
         self.compactions = 0
         self.version = 0  # grows whenever the buffers are reallocated (bindings must be renewed)
-        self._allocate(0, 0)
+        self._allocate(0, self.widths)
 
     # --- sizes -------------------------------------------------------------------------------------------
     @property
@@ -73,20 +85,24 @@ class KVCacheManager:
 
     @property
     def capacity(self) -> int:
-        return self.valid.shape[2]
+        """The largest layer capacity."""
+        return max(self.widths)
 
     @property
     def bytes_per_entry(self) -> int:
         """Bytes of one token's K, V and interaction key in one layer."""
         return kv_entry_bytes(self.kv_heads, self.head_dim, self.kint_dim, self.dtype)
 
-    def held_entries(self) -> Tensor:
-        """(B,) valid entries per row, summed over layers."""
-        return self.valid.sum((0, 2)).cpu()
-
     def layer_counts(self) -> Tensor:
         """(L, B) valid entries per layer and row."""
-        return self.valid.sum(2).cpu()
+        return self._layer_counts().cpu()
+
+    def _layer_counts(self) -> Tensor:
+        return torch.stack([valid.sum(1) for valid in self._views["valid"]])  # (L, B) on the device
+
+    def held_entries(self) -> Tensor:
+        """(B,) valid entries per row, summed over layers."""
+        return self.layer_counts().sum(0)
 
     def held_bytes(self) -> int:
         """Bytes of the entries the cache holds (valid slots)."""
@@ -94,59 +110,116 @@ class KVCacheManager:
 
     def allocated_bytes(self) -> int:
         """Bytes of all slot buffers (held entries, holes and free slots)."""
-        return self.valid.numel() * self.bytes_per_entry
+        return self.rows * sum(self.widths) * self.bytes_per_entry
 
     def dense_bytes(self) -> int:
         """Bytes a dense cache would hold for the same tokens."""
         return int(self.tokens_seen.sum()) * self.num_layers * self.bytes_per_entry
 
-    def fields(self) -> dict[str, Tensor]:
-        """The buffers by manifest field name (`prunex.format.DECODER_PAST`), all layers stacked."""
-        return {"key": self.key, "value": self.value, "kint": self.kint, "valid": self.valid,
-                "positions": self.positions, "guard": self.guard, "score": self.score, "fill": self.fill,
-                "seqlens": self.seqlens}
+    # --- the buffers -------------------------------------------------------------------------------------
+    def layer_view(self, field: str, layer: int) -> Tensor:
+        """Layer `layer`'s block of a buffer (`FIELDS`), a view: writes land in the cache."""
+        return self._views[field][layer]
+
+    def graph_inputs(self, layer: int) -> dict[str, Tensor]:
+        """A layer's buffers by manifest field (`prunex.format.DECODER_PAST`), shaped as the graph reads them."""
+        views = {field: self._views[field][layer] for field in ("key", "value", "kint")}
+        views.update(valid=self._views["valid"][layer][:, None], guard=self._views["guard"][layer][:, None],
+                     seqlens=self.seqlens[layer], capacity=self._capacity[layer])
+        return views
+
+    def layer_buffers(self, before: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, list[Tensor]]:
+        """A new flat buffer laid out like the slots, with its per-layer views (B, *before, W_l): where the
+        graph writes a per-slot output (keep, attention). With before=(1,) its layout is valid's."""
+        flat = torch.empty(math.prod(before) * self._total_slots, dtype=dtype, device=self.device)
+        return flat, self._blocks(flat, before, ())
+
+    def _blocks(self, flat: Tensor, before: tuple[int, ...], after: tuple[int, ...]) -> list[Tensor]:
+        """Per-layer views (B, *before, W_l, *after) of a flat buffer."""
+        unit, rows = math.prod(before) * math.prod(after), self.fill.shape[1]
+        return [flat.narrow(0, unit * start, unit * rows * width).view(rows, *before, width, *after)
+                for start, width in zip(self._slot_offsets, self.widths)]
+
+    def _layout(self, field: str) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
+        """(axes before the slot axis, axes after it, dtype) of a field's per-layer block, rows first."""
+        if field in ("key", "value"):
+            return (self.kv_heads,), (self.head_dim,), self.dtype
+        if field == "kint":
+            return (self.kint_dim,), (), self.dtype
+        dtypes = {"valid": torch.bool, "positions": torch.int64, "guard": torch.int64, "score": torch.float32}
+        return (), (), dtypes[field]
 
     # --- allocation --------------------------------------------------------------------------------------
-    def _allocate(self, rows: int, width: int, keep_rows: int = 0, keep_width: int = 0) -> None:
-        """New buffers of (rows, width), the first keep_rows x keep_width of the old ones copied over;
-        raises CapacityError past `max_bytes` and changes nothing. The width is capped at `max_width`."""
+    def _allocate(self, rows: int, widths: list[int], source_rows: Tensor | None = None) -> None:
+        """New buffers of `rows` rows and per-layer `widths` (capped at `max_width`), filled with the old
+        buffers' rows `source_rows` (R,) in order (R <= rows; their fill must fit); raises CapacityError past
+        `max_bytes` and changes nothing."""
         if self.max_width is not None:
-            width, keep_width = min(width, self.max_width), min(keep_width, self.max_width)
-        total = self.num_layers * rows * width * self.bytes_per_entry
+            widths = [min(width, self.max_width) for width in widths]
+        total = rows * sum(widths) * self.bytes_per_entry
         limit = self.limits.max_bytes
         if limit is not None and total > limit:
             raise CapacityError(
                 f"the KV cache would need {total / 2**20:.1f} MiB, over its limit of {limit / 2**20:.1f} MiB: "
                 "finish or cancel requests first, or raise the limit"
             )
-        L, kw = self.num_layers, {"device": self.device}
-        new = {
-            "key": torch.zeros(L, rows, self.kv_heads, width, self.head_dim, dtype=self.dtype, **kw),
-            "value": torch.zeros(L, rows, self.kv_heads, width, self.head_dim, dtype=self.dtype, **kw),
-            "kint": torch.zeros(L, rows, self.kint_dim, width, dtype=self.dtype, **kw),
-            "valid": torch.zeros(L, rows, width, dtype=torch.bool, **kw),
-            "positions": torch.zeros(L, rows, width, dtype=torch.int64, **kw),
-            "guard": torch.zeros(L, rows, width, dtype=torch.int64, **kw),
-            "score": torch.zeros(L, rows, width, dtype=torch.float32, **kw),
-            "fill": torch.zeros(L, rows, dtype=torch.int32, **kw),
-            "seqlens": torch.zeros(L, rows, dtype=torch.int32, **kw),
-        }
-        if keep_rows and keep_width:
-            for name, old in self.fields().items():
-                region = new[name].narrow(1, 0, keep_rows)
-                if name not in ROW_FIELDS:
-                    region = region.narrow(_slot_dim(name), 0, keep_width)
-                    old = old.narrow(_slot_dim(name), 0, keep_width)
-                region.copy_(old.narrow(1, 0, keep_rows))
-        self.key, self.value, self.kint = new["key"], new["value"], new["kint"]
-        self.valid, self.positions, self.guard, self.score = new["valid"], new["positions"], new["guard"], new["score"]
-        self.fill, self.seqlens = new["fill"], new["seqlens"]
+        old_views, old_fill, old_widths = self._views, self.fill, self.widths
+        same_rows = (source_rows is not None and len(source_rows) == rows == old_fill.shape[1]
+                     and torch.equal(source_rows, torch.arange(rows)))  # a resize: unchanged layers stay
+        self.widths = list(widths)
+        starts = [0, *torch.tensor(widths, dtype=torch.int64).cumsum(0).tolist()]
+        self._slot_offsets = [rows * start for start in starts[:-1]]  # where each layer's block starts
+        self._total_slots = rows * starts[-1]
+        self.fill = torch.zeros(self.num_layers, rows, dtype=torch.int32, device=self.device)
+        self._flat, self._views = {}, {}
+        for field in FIELDS:
+            before, after, dtype = self._layout(field)
+            # only validity needs a value: the other fields of an invalid slot are never read
+            empty = torch.zeros if field == "valid" else torch.empty
+            if field in KV_FIELDS:  # a tensor per layer: a resize copies only the layers whose width changed
+                self._views[field] = [
+                    old_views[field][layer] if same_rows and width == old_widths[layer]
+                    else empty(rows, *before, width, *after, dtype=dtype, device=self.device)
+                    for layer, width in enumerate(widths)]
+            else:
+                self._flat[field] = empty(math.prod(before) * math.prod(after) * self._total_slots, dtype=dtype,
+                                          device=self.device)
+                self._views[field] = self._blocks(self._flat[field], before, after)
+        if source_rows is not None and len(source_rows):
+            index = source_rows.to(self.device)
+            self.fill[:, :len(index)] = old_fill.index_select(1, index)
+            used = old_fill.max(1).values.tolist()
+            for field in FIELDS:
+                axis = 1 + len(self._layout(field)[0])
+                for layer, (old, new) in enumerate(zip(old_views[field], self._views[field])):
+                    width = min(used[layer], self.widths[layer])
+                    if new is old:
+                        continue
+                    old = old.narrow(axis, 0, width)
+                    new[:len(index)].narrow(axis, 0, width).copy_(old if same_rows else old.index_select(0, index))
+        self.seqlens = self.fill - 1
+        self._capacity = torch.tensor(self.widths, dtype=torch.int32, device=self.device)  # (L,) the graph's W
+        width_of = self._capacity.to(torch.int64)
+        self._width_of = width_of[:, None, None]  # (L, 1, 1)
+        self._row_start = (torch.tensor(self._slot_offsets, dtype=torch.int64, device=self.device)[:, None]
+                           + torch.arange(rows, device=self.device)[None] * width_of[:, None])  # (L, B)
         self.peak_allocated_bytes = max(self.peak_allocated_bytes, total)
         self.version += 1
 
-    def _resize(self, width: int) -> None:
-        """Reallocate to `width` slots (every row's fill must fit)."""
-        self._allocate(self.rows, width, self.rows, min(width, self.capacity))
+    def _resize(self, widths: list[int]) -> None:
+        """Reallocate to per-layer `widths` (every row's fill must fit)."""
+        self._allocate(self.rows, widths, torch.arange(self.rows))
+
+    def _roomy(self, needed: int) -> int:
+        """The width a layer gets when it must hold `needed` slots."""
+        return needed + self.limits.headroom
+
+    def _grown(self, needed: list[int]) -> list[int]:
+        """Widths for a reallocation where layer l must hold needed[l] slots: the layers that lack room, and
+        those left with less than half the headroom, get the headroom (a reallocation copies every layer, so
+        the layers about to run out grow in the same one)."""
+        return [self._roomy(need) if need + self.limits.headroom // 2 > width else width
+                for need, width in zip(needed, self.widths)]
 
     # --- rows join and leave -----------------------------------------------------------------------------
     def check_rows(self, count: int) -> None:
@@ -155,9 +228,9 @@ class KVCacheManager:
             raise CapacityError(f"the batch is full ({self.limits.max_rows} rows): wait for a request to finish")
 
     def start(self, rows: int, width: int) -> None:
-        """Empty buffers for `rows` new rows of `width` slots (a prefill's own cache)."""
+        """Empty buffers for `rows` new rows of `width` slots in every layer (a prefill's own cache)."""
         self.tokens_seen = torch.zeros(rows, dtype=torch.int64)
-        self._allocate(rows, width)
+        self._allocate(rows, [width] * self.num_layers)
 
     def add_rows(self, other: KVCacheManager) -> None:
         """Append the rows of `other` (a prefilled cache of the same model) after the current ones. All or
@@ -165,73 +238,73 @@ class KVCacheManager:
         count = other.rows
         self.check_rows(count)
         other.compact(range(other.num_layers))
-        B, needed = self.rows, int(other.fill.max()) if count else 0
-        self._allocate(B + count, max(self.capacity, needed + self.limits.headroom), B, self.capacity)
-        for name, theirs in other.fields().items():
-            region = getattr(self, name).narrow(1, B, count)
-            if name not in ROW_FIELDS:
-                region = region.narrow(_slot_dim(name), 0, needed)
-                theirs = theirs.narrow(_slot_dim(name), 0, needed)
-            region.copy_(theirs.to(self.device))
+        B = self.rows
+        needed = other.fill.max(1).values.tolist() if count else [0] * self.num_layers  # (L,)
+        widths = [mine if theirs <= mine else self._roomy(theirs) for mine, theirs in zip(self.widths, needed)]
+        self._allocate(B + count, widths, torch.arange(B))
+        self.fill[:, B:] = other.fill.to(self.device)
+        for field in FIELDS:
+            axis = 1 + len(self._layout(field)[0])
+            for layer, (theirs, mine) in enumerate(zip(other._views[field], self._views[field])):
+                mine[B:].narrow(axis, 0, needed[layer]).copy_(theirs.narrow(axis, 0, needed[layer]).to(self.device))
+        self.seqlens = self.fill - 1
         self.tokens_seen = torch.cat([self.tokens_seen, other.tokens_seen])
 
     def remove_rows(self, keep: Tensor) -> None:
         """Keep only the rows whose index is in `keep` (R,), in that order."""
         keep = keep.to(torch.int64)
-        index = keep.to(self.device)
-        for name, tensor in self.fields().items():
-            setattr(self, name, tensor.index_select(1, index))
+        self._allocate(len(keep), self.widths, keep)
         self.tokens_seen = self.tokens_seen.index_select(0, keep)
-        self.version += 1
         self.compact_sparse_layers()
 
     # --- steps -------------------------------------------------------------------------------------------
     def reserve(self, count: int) -> None:
         """Before a step of `count` new tokens per row: make room after every row's fill in every layer,
-        compacting full layers and growing W if their kept entries still leave no room (one host sync)."""
-        fullest = self.fill.max(1).values.cpu()  # (L,)
-        full = torch.nonzero(fullest + count > self.capacity).flatten().tolist()
-        if full:
-            self.compact(full)
-            needed = int(self.fill.max()) + count
-            if needed > self.capacity:
-                self._resize(needed + self.limits.headroom)
+        compacting full layers and growing those whose kept entries still leave no room (one host sync)."""
+        fullest = self.fill.max(1).values.tolist() if self.rows else [0] * self.num_layers
+        full = [layer for layer, used in enumerate(fullest) if used + count > self.widths[layer]]
+        if not full:
+            return
+        self.compact(full)
+        needed = [used + count for used in self.fill.max(1).values.tolist()]
+        if any(need > width for need, width in zip(needed, self.widths)):
+            self._resize(self._grown(needed))
 
     def begin_step(self, positions: Tensor) -> None:
         """Before a run that feeds `positions` (B, S): the new entries' slots (fill .. fill + S - 1 of every layer
         and row) become valid with their positions and guards; fill grows by S (call `reserve(S)` first)."""
         L, B, S = self.num_layers, self.rows, positions.shape[1]
         slots = self.fill.to(torch.int64)[:, :, None] + torch.arange(S, device=self.device)  # (L, B, S)
-        layers, rows = self._grid()
-        positions = positions.to(self.device)[None].expand(L, B, S)
-        self.valid[layers, rows, slots] = True
-        self.positions[layers, rows, slots] = positions
-        self.score[layers, rows, slots] = 0.0
+        index = (self._row_start[:, :, None] + slots).flatten()  # (L * B * S,) into the per-slot fields
+        positions = positions.to(self.device)
+        self._flat["valid"].index_fill_(0, index, True)
+        self._flat["positions"].index_copy_(0, index, positions.expand(L, B, S).flatten())
+        self._flat["score"].index_fill_(0, index, 0.0)
         if self.guard_of is not None:
-            self.guard[layers, rows, slots] = self.guard_of(positions)
+            self._flat["guard"].index_copy_(0, index, self.guard_of(positions).expand(L, B, S).flatten())
         self.fill += S
         torch.sub(self.fill, 1, out=self.seqlens)
         self.tokens_seen += S
         self._new_slots = slots
 
     def end_step(self, keep: Tensor | None, new_kint: Tensor | None) -> None:
-        """After the run: `keep` (L, B, S, W) bool holds the validity after each query, the last one's is the
-        cache's (None: the graph drops nothing); new_kint (L, B, S, R) the new entries' interaction keys."""
+        """After the run: `keep` the graph's validity after each query, a flat buffer from `layer_buffers((S,))`
+        (the last query's is the cache's; None: the graph drops nothing); new_kint (L, B, S, R) the new entries'
+        interaction keys."""
         slots, self._new_slots = self._new_slots, None
         if slots is None:
             raise PrunexError("internal: end_step without begin_step")
-        if keep is not None:
-            self.valid.copy_(keep[:, :, -1])
+        S = slots.shape[2]
+        if keep is not None and S == 1:
+            self._flat["valid"].copy_(keep)  # one query a row: the same layout
+        elif keep is not None:
+            for valid, kept in zip(self._views["valid"], self._blocks(keep, (S,), ())):
+                valid.copy_(kept[:, -1])
         if new_kint is not None and self.kint_dim:
-            layers, rows = self._grid()
-            self.kint[layers, rows, :, slots] = new_kint  # advanced indices first: (L, B, S, R)
-
-    def _grid(self) -> tuple[Tensor, Tensor]:
-        """Index tensors (L, 1, 1) of the layers and (B, 1) of the rows, made once per batch shape."""
-        if self._grid_cache is None or self._grid_cache[1].shape[0] != self.rows:
-            self._grid_cache = (torch.arange(self.num_layers, device=self.device)[:, None, None],
-                                torch.arange(self.rows, device=self.device)[:, None])
-        return self._grid_cache
+            # kint element (l, b, r, s) sits at R * row_start[l, b] + r * W_l + s
+            dims = torch.arange(self.kint_dim, device=self.device) * self._width_of[..., None]  # (L, 1, 1, R)
+            index = (self.kint_dim * self._row_start)[:, :, None, None] + dims + slots[..., None]  # (L, B, S, R)
+            self._flat["kint"].index_copy_(0, index.flatten(), new_kint.flatten())
 
     def compact(self, layers) -> None:
         """Pack each row's valid entries to the front of its slots (in order) in the given layers, in place.
@@ -239,36 +312,32 @@ class KVCacheManager:
         layers = list(layers)
         if not layers or not self.rows:
             return
-        index = torch.tensor(layers, device=self.device)
-        valid = self.valid.index_select(0, index).flatten(0, 1)  # (l * B, W)
-        order, kept = pack_kept(valid, min_width=0)  # (l * B, k) each
-        width = order.shape[1]
-        for name in ("key", "value", "kint", "positions", "guard", "score"):
-            tensor, dim = getattr(self, name), _slot_dim(name)
-            packed = gather_tokens(tensor.index_select(0, index).flatten(0, 1), order, dim - 1)
-            tensor.narrow(dim, 0, width)[index] = packed.unflatten(0, (len(layers), self.rows))
-        self.valid[index] = False
-        self.valid.narrow(2, 0, width)[index] = kept.unflatten(0, (len(layers), self.rows))
-        self.fill[index] = kept.sum(1).to(torch.int32).view(len(layers), self.rows)
+        used = self.fill.max(1).values.tolist()  # (L,) the slots any row of a layer uses
+        for layer in layers:
+            valid = self._views["valid"][layer].narrow(1, 0, used[layer])  # (B, U)
+            order, kept = pack_kept(valid, min_width=0)  # (B, k) each
+            width = order.shape[1]
+            for field in (f for f in FIELDS if f != "valid"):
+                axis = 1 + len(self._layout(field)[0])
+                tensor = self._views[field][layer]
+                packed = gather_tokens(tensor.narrow(axis, 0, used[layer]), order, axis)
+                tensor.narrow(axis, 0, width).copy_(packed)
+            valid.zero_()
+            valid.narrow(1, 0, width).copy_(kept)
+            self.fill[layer] = kept.sum(1).to(torch.int32)
+        torch.sub(self.fill, 1, out=self.seqlens)
         self.compactions += len(layers)
 
     def compact_sparse_layers(self) -> None:
-        """Compact the layers whose holes pass `max_holes` of their filled slots, then shrink W when the
-        fullest row of any layer needs less than half of it (one host sync)."""
+        """Compact the layers whose holes pass `max_holes` of their filled slots, then shrink each layer whose
+        fullest row needs less than half of its slots (one host sync)."""
         if not self.rows:
-            self._allocate(0, 0)
+            self._allocate(0, [0] * self.num_layers)
             return
-        filled = self.fill.sum(1).cpu().to(torch.float64)  # (L,)
-        holes = filled - self.valid.sum((1, 2)).cpu().to(torch.float64)
-        self.compact(torch.nonzero(holes > self.limits.max_holes * filled).flatten().tolist())
-        needed = int(self.fill.max()) + self.limits.headroom
-        if 2 * needed < self.capacity:
-            self._resize(needed)
-
-
-ROW_FIELDS = ("fill", "seqlens")  # (L, B): no slot axis
-
-
-def _slot_dim(name: str) -> int:
-    """The slot axis of a buffer (with the layer axis first)."""
-    return 3 if name in ("key", "value", "kint") else 2
+        filled, held = torch.stack([self.fill.sum(1), self._layer_counts().sum(1)]).tolist()
+        self.compact([layer for layer in range(self.num_layers)
+                      if filled[layer] - held[layer] > self.limits.max_holes * filled[layer]])
+        needed = [self._roomy(used) for used in self.fill.max(1).values.tolist()]
+        widths = [need if 2 * need < width else width for need, width in zip(needed, self.widths)]
+        if widths != self.widths:
+            self._resize(widths)

@@ -46,27 +46,32 @@ def check_runtime_policy(policy: object, manifest: DecoderManifest) -> KeepPolic
 
 def restrict_to_policy(policy: KeepPolicy, cache: KVCacheManager, query_positions: Tensor) -> None:
     """Clear the validity of the cached entries `policy` drops for each row's next query at
-    `query_positions` (B,), in every layer (a few elementwise ops on (B, W) per layer: no copy of K/V)."""
+    `query_positions` (B,), in every layer (a few elementwise ops on (B, W_l) per layer: no copy of K/V)."""
     query = query_positions.to(cache.device)[:, None, None]  # (B, 1, 1)
     for layer in range(cache.num_layers):
-        keep = policy.step_keep(layer, None, None, query, cache.positions[layer][:, None, :], math.inf)  # (B, 1, W)
-        cache.valid[layer] &= keep[:, 0]
+        positions = cache.layer_view("positions", layer)[:, None, :]  # (B, 1, W_l)
+        keep = policy.step_keep(layer, None, None, query, positions, math.inf)  # (B, 1, W_l)
+        cache.layer_view("valid", layer).logical_and_(keep[:, 0])
 
 
 def evict_over_budget(policy: AttentionPolicy, cache: KVCacheManager, query_positions: Tensor) -> None:
     """After a decode step's new entries joined (`begin_step`), before the query attends: in every layer and
     row holding more than `policy.kv_tokens` entries, the excess leaves, lowest-scored unprotected first
-    (one sort over (L, B, W))."""
-    query = query_positions.to(cache.device)[None, :, None]  # (1, B, 1)
-    excess = (cache.valid.sum(-1) - policy.kv_tokens).clamp_min(0)  # (L, B)
-    candidates = cache.valid & ~policy.protected(query, cache.positions)  # (L, B, W)
-    order = cache.score.masked_fill(~candidates, math.inf).argsort(dim=-1, stable=True)  # lowest first
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=cache.device)
-                                            .expand_as(order))  # (L, B, W): each slot's place in that order
-    cache.valid &= ~(candidates & (rank < excess[..., None]))
+    (one sort over (B, W_l) per layer)."""
+    query = query_positions.to(cache.device)[:, None]  # (B, 1)
+    for layer in range(cache.num_layers):
+        valid, score = cache.layer_view("valid", layer), cache.layer_view("score", layer)  # (B, W_l)
+        excess = (valid.sum(-1) - policy.kv_tokens).clamp_min(0)  # (B,)
+        candidates = valid & ~policy.protected(query, cache.layer_view("positions", layer))  # (B, W_l)
+        order = score.masked_fill(~candidates, math.inf).argsort(dim=-1, stable=True)  # lowest first
+        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=cache.device)
+                                                .expand_as(order))  # (B, W_l): each slot's place in that order
+        valid &= ~(candidates & (rank < excess[:, None]))
 
 
-def observe_attention(policy: AttentionPolicy, cache: KVCacheManager, attention: Tensor) -> None:
-    """Update the entries' scores from a run's attention probabilities (L, B, H, S, W), averaged over the
-    heads: all S queries of a prompt chunk in one op."""
-    cache.score.copy_(policy.observe(cache.score, attention.mean(2)))  # (L, B, W) from (L, B, S, W)
+def observe_attention(policy: AttentionPolicy, cache: KVCacheManager, attention: list[Tensor]) -> None:
+    """Update the entries' scores from a run's attention probabilities, (B, H, S, W_l) per layer, averaged
+    over the heads: all S queries of a prompt chunk in one op per layer."""
+    for layer, probabilities in enumerate(attention):
+        score = cache.layer_view("score", layer)  # (B, W_l)
+        score.copy_(policy.observe(score, probabilities.mean(1)))  # from (B, S, W_l)

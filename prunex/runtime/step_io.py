@@ -35,31 +35,29 @@ class StepIO:
         self.binder.output(m.logits, self.logits)
         R = m.interaction_dim
         self.new_kint = torch.empty(m.num_layers, B, seq, R, device=device) if R else None  # (L, B, S, R)
-        self.attention: torch.Tensor | None = None  # (L, B, H, S, W) when exported: allocated with the cache's W
-        self.keep: torch.Tensor | None = None  # (L, B, S, W): validity after each query (DCP), with the cache's W
-        self._bound: tuple | None = None
+        # Per-slot outputs, allocated with the cache's layer widths (`KVCacheManager.layer_buffers`):
+        self.keep: torch.Tensor | None = None  # DCP: flat; layer l's block (B, S, W_l), validity after each query
+        self.attention: list[torch.Tensor] | None = None  # when exported: (B, H, S, W_l) per layer
+        self._bound: int | None = None
 
     def bind_cache(self, cache: KVCacheManager) -> None:
         """(Re)bind the cache's buffers if they changed since the last run."""
-        signature = (cache.version, cache.capacity)
-        if signature == self._bound:
+        if cache.version == self._bound:
             return
-        m, fields = self.manifest, cache.fields()
+        m = self.manifest
         if m.interaction_dim:
-            self.keep = torch.empty(m.num_layers, self.rows, self.seq, cache.capacity, dtype=torch.bool,
-                                    device=self.device)
+            self.keep, keep = cache.layer_buffers((self.seq,), torch.bool)
         if m.attention:
-            self.attention = torch.empty(m.num_layers, self.rows, m.num_heads, self.seq, cache.capacity,
-                                         device=self.device)
+            _, self.attention = cache.layer_buffers((m.num_heads, self.seq), torch.float32)
         for layer in range(m.num_layers):
+            inputs = cache.graph_inputs(layer)
             for f in m.past_fields():
-                tensor = fields[f][layer]
-                self.binder.input(m.name(m.past[f], layer), tensor.unsqueeze(1) if f in ("valid", "guard") else tensor)
+                self.binder.input(m.name(m.past[f], layer), inputs[f])
             for f in ("key", "value"):
-                self.binder.output(m.name(m.present[f], layer), fields[f][layer])  # the same memory: in place
+                self.binder.output(m.name(m.present[f], layer), inputs[f])  # the same memory: in place
             if m.attention:
                 self.binder.output(m.name(m.attention, layer), self.attention[layer])
             if m.interaction_dim:
-                self.binder.output(m.name(m.keep, layer), self.keep[layer])
+                self.binder.output(m.name(m.keep, layer), keep[layer])
                 self.binder.output(m.name(m.new_kint, layer), self.new_kint[layer])
-        self._bound = signature
+        self._bound = cache.version
