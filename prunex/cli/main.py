@@ -439,7 +439,7 @@ def export(
     else:
         typer.echo(
             f"wrote {out} ({manifest.kind}, {manifest.method}): max |logit diff| vs PyTorch "
-            f"{figures['max_logit_diff']:.2e} (tolerance {figures['tolerance']:g}), {what}"
+            f"{figures['max_logit_diff']:.2e} (tolerance {figures['tolerance']:g} x the largest |logit|), {what}"
         )
 
 @app.command()
