@@ -149,6 +149,10 @@ class KVCacheManager:
         dtypes = {"valid": torch.bool, "positions": torch.int64, "guard": torch.int64, "score": torch.float32}
         return (), (), dtypes[field]
 
+    def _slot_axis(self, field: str) -> int:
+        """The slot axis of a field's per-layer block."""
+        return 1 + len(self._layout(field)[0])
+
     # --- allocation --------------------------------------------------------------------------------------
     def _allocate(self, rows: int, widths: list[int], source_rows: Tensor | None = None) -> None:
         """New buffers of `rows` rows and per-layer `widths` (capped at `max_width`), filled with the old
@@ -190,7 +194,7 @@ class KVCacheManager:
             self.fill[:, :len(index)] = old_fill.index_select(1, index)
             used = old_fill.max(1).values.tolist()
             for field in FIELDS:
-                axis = 1 + len(self._layout(field)[0])
+                axis = self._slot_axis(field)
                 for layer, (old, new) in enumerate(zip(old_views[field], self._views[field])):
                     width = min(used[layer], self.widths[layer])
                     if new is old:
@@ -216,8 +220,8 @@ class KVCacheManager:
 
     def _grown(self, needed: list[int]) -> list[int]:
         """Widths for a reallocation where layer l must hold needed[l] slots: the layers that lack room, and
-        those left with less than half the headroom, get the headroom (a reallocation copies every layer, so
-        the layers about to run out grow in the same one)."""
+        those left with less than half the headroom, get the headroom (every reallocation copies the flat
+        fields of all layers, so the layers about to run out grow in the same one)."""
         return [self._roomy(need) if need + self.limits.headroom // 2 > width else width
                 for need, width in zip(needed, self.widths)]
 
@@ -244,7 +248,7 @@ class KVCacheManager:
         self._allocate(B + count, widths, torch.arange(B))
         self.fill[:, B:] = other.fill.to(self.device)
         for field in FIELDS:
-            axis = 1 + len(self._layout(field)[0])
+            axis = self._slot_axis(field)
             for layer, (theirs, mine) in enumerate(zip(other._views[field], self._views[field])):
                 mine[B:].narrow(axis, 0, needed[layer]).copy_(theirs.narrow(axis, 0, needed[layer]).to(self.device))
         self.seqlens = self.fill - 1
@@ -318,7 +322,7 @@ class KVCacheManager:
             order, kept = pack_kept(valid, min_width=0)  # (B, k) each
             width = order.shape[1]
             for field in (f for f in FIELDS if f != "valid"):
-                axis = 1 + len(self._layout(field)[0])
+                axis = self._slot_axis(field)
                 tensor = self._views[field][layer]
                 packed = gather_tokens(tensor.narrow(axis, 0, used[layer]), order, axis)
                 tensor.narrow(axis, 0, width).copy_(packed)
