@@ -119,6 +119,25 @@ def test_text_stream_holds_back_a_possible_stop_string():
     assert stream.push(ord("D")) == "" and stream.stopped and stream.text == "abc"
 
 
+def test_text_stream_decodes_incrementally_as_the_whole_decode_would(runtime):
+    """Pushed one token at a time, multi-byte characters and all, the stream's text is the full decode's, and
+    each push decodes a short window however long the text grows."""
+    tokenizer = runtime.tokenizer
+    text = "Zoë's café in Zürich — 東京 🙂 naïve façade. " * 8
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    stream = TextStream(tokenizer, [])
+    pieces = [stream.push(token) for token in tokens]
+    assert all("\ufffd" not in piece for piece in pieces)  # half characters are held back, not shown
+    pieces.append(stream.flush())
+    assert "".join(pieces) == stream.text == tokenizer.decode(tokens, skip_special_tokens=True)
+    assert len(stream.tokens) - stream._prefix < 16
+    # a generation that ends inside a character ends as the full decode shows it
+    inside = next(n for n in range(1, len(tokens)) if tokenizer.decode(tokens[:n]).endswith("\ufffd"))
+    cut = TextStream(tokenizer, [])
+    shown = "".join(cut.push(token) for token in tokens[:inside]) + cut.flush()
+    assert shown == cut.text == tokenizer.decode(tokens[:inside], skip_special_tokens=True)
+
+
 def test_streaming_yields_the_generated_text(runtime):
     prompt = _ids(runtime)[2]
     params = SamplingParams(max_new_tokens=10, ignore_eos=True)
@@ -220,7 +239,8 @@ def test_cache_appends_masks_holes_and_compacts_in_order():
     limits = CacheLimits(headroom=1, max_holes=0.25)
     prompts = []
     for length in (3, 2):  # two prompts, each prefilled into a cache of its own
-        prompt = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), CacheLimits(headroom=0))
+        prompt = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), CacheLimits(headroom=0),
+                                policy_fields=("positions",))  # positions kept, as for a run-time policy
         prompt.start(1, length)
         prompt.begin_step(torch.arange(length)[None])  # the whole prompt in one run
         prompt.layer_view("key", 0)[0, 0, :length] = torch.arange(length, dtype=torch.float32)[:, None]
@@ -228,7 +248,7 @@ def test_cache_appends_masks_holes_and_compacts_in_order():
         views[0].fill_(True)
         prompt.end_step(keep, torch.zeros(1, 1, length, 1))
         prompts.append(prompt)
-    cache = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), limits)
+    cache = KVCacheManager(1, 1, 2, 1, torch.device("cpu"), limits, policy_fields=("positions",))
     for prompt in prompts:
         cache.add_rows(prompt)
     assert cache.capacity == 3 + 1 and cache.fill[0].tolist() == [3, 2]
@@ -253,7 +273,7 @@ def test_cache_appends_masks_holes_and_compacts_in_order():
 def test_each_layer_sizes_its_own_slots():
     """A layer that drops most entries shrinks to what it keeps while another keeps everything; growing the full
     layer copies only its own keys and values."""
-    cache = KVCacheManager(2, 1, 2, 1, torch.device("cpu"), CacheLimits(headroom=2))
+    cache = KVCacheManager(2, 1, 2, 1, torch.device("cpu"), CacheLimits(headroom=2), policy_fields=("positions",))
     cache.start(1, 16)
     cache.begin_step(torch.arange(16)[None])  # a 16-token prompt in one run
     keep, views = cache.layer_buffers((16,), torch.bool)  # (1, S, W) per layer: the graph's keep outputs
@@ -299,3 +319,14 @@ def test_bad_directory_is_a_clear_error(tmp_path):
         Runtime(tmp_path / "missing")
     with pytest.raises(PrunexError, match="not found"):
         Runtime(tmp_path)
+
+
+def test_cache_keeps_only_the_fields_that_are_read():
+    """A dense graph without a run-time policy needs keys, values and validity; DCP adds its interaction keys and
+    guards, a window policy the positions, an attention policy the scores."""
+    cpu = torch.device("cpu")
+    assert KVCacheManager(2, 1, 2, 0, cpu).fields == ("key", "value", "valid")
+    dcp = KVCacheManager(2, 1, 2, 4, cpu, guard=lambda positions: positions + 1)
+    assert dcp.fields == ("key", "value", "kint", "valid", "guard")
+    scored = KVCacheManager(2, 1, 2, 0, cpu, policy_fields=("positions", "score"))
+    assert scored.fields == ("key", "value", "valid", "positions", "score")

@@ -24,6 +24,7 @@ from prunex.runtime.policy_hook import (
     check_runtime_policy,
     evict_over_budget,
     observe_attention,
+    policy_fields,
     restrict_to_policy,
 )
 from prunex.runtime.session import make_session
@@ -58,7 +59,8 @@ class DecoderEngine:
         """An empty cache shaped for this graph."""
         m = self.manifest
         return KVCacheManager(m.num_layers, m.num_kv_heads, m.head_dim, m.interaction_dim, self.device, limits,
-                              guard=m.guard if m.interaction_dim else None, max_width=m.max_positions)
+                              guard=m.guard if m.interaction_dim else None, max_width=m.max_positions,
+                              policy_fields=policy_fields(self.policy))
 
     def _run(self, cache: KVCacheManager, io: StepIO, token_ids: Tensor, positions: Tensor) -> None:
         """One graph run of io.rows x io.seq tokens over `cache`, which takes the new entries."""

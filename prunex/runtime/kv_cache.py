@@ -14,7 +14,9 @@ Storage, on the session's device: key and value (the bulk of the bytes) a tensor
 copies only that layer; every other field one flat buffer, the layers' blocks one after the other.
 `layer_view(field, l)` is layer l's part: key / value (B, KV, W_l, D), kint (B, R, W_l), valid (B, W_l) bool,
 positions and guard (B, W_l) int64 (guard: the first query position that may drop the entry), score (B, W_l)
-float (a run-time attention policy's per-entry state: H2O's accumulated mass, TOVA's last). Slot s of row b in
+float (a run-time attention policy's per-entry state: H2O's accumulated mass, TOVA's last). A cache keeps only
+the fields someone reads: kint and guard for a DCP graph, positions and score for a run-time policy
+(`policy_fields`). Slot s of row b in
 layer l is element `row_start[l, b] + s` of a per-slot field (valid, positions, guard, score), so a step's
 bookkeeping is a few indexed writes over all layers at once. fill and seqlens are (L, B) int32 (seqlens =
 fill - 1 after `begin_step`: what the attention reads). Memory is accounted in bytes of K, V and interaction
@@ -59,14 +61,17 @@ class KVCacheManager:
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, interaction_dim: int,
                  device: torch.device, limits: CacheLimits | None = None,
                  dtype: torch.dtype = torch.float32, guard: Callable[[Tensor], Tensor] | None = None,
-                 max_width: int | None = None) -> None:
+                 max_width: int | None = None, policy_fields: tuple[str, ...] = ()) -> None:
         self.num_layers, self.kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
+        read = {"key", "value", "valid", *policy_fields} | ({"kint"} if interaction_dim else set()) | (
+            {"guard"} if guard is not None else set())
+        self.fields = tuple(f for f in FIELDS if f in read)  # the buffers kept
         # slots never needed past the model's context (a row holds at most that many entries); the fused graph's
         # attention also refuses buffers longer than its rotary table
         self.max_width = max_width
         self.kint_dim = interaction_dim
         self.guard_of = guard  # positions (…) -> guards (`DecoderManifest.guard`); None: the graph reads none
-        self._new_slots: Tensor | None = None  # (L, B, S) the slots of the step under way
+        self._step_tokens: int | None = None  # S of the step under way (between begin_step and end_step)
         self.device, self.dtype = device, dtype
         self.limits = limits or CacheLimits()
         self.tokens_seen = torch.zeros(0, dtype=torch.int64)  # (B,) tokens fed per row (dense-equivalent)
@@ -118,14 +123,15 @@ class KVCacheManager:
 
     # --- the buffers -------------------------------------------------------------------------------------
     def layer_view(self, field: str, layer: int) -> Tensor:
-        """Layer `layer`'s block of a buffer (`FIELDS`), a view: writes land in the cache."""
+        """Layer `layer`'s block of a buffer (one of `fields`), a view: writes land in the cache."""
         return self._views[field][layer]
 
     def graph_inputs(self, layer: int) -> dict[str, Tensor]:
         """A layer's buffers by manifest field (`prunex.format.DECODER_PAST`), shaped as the graph reads them."""
-        views = {field: self._views[field][layer] for field in ("key", "value", "kint")}
-        views.update(valid=self._views["valid"][layer][:, None], guard=self._views["guard"][layer][:, None],
-                     seqlens=self.seqlens[layer], capacity=self._capacity[layer])
+        views = {field: self._views[field][layer] for field in ("key", "value", "kint") if field in self._views}
+        views.update({field: self._views[field][layer][:, None] for field in ("valid", "guard")
+                      if field in self._views})  # (B, 1, W_l)
+        views.update(seqlens=self.seqlens[layer], capacity=self._capacity[layer])
         return views
 
     def layer_buffers(self, before: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, list[Tensor]]:
@@ -176,7 +182,7 @@ class KVCacheManager:
         self._total_slots = rows * starts[-1]
         self.fill = torch.zeros(self.num_layers, rows, dtype=torch.int32, device=self.device)
         self._flat, self._views = {}, {}
-        for field in FIELDS:
+        for field in self.fields:
             before, after, dtype = self._layout(field)
             # only validity needs a value: the other fields of an invalid slot are never read
             empty = torch.zeros if field == "valid" else torch.empty
@@ -193,7 +199,7 @@ class KVCacheManager:
             index = source_rows.to(self.device)
             self.fill[:, :len(index)] = old_fill.index_select(1, index)
             used = old_fill.max(1).values.tolist()
-            for field in FIELDS:
+            for field in self.fields:
                 axis = self._slot_axis(field)
                 for layer, (old, new) in enumerate(zip(old_views[field], self._views[field])):
                     width = min(used[layer], self.widths[layer])
@@ -203,10 +209,12 @@ class KVCacheManager:
                     new[:len(index)].narrow(axis, 0, width).copy_(old if same_rows else old.index_select(0, index))
         self.seqlens = self.fill - 1
         self._capacity = torch.tensor(self.widths, dtype=torch.int32, device=self.device)  # (L,) the graph's W
-        width_of = self._capacity.to(torch.int64)
-        self._width_of = width_of[:, None, None]  # (L, 1, 1)
+        width_of = self._capacity.to(torch.int64)  # (L,)
         self._row_start = (torch.tensor(self._slot_offsets, dtype=torch.int64, device=self.device)[:, None]
                            + torch.arange(rows, device=self.device)[None] * width_of[:, None])  # (L, B)
+        # kint element (l, b, r, s) of the flat buffer sits at R * row_start[l, b] + r * W_l + s
+        self._kint_start = ((self.kint_dim * self._row_start)[:, :, None]
+                            + torch.arange(self.kint_dim, device=self.device) * width_of[:, None, None])  # (L, B, R)
         self.peak_allocated_bytes = max(self.peak_allocated_bytes, total)
         self.version += 1
 
@@ -247,7 +255,7 @@ class KVCacheManager:
         widths = [mine if theirs <= mine else self._roomy(theirs) for mine, theirs in zip(self.widths, needed)]
         self._allocate(B + count, widths, torch.arange(B))
         self.fill[:, B:] = other.fill.to(self.device)
-        for field in FIELDS:
+        for field in self.fields:
             axis = self._slot_axis(field)
             for layer, (theirs, mine) in enumerate(zip(other._views[field], self._views[field])):
                 mine[B:].narrow(axis, 0, needed[layer]).copy_(theirs.narrow(axis, 0, needed[layer]).to(self.device))
@@ -277,37 +285,40 @@ class KVCacheManager:
     def begin_step(self, positions: Tensor) -> None:
         """Before a run that feeds `positions` (B, S): the new entries' slots (fill .. fill + S - 1 of every layer
         and row) become valid with their positions and guards; fill grows by S (call `reserve(S)` first)."""
-        L, B, S = self.num_layers, self.rows, positions.shape[1]
-        slots = self.fill.to(torch.int64)[:, :, None] + torch.arange(S, device=self.device)  # (L, B, S)
-        index = (self._row_start[:, :, None] + slots).flatten()  # (L * B * S,) into the per-slot fields
-        positions = positions.to(self.device)
-        self._flat["valid"].index_fill_(0, index, True)
-        self._flat["positions"].index_copy_(0, index, positions.expand(L, B, S).flatten())
-        self._flat["score"].index_fill_(0, index, 0.0)
+        L, S = self.num_layers, positions.shape[1]
+        index = (self._row_start[:, :, None] + self._slot_range(self.fill, S)).view(L, -1)  # (L, B * S) flat
+        positions = positions.to(self.device).reshape(-1)  # (B * S,): the same in every layer
+        self._flat["valid"].index_fill_(0, index.view(-1), True)
+        if "positions" in self._flat:
+            self._flat["positions"].index_put_((index,), positions)
+        if "score" in self._flat:
+            self._flat["score"].index_fill_(0, index.view(-1), 0.0)
         if self.guard_of is not None:
-            self._flat["guard"].index_copy_(0, index, self.guard_of(positions).expand(L, B, S).flatten())
+            self._flat["guard"].index_put_((index,), self.guard_of(positions))
         self.fill += S
-        torch.sub(self.fill, 1, out=self.seqlens)
+        self.seqlens += S
         self.tokens_seen += S
-        self._new_slots = slots
+        self._step_tokens = S
+
+    def _slot_range(self, first: Tensor, count: int) -> Tensor:
+        """(L, B, count) slots first .. first + count - 1 of each layer and row, from first (L, B)."""
+        return first[:, :, None] if count == 1 else first[:, :, None] + torch.arange(count, device=self.device)
 
     def end_step(self, keep: Tensor | None, new_kint: Tensor | None) -> None:
         """After the run: `keep` the graph's validity after each query, a flat buffer from `layer_buffers((S,))`
         (the last query's is the cache's; None: the graph drops nothing); new_kint (L, B, S, R) the new entries'
         interaction keys."""
-        slots, self._new_slots = self._new_slots, None
-        if slots is None:
+        S, self._step_tokens = self._step_tokens, None
+        if S is None:
             raise PrunexError("internal: end_step without begin_step")
-        S = slots.shape[2]
         if keep is not None and S == 1:
             self._flat["valid"].copy_(keep)  # one query a row: the same layout
         elif keep is not None:
             for valid, kept in zip(self._views["valid"], self._blocks(keep, (S,), ())):
                 valid.copy_(kept[:, -1])
         if new_kint is not None and self.kint_dim:
-            # kint element (l, b, r, s) sits at R * row_start[l, b] + r * W_l + s
-            dims = torch.arange(self.kint_dim, device=self.device) * self._width_of[..., None]  # (L, 1, 1, R)
-            index = (self.kint_dim * self._row_start)[:, :, None, None] + dims + slots[..., None]  # (L, B, S, R)
+            slots = self._slot_range(self.fill - S, S)  # (L, B, S) this step's
+            index = self._kint_start[:, :, None] + slots[..., None]  # (L, B, S, R)
             self._flat["kint"].index_copy_(0, index.flatten(), new_kint.flatten())
 
     def compact(self, layers) -> None:
@@ -321,7 +332,7 @@ class KVCacheManager:
             valid = self._views["valid"][layer].narrow(1, 0, used[layer])  # (B, U)
             order, kept = pack_kept(valid, min_width=0)  # (B, k) each
             width = order.shape[1]
-            for field in (f for f in FIELDS if f != "valid"):
+            for field in (f for f in self.fields if f != "valid"):
                 axis = self._slot_axis(field)
                 tensor = self._views[field][layer]
                 packed = gather_tokens(tensor.narrow(axis, 0, used[layer]), order, axis)

@@ -44,6 +44,13 @@ def check_runtime_policy(policy: object, manifest: DecoderManifest) -> KeepPolic
     return policy
 
 
+def policy_fields(policy: KeepPolicy | AttentionPolicy | None) -> tuple[str, ...]:
+    """The per-entry fields of the cache (`KVCacheManager(policy_fields=...)`) a run-time policy reads."""
+    if policy is None:
+        return ()
+    return ("positions", "score") if isinstance(policy, AttentionPolicy) else ("positions",)
+
+
 def restrict_to_policy(policy: KeepPolicy, cache: KVCacheManager, query_positions: Tensor) -> None:
     """Clear the validity of the cached entries `policy` drops for each row's next query at
     `query_positions` (B,), in every layer (a few elementwise ops on (B, W_l) per layer: no copy of K/V)."""
