@@ -317,7 +317,8 @@ class KVCacheManager:
             for valid, kept in zip(self._views["valid"], self._blocks(keep, (S,), ())):
                 valid.copy_(kept[:, -1])
         if new_kint is not None and self.kint_dim:
-            slots = self._slot_range(self.fill - S, S)  # (L, B, S) this step's
+            first = self.seqlens if S == 1 else self.seqlens - (S - 1)  # (L, B) seqlens = fill - 1: the last new
+            slots = self._slot_range(first, S)  # (L, B, S) this step's
             index = self._kint_start[:, :, None] + slots[..., None]  # (L, B, S, R)
             self._flat["kint"].index_copy_(0, index.flatten(), new_kint.flatten())
 
@@ -335,7 +336,7 @@ class KVCacheManager:
             for field in (f for f in self.fields if f != "valid"):
                 axis = self._slot_axis(field)
                 tensor = self._views[field][layer]
-                packed = gather_tokens(tensor.narrow(axis, 0, used[layer]), order, axis)
+                packed = gather_tokens(tensor, order, axis)  # order < used[layer]: whole rows, contiguous
                 tensor.narrow(axis, 0, width).copy_(packed)
             valid.zero_()
             valid.narrow(1, 0, width).copy_(kept)
