@@ -292,6 +292,12 @@ def test_each_layer_sizes_its_own_slots():
     assert cache.layer_view("value", 0)[0, 0, :16, 0].tolist() == list(range(16))
 
 
+def test_sessions_read_denormals_as_zero(exported):
+    """Unused slots hold stale memory (int data read as float is denormal); ONNX Runtime must not pay for it."""
+    options = Runtime(exported[1], threads=1).engine.session.get_session_options()
+    assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
+
+
 def test_cpu_is_used_when_cuda_is_absent(exported):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

@@ -59,6 +59,10 @@ def make_session(model_path: str | Path, device: str = "cpu", threads: int | Non
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Denormals as zero on the CPU: the slot buffers' unused slots hold whatever memory they were given, and
+    # int data read as float is denormal; a MatMul over them ran ~100x slower (a batch-1 prefill of 512
+    # tokens: 1.45 s, 0.65 s with this). Values below 1.2e-38 do not move a logit.
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     try:
         session = ort.InferenceSession(str(model_path), options, providers=choice.providers)
     except Exception as err:  # onnxruntime raises its own exception types
