@@ -184,7 +184,9 @@ class KVCacheManager:
         self._flat, self._views = {}, {}
         for field in self.fields:
             before, after, dtype = self._layout(field)
-            # only validity needs a value: the other fields of an invalid slot are never read
+            # only validity needs a value: the other fields of an invalid slot are never used (the decisions'
+            # MatMul reads its stale kint and masks the result; sessions read denormals as zero, so stale int data
+            # read as float costs nothing)
             empty = torch.zeros if field == "valid" else torch.empty
             if field in KV_FIELDS:  # a tensor per layer: a resize copies only the layers whose width changed
                 self._views[field] = [
