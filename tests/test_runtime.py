@@ -292,10 +292,18 @@ def test_each_layer_sizes_its_own_slots():
     assert cache.layer_view("value", 0)[0, 0, :16, 0].tolist() == list(range(16))
 
 
-def test_sessions_read_denormals_as_zero(exported):
-    """Unused slots hold stale memory (int data read as float is denormal); ONNX Runtime must not pay for it."""
-    options = Runtime(exported[1], threads=1).engine.session.get_session_options()
-    assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
+def test_denormals_cost_nothing_and_the_callers_float_state_is_left_alone(exported):
+    """The decisions' MatMul reads every slot's interaction key: fresh ones are zeros, not stale memory (old int
+    data reads as denormal floats, ~100x slower). The session's runs flush denormals to zero on a thread of
+    their own: the caller's thread keeps IEEE semantics (subnormals exist after a generation)."""
+    cache = KVCacheManager(2, 1, 2, 4, torch.device("cpu"), guard=lambda positions: positions + 1)
+    cache.start(3, 8)
+    assert torch.count_nonzero(cache.layer_view("kint", 1)) == 0
+    runtime = Runtime(exported[1], threads=1)
+    assert runtime.engine.session.get_session_options().get_session_config_entry(
+        "session.set_denormal_as_zero") == "1"
+    runtime.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2))
+    assert torch.tensor(1e-45) * 2 > 0
 
 
 def test_cpu_is_used_when_cuda_is_absent(exported):

@@ -7,6 +7,7 @@ Runtime their addresses through IOBinding, so nothing is copied between steps, o
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,17 +60,39 @@ def make_session(model_path: str | Path, device: str = "cpu", threads: int | Non
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Denormals as zero on the CPU: the slot buffers' unused slots hold whatever memory they were given, and
-    # int data read as float is denormal; a MatMul over them ran ~100x slower (a batch-1 prefill of 512
-    # tokens: 1.45 s, 0.65 s with this). Values below 1.2e-38 do not move a logit.
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")  # see OwnThreadSession
+    runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunex-onnxruntime")
     try:
-        session = ort.InferenceSession(str(model_path), options, providers=choice.providers)
+        session = runner.submit(ort.InferenceSession, str(model_path), options, providers=choice.providers).result()
     except Exception as err:  # onnxruntime raises its own exception types
+        runner.shutdown()
         raise PrunexError(f"ONNX Runtime could not load {model_path}: {err}") from err
     if choice.device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         choice = DeviceChoice("cpu", ["CPUExecutionProvider"], "ONNX Runtime could not start its CUDA provider")
-    return session, choice
+    return OwnThreadSession(session, runner), choice
+
+
+class OwnThreadSession:
+    """An InferenceSession created and run on a thread of its own; everything else is the session's.
+
+    Its runs flush denormal floats to zero (`session.set_denormal_as_zero`): attention over long contexts
+    produces them (the softmax's tail), and on the CPU arithmetic on them is ~100x slower (a batch-8 x 2048
+    prefill: 26 s with them, 20 s without). ONNX Runtime sets that flag on its pool threads and on the thread
+    that creates the session, for good; on the caller's thread it would change the float semantics of the
+    whole application, hence this thread. A run costs a hand-over to it (tens of microseconds).
+    """
+
+    def __init__(self, session, runner: ThreadPoolExecutor) -> None:
+        self._session, self._runner = session, runner
+
+    def run(self, *args, **kwargs):
+        return self._runner.submit(self._session.run, *args, **kwargs).result()
+
+    def run_with_iobinding(self, binding, run_options=None):
+        return self._runner.submit(self._session.run_with_iobinding, binding, run_options).result()
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
 
 
 class Binder:
