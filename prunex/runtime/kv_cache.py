@@ -327,7 +327,8 @@ class KVCacheManager:
 
     def compact(self, layers) -> None:
         """Pack each row's valid entries to the front of its slots (in order) in the given layers, in place.
-        Slots past a row's new fill keep stale data: they are invalid and the attention never reads them."""
+        Slots past a row's new fill keep stale data: they are invalid, the attention never reads them and the
+        decisions' MatMul reads their (real, stale) interaction keys only to mask the result."""
         layers = list(layers)
         if not layers or not self.rows:
             return
@@ -339,7 +340,7 @@ class KVCacheManager:
             for field in (f for f in self.fields if f != "valid"):
                 axis = self._slot_axis(field)
                 tensor = self._views[field][layer]
-                packed = gather_tokens(tensor, order, axis)  # order < used[layer]: whole rows, contiguous
+                packed = gather_tokens(tensor, order, axis)  # order < used[layer]: the whole buffer may be read
                 tensor.narrow(axis, 0, width).copy_(packed)
             valid.zero_()
             valid.narrow(1, 0, width).copy_(kept)
