@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 from conftest import dropping_policy
+from onnx import numpy_helper
 from typer.testing import CliRunner
 
+from prunex.bench.decode import step_weight_bytes
 from prunex.cli.main import app
 from prunex.export.decoder import export_decoder
 from prunex.prune.lm import PrunedLM
@@ -37,6 +40,14 @@ def test_bench_decode_reports_prunex_dense_and_torch(tiny_llama, tmp_path):
     assert row["speedup_vs_baseline_runs"] == rounds
     assert abs(row["speedup_vs_baseline"] - sum(rounds) / 2) < 1e-9
     assert row["prunex_tokens_per_s"] in row["prunex_tokens_per_s_runs"]
+
+
+def test_the_floor_reads_every_weight_but_the_embedding_table(tiny_llama, tmp_path):
+    """A decode step reads every weight once except the token embedding, of which it gathers B rows."""
+    export_decoder(PrunedLM(tiny_llama, dropping_policy(tiny_llama)), tmp_path / "pruned", source="tiny-llama")
+    initializers = onnx.load(str(tmp_path / "pruned" / "model.onnx")).graph.initializer
+    sizes = {tensor.name: numpy_helper.to_array(tensor).nbytes for tensor in initializers}
+    assert step_weight_bytes(tmp_path / "pruned") == sum(sizes.values()) - sizes["embed"]
 
 
 def test_bench_decode_runs_the_onnxruntime_genai_peer_on_the_same_prompts(tiny_llama, tmp_path):
