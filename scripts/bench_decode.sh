@@ -5,7 +5,8 @@
 #   2. the bars of issue 13, three rounds each (median ratios): batch 1 x 512 and batch 8 x 2048, int8;
 #   3. fp32 at batch 8 x 2048 beside onnxruntime-genai fp32 (and the memory-bandwidth floor), three rounds;
 #   4. a training-free policy (h2o, 256 tokens) on the dense int8 export with attention scores vs the same
-#      export without a policy.
+#      export without a policy;
+#   5. the ceiling of the fp32 weights' MatMuls alone at batch 1 and 8 (scripts/matmul_ceiling.py).
 # The peers need onnxruntime-genai and llama-cpp-python (the `peers` extra; llama.cpp compiles for ~10 min).
 set -euo pipefail
 OUT=${OUT:-runs/bench}
@@ -27,3 +28,4 @@ prunex bench decode "$OUT/dcp" --baseline "$OUT/dense" --peer ortgenai --no-torc
   --batch 8 --context 2048 --out "$OUT/fp32.json"
 prunex bench decode "$OUT/scored-int8" --baseline "$OUT/dense-int8" --policy h2o --kv-tokens 256 --no-torch \
   --batch 8 --context 2048 --out "$OUT/h2o.json"
+python "$(dirname "$0")/matmul_ceiling.py" "$OUT/dcp" --batch 1 --batch 8
