@@ -40,6 +40,7 @@ def test_bench_decode_reports_prunex_dense_and_torch(tiny_llama, tmp_path):
     assert row["speedup_vs_baseline_runs"] == rounds
     assert abs(row["speedup_vs_baseline"] - sum(rounds) / 2) < 1e-9
     assert row["prunex_tokens_per_s"] in row["prunex_tokens_per_s_runs"]
+    assert row["prunex_floor_ratio"] == row["prunex_floor_tokens_per_s"] / row["prunex_tokens_per_s"]
 
 
 def test_the_floor_reads_every_weight_but_the_embedding_table(tiny_llama, tmp_path):

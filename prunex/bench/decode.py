@@ -244,6 +244,7 @@ def _kv_ratio_and_floor(row: dict, main_dir: Path, baseline_dir: Path, bandwidth
         row["kv_bytes_ratio"] = row["baseline_kv_bytes"] / prunex["kv_bytes"]
     row["prunex_floor_tokens_per_s"] = _floor_tokens_per_s(row["batch"], step_weight_bytes(main_dir),
                                                            prunex["kv_held_bytes"], bandwidth)
+    row["prunex_floor_ratio"] = row["prunex_floor_tokens_per_s"] / row["prunex_tokens_per_s"]  # 1: at the floor
     if "kv_bytes" in baseline:
         row["baseline_floor_tokens_per_s"] = _floor_tokens_per_s(row["batch"], step_weight_bytes(baseline_dir),
                                                                  baseline["kv_bytes"], bandwidth)
@@ -261,6 +262,8 @@ def _summary(row: dict) -> str:
             runs = row.get(f"{key}_runs")
             each = f" (rounds: {' '.join(f'x{r:.2f}' for r in runs)})" if runs else ""
             parts.append(f"{key} x{row[key]:.2f}{each}")
+    if "prunex_floor_ratio" in row:
+        parts.append(f"prunex at {row['prunex_floor_ratio']:.2f}x the bandwidth floor's step time")
     return " ".join(parts)
 
 
