@@ -5,7 +5,8 @@ Engines, each measured in a process of its own (`prunex.bench.decode_worker`) on
 - baseline: the runtime over a second exported dir (by default the dense export of the same base model);
 - torch: Hugging Face `generate` (greedy, sdpa, fp32) on the base model;
 - peers (`--peer`): ortgenai, onnxruntime-genai's fused dense graph of the same base model, built by its model
-  builder at prunex's precision (int8 beside an int8 prunex dir, else fp32; `prunex.bench.ortgenai_worker`);
+  builder at prunex's precision (int8 or int4 beside a prunex dir of those weights, else fp32;
+  `prunex.bench.ortgenai_worker`);
   llamacpp, llama.cpp on the packaged SmolLM2 GGUF (Q8_0 beside int8, else the packaged Q4_1;
   `prunex.bench.llamacpp_worker`).
 The memory-bandwidth floor of a decode step (read the weights a step uses and the K/V held, once: the token
@@ -79,9 +80,9 @@ def _run_worker(engine: str, directory: Path, batch: int, context: int, config: 
     if engine in PEERS:
         from prunex.format import read_manifest
 
-        quantized = read_manifest(directory).quantization.get("mode") == "dynamic"
-        args = (["prunex.bench.ortgenai_worker", "--precision", "int8" if quantized else "fp32"] if engine == "ortgenai"
-                else ["prunex.bench.llamacpp_worker", "--precision", "q8_0" if quantized else "q4_1"])
+        weights = read_manifest(directory).quantization.get("weights", "fp32")  # fp32 | int8 | int4
+        args = (["prunex.bench.ortgenai_worker", "--precision", weights] if engine == "ortgenai"
+                else ["prunex.bench.llamacpp_worker", "--precision", "q8_0" if weights == "int8" else "q4_1"])
     else:
         args = ["prunex.bench.decode_worker", engine, "--device", config.device]
         if with_policy and config.policy:

@@ -66,12 +66,12 @@ def quantize_command(source: Path, out: Path, config, as_json: bool) -> None:
 
 
 def _describe(report: dict) -> str:
-    size = (f"{report['fp32_bytes'] / 2**20:.1f} MiB -> {report['int8_bytes'] / 2**20:.1f} MiB "
+    size = (f"{report['fp32_bytes'] / 2**20:.1f} MiB -> {report['quantized_bytes'] / 2**20:.1f} MiB "
             f"(x{report['size_ratio']:.2f} smaller)")
     if report["kind"] == "decoder":
-        cost = (f"perplexity {report['fp32']['perplexity']:.3f} -> {report['int8']['perplexity']:.3f} "
+        cost = (f"perplexity {report['fp32']['perplexity']:.3f} -> {report['quantized']['perplexity']:.3f} "
                 f"({100 * report['ppl_increase']:+.2f}%)")
     else:
-        cost = (f"accuracy {report['fp32']['accuracy']:.4f} -> {report['int8']['accuracy']:.4f} "
+        cost = (f"accuracy {report['fp32']['accuracy']:.4f} -> {report['quantized']['accuracy']:.4f} "
                 f"({-100 * report['accuracy_drop']:+.2f} pt)")
-    return f"{report['mode']} int8: {size}; {cost}"
+    return f"{report['mode']} {report['weights']}: {size}; {cost}"

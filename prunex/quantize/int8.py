@@ -1,13 +1,13 @@
-"""`prunex quantize`: int8 weights for an exported dir, its cost measured against the fp32 source, bounded.
+"""`prunex quantize`: int8 (or 4-bit) weights for an exported dir, its cost measured against fp32, bounded.
 
-- dynamic: MatMul weights (and embedding tables) int8, activations quantized at run time (ONNX Runtime's
-  CPU int8 kernels). The MatMuls between activations (attention) stay fp32.
+- dynamic: MatMul weights int8 (or 4-bit, `bits=4`) and embedding tables int8, activations quantized to int8
+  at run time (ONNX Runtime's CPU int8 kernels). The MatMuls between activations (attention) stay fp32.
 - static: QDQ int8 for weights and activations with ranges calibrated on real text / examples, the format
   CUDA / TensorRT backends take.
 
 The prunex ops (functions in the `prunex` domain) are not quantized and survive. Before writing, the pass
 measures perplexity (decoder, held-out Wikipedia) or accuracy (encoder, the task's test split) of both the
-fp32 source and the int8 result on the same data, and the size on disk; if the loss passes the bound the
+fp32 source and the quantized result on the same data, and the size on disk; if the loss passes the bound the
 dir is not written unless `force`.
 """
 
@@ -27,6 +27,7 @@ from prunex.format import DOMAIN, MANIFEST_FILE, manifest_kind, read_encoder_man
 from prunex.quantize.passes import untie_shared_weights
 
 MODES = ("dynamic", "static")
+WEIGHT_BITS = (8, 4)  # dynamic: MatMulNBits' weight widths
 QUANTIZED_OPS = ["MatMul", "Gather"]
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits accepts
 MIN_TABLE = 4096  # dynamic: embedding tables smaller than this stay fp32
@@ -39,6 +40,7 @@ class QuantizeConfig:
     """Settings of one quantization pass."""
 
     mode: str = "dynamic"  # dynamic | static
+    bits: int = 8  # dynamic: weight bits of the MatMuls, 8 or 4 (static is int8)
     block_size: int = 128  # dynamic: input channels per weight / activation scale (smaller: more accurate,
     # larger: faster int8 kernels; on SmolLM2 128 decodes x1.38 vs fp32 where 32 gave x1.30, for +0.98% vs +0.48%)
     per_channel: bool = True  # static: one weight scale per output column (better accuracy, same speed)
@@ -49,8 +51,8 @@ class QuantizeConfig:
     eval_windows: int = 8  # decoders: held-out windows for the perplexity check
     eval_context: int = 512  # decoders: tokens per window
     eval_limit: int | None = None  # encoders: examples of the test split (None: all)
-    max_ppl_increase: float = 0.03  # refuse when int8 perplexity > fp32 x (1 + this)
-    max_accuracy_drop: float = 0.01  # refuse when int8 accuracy < fp32 accuracy - this
+    max_ppl_increase: float = 0.03  # refuse when the quantized perplexity > fp32 x (1 + this)
+    max_accuracy_drop: float = 0.01  # refuse when the quantized accuracy < fp32 accuracy - this
     force: bool = False  # write even when a bound is exceeded
     overwrite: bool = False  # replace a non-empty out dir
     threads: int | None = None
@@ -60,6 +62,15 @@ class QuantizeConfig:
             raise PrunexError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.block_size not in BLOCK_SIZES:
             raise PrunexError(f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {self.block_size}")
+        if self.bits not in WEIGHT_BITS:
+            raise PrunexError(f"--bits must be 8 or 4, not {self.bits}")
+        if self.bits != 8 and self.mode != "dynamic":
+            raise PrunexError("--bits 4 needs --mode dynamic (static quantization is int8)")
+
+    @property
+    def weights(self) -> str:
+        """The weights' type as the manifest records it: int8 or int4."""
+        return f"int{self.bits}"
 
 
 def _size(directory: Path) -> int:
@@ -80,8 +91,8 @@ def block_size_for(model: onnx.ModelProto, requested: int) -> int:
 
 
 def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, kind: str) -> tuple[list[str], int | None]:
-    """Write the int8 graph of `source` (a model.onnx) to `target`; returns the tables untied first and the
-    block size used (dynamic; None for static)."""
+    """Write the quantized graph of `source` (a model.onnx) to `target`; returns the tables untied first and
+    the block size used (dynamic; None for static)."""
     model = onnx.load(str(source))
     untied = untie_shared_weights(model)
     prepared = target.with_name("fp32-prepared.onnx")
@@ -89,7 +100,7 @@ def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, kind: st
     block = None
     if config.mode == "dynamic":
         block = block_size_for(model, config.block_size)
-        _dynamic(model, prepared, target, config.keep_fp32, block)
+        _dynamic(model, prepared, target, config.keep_fp32, block, config.bits)
     else:
         _static(model, prepared, target, config, kind, source.parent)
     prepared.unlink()
@@ -99,10 +110,11 @@ def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, kind: st
     return untied, block
 
 
-def _dynamic(model: onnx.ModelProto, prepared: Path, target: Path, keep_fp32: list[str], block_size: int) -> None:
-    """Weight MatMuls -> MatMulNBits (8 bits, one scale per `block_size` input channels, activations quantized
-    to int8 per block at run time: accuracy_level 4, ONNX Runtime's int8 dot-product kernels); embedding
-    Gathers -> int8 table (DynamicQuant).
+def _dynamic(model: onnx.ModelProto, prepared: Path, target: Path, keep_fp32: list[str], block_size: int,
+             bits: int) -> None:
+    """Weight MatMuls -> MatMulNBits (`bits` 8 or 4, one scale per `block_size` input channels, activations
+    quantized to int8 per block at run time: accuracy_level 4, ONNX Runtime's int8 dot-product kernels);
+    embedding Gathers -> int8 table (DynamicQuant).
 
     ONNX Runtime's per-tensor dynamic MatMul quantization (DynamicQuantizeMatMul) was tried first: SmolLM2's
     MLP down-projection input has outlier channels, and one scale for the whole activation tensor cost +68%
@@ -112,7 +124,7 @@ def _dynamic(model: onnx.ModelProto, prepared: Path, target: Path, keep_fp32: li
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     opset = {o.domain: o.version for o in model.opset_import}
-    settings = {"block_size": block_size, "is_symmetric": True, "accuracy_level": 4, "bits": 8}
+    settings = {"block_size": block_size, "is_symmetric": True, "accuracy_level": 4, "bits": bits}
     algo = DefaultWeightOnlyQuantConfig(**settings, op_types_to_quantize=("MatMul",),
                                         quant_format=QuantFormat.QOperator)
     fp32 = [n.name for n in model.graph.node if any(k in n.name for k in keep_fp32)]
@@ -209,23 +221,23 @@ def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, pr
 
     def fill(tmp: Path) -> dict:
         started = time.perf_counter()
-        progress(f"quantizing {source} ({config.mode} int8) ...")
+        progress(f"quantizing {source} ({config.mode} {config.weights}) ...")
         untied, block = _quantize_graph(source / manifest.model_file, tmp / manifest.model_file, config, kind)
         if block is not None and block != config.block_size:
             progress(f"block size {block}, not {config.block_size}: the model has weights with fewer input channels")
         for file in source.iterdir():
             if file.is_file() and file.name not in (manifest.model_file, MANIFEST_FILE):
                 shutil.copy2(file, tmp / file.name)
-        manifest.quantization = {"mode": config.mode, "weights": "int8", "kept_fp32": config.keep_fp32,
+        manifest.quantization = {"mode": config.mode, "weights": config.weights, "kept_fp32": config.keep_fp32,
                                  "activations": "int8 dynamic" if config.mode == "dynamic" else "int8 static (QDQ)",
                                  "per_channel": config.per_channel, "ops": QUANTIZED_OPS, "source": str(source),
                                  "untied": untied, "block_size": block}
         write_manifest(tmp, manifest)
-        progress("measuring the fp32 source and the int8 result on the same data ...")
+        progress(f"measuring the fp32 source and the {config.weights} result on the same data ...")
         before, after = _measure(source, kind, config, windows), _measure(tmp, kind, config, windows)
-        report = {"kind": kind, "mode": config.mode, "fp32": before, "int8": after,
-                  "fp32_bytes": _size(source), "int8_bytes": _size(tmp), "seconds": 0.0}
-        report["size_ratio"] = report["fp32_bytes"] / report["int8_bytes"]
+        report = {"kind": kind, "mode": config.mode, "weights": config.weights, "fp32": before, "quantized": after,
+                  "fp32_bytes": _size(source), "quantized_bytes": _size(tmp), "seconds": 0.0}
+        report["size_ratio"] = report["fp32_bytes"] / report["quantized_bytes"]
         if kind == "decoder":
             report["ppl_increase"] = after["perplexity"] / before["perplexity"] - 1
             exceeded = report["ppl_increase"] > config.max_ppl_increase
@@ -237,19 +249,18 @@ def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, pr
         report["seconds"] = time.perf_counter() - started
         report["bound_exceeded"] = exceeded
         if exceeded and not config.force:
-            raise QuantizationRefused(f"int8 costs too much: {bound}; nothing written (--force writes anyway)",
+            raise QuantizationRefused(f"{config.weights} costs too much: {bound}; nothing written (--force writes "
+                                      "anyway)",
                                       report)
-        manifest.quantization["cost"] = {k: v for k, v in report.items() if k not in ("kind", "mode")}
+        manifest.quantization["cost"] = {k: v for k, v in report.items() if k not in ("kind", "mode", "weights")}
         write_manifest(tmp, manifest)
         return report
 
     return write_atomically(out, fill)
 
-logger = logging.getLogger(__name__)
-
 
 class QuantizationRefused(PrunexError):
-    """The int8 result lost more than the bound allows; `report` has the figures."""
+    """The quantized result lost more than the bound allows; `report` has the figures."""
 
     def __init__(self, message: str, report: dict) -> None:
         super().__init__(message)
