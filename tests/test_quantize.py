@@ -108,12 +108,24 @@ def test_4_bit_weights_halve_the_matmuls_bytes_and_stay_close(decoder):
     widths = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert widths == {4}
     assert read_manifest(root / "w4").quantization["weights"] == int4["weights"] == "int4"
+    assert read_manifest(root / "w4").quantization["block_size"] == 32  # 4 bits default to 32-wide blocks
     assert int4["quantized_bytes"] < int8["quantized_bytes"]
     prompt = [lm.tokenizer(TEXT[:80])["input_ids"]]
     fp32_logits, _ = DecoderEngine(root / "fp32", device="cpu", threads=1).run_prompts(prompt, True)
     int4_logits, _ = DecoderEngine(root / "w4", device="cpu", threads=1).run_prompts(prompt, True)
     assert np.abs(int4_logits - fp32_logits).mean() <= 0.3 * np.abs(fp32_logits).mean()
     assert (int4_logits.argmax(-1) == fp32_logits.argmax(-1)).mean() >= 0.7
+
+
+def test_keep_fp32_matches_weight_names(decoder):
+    """--keep-fp32 lm_head: the fused graph's nodes have generic names, its weights the model's: the output
+    projection stays a plain MatMul on its fp32 weight, every other weight MatMul is quantized."""
+    _, root, text = decoder
+    _quantize_with_text(root, text, root / "head-fp32", keep_fp32=["lm_head"])
+    nodes = onnx.load(str(root / "head-fp32" / "model.onnx")).graph.node
+    assert [n.input[1] for n in nodes if n.op_type == "MatMul" and "lm_head" in n.input[1]] == ["lm_head.weight"]
+    assert all("lm_head" not in n.input[1] for n in nodes if n.op_type == "MatMulNBits")
+    assert sum(n.op_type == "MatMulNBits" for n in nodes) > 0
 
 
 def test_a_bound_that_is_exceeded_refuses_to_write(decoder):

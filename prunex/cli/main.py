@@ -367,8 +367,8 @@ def quantize(
     calibration_text: str = typer.Option("wikipedia", help="static, decoders: wikipedia, bbc or a UTF-8 file."),
     bits: int = typer.Option(8, help="dynamic: weight bits of the MatMuls, 8 or 4 (4: half the bytes a step "
                              "reads, a larger perplexity cost; embedding tables stay int8)."),
-    block_size: int = typer.Option(128, help="dynamic: input channels per scale (16..256; smaller is more "
-                                   "accurate, larger decodes faster)."),
+    block_size: Optional[int] = typer.Option(None, help="dynamic: input channels per scale (16..256; smaller is "
+                                             "more accurate, larger decodes faster; default 128 at 8 bits, 32 at 4)."),
     task: Optional[str] = typer.Option(None, help="Encoders: labelled set for the accuracy check (default: the "
                                        "checkpoint's task)."),
     max_ppl_increase: float = typer.Option(0.03, min=0.0, help="Refuse when perplexity rises more (0.03 = 3%)."),
@@ -377,8 +377,8 @@ def quantize(
     eval_context: int = typer.Option(512, min=8, help="Decoders: tokens per window."),
     eval_limit: Optional[int] = typer.Option(None, min=1, help="Encoders: test examples (default: all)."),
     per_channel: bool = typer.Option(True, help="static: one weight scale per output channel."),
-    keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="Leave nodes whose name holds this in fp32 "
-                                        "(repeatable; e.g. down_proj, whose inputs have outlier channels)."),
+    keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="Leave in fp32 the MatMuls / Gathers whose node "
+                                        "or weight name holds this (repeatable; e.g. lm_head, mlp.down)."),
     force: bool = typer.Option(False, help="Write even when the cost passes a bound."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
     threads: int = typer.Option(0, min=0, help="ONNX Runtime threads for the checks (0: as torch)."),
