@@ -362,8 +362,8 @@ def explain(
 def quantize(
     source: Path = typer.Argument(..., help="An exported dir (prunex export), fp32."),
     out: Path = typer.Option(..., "--out", help="Folder for the quantized model, its manifest and tokenizer."),
-    mode: str = typer.Option("dynamic", help="dynamic: int8 weights, activations at run time (CPU); static: QDQ "
-                             "int8 calibrated on real text (CUDA / TensorRT)."),
+    mode: str = typer.Option("dynamic", help="dynamic: int8 (or --bits 4) weights, int8 activations at run "
+                             "time (CPU); static: QDQ int8 calibrated on real text (CUDA / TensorRT)."),
     calibration_text: str = typer.Option("wikipedia", help="static, decoders: wikipedia, bbc or a UTF-8 file."),
     bits: int = typer.Option(8, help="dynamic: weight bits of the MatMuls, 8 or 4 (4: half the bytes a step "
                              "reads, a larger perplexity cost; embedding tables stay int8)."),
