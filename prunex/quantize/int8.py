@@ -262,9 +262,8 @@ def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, pr
         report["seconds"] = time.perf_counter() - started
         report["bound_exceeded"] = exceeded
         if exceeded and not config.force:
-            raise QuantizationRefused(f"{config.weights} costs too much: {bound}; nothing written (--force writes "
-                                      "anyway)",
-                                      report)
+            message = f"{config.weights} costs too much: {bound}; nothing written (--force writes anyway)"
+            raise QuantizationRefused(message, report)
         manifest.quantization["cost"] = {k: v for k, v in report.items() if k not in ("kind", "mode", "weights")}
         write_manifest(tmp, manifest)
         return report
