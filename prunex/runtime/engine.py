@@ -2,7 +2,8 @@
 
 The engine knows tensors, not text: `prefill(prompts)` runs each prompt through the graph in chunks of
 `prefill_chunk` tokens over a cache of its own (so a chunk attends only to what earlier chunks kept) and adds
-it to the batch's cache as a new row; `decode(tokens)` feeds one token per row. Every run binds the cache
+it to the batch's cache as a new row (`PromptRun` does the same a chunk at a time, for a caller that puts
+chunks between decode steps); `decode(tokens)` feeds one token per row. Every run binds the cache
 buffers and preallocated outputs by pointer (IOBinding): no copy of the cache per step. ONNX Runtime's
 GroupQueryAttention takes several rows of new tokens over a past only one row at a time, hence one prompt a run.
 """
@@ -27,6 +28,7 @@ from prunex.runtime.policy_hook import (
     policy_fields,
     restrict_to_policy,
 )
+from prunex.runtime.scoring import PromptScorer
 from prunex.runtime.session import make_session
 from prunex.runtime.step_io import StepIO
 
@@ -88,53 +90,57 @@ class DecoderEngine:
         if limit and longest >= limit:
             raise PrunexError(f"a prompt of {longest} tokens does not fit the model's context of {limit}")
 
+    def prompt_run(self, prompt: list[int], score_top: int | None = None, all_logits: bool = False) -> PromptRun:
+        """A run of one prompt over a cache of its own, fed a chunk at a time by `PromptRun.advance`."""
+        self._check_prompts([prompt])
+        return PromptRun(self, prompt, score_top, all_logits)
+
     def run_prompt(self, prompt: list[int], all_logits: bool = False) -> tuple[np.ndarray, KVCacheManager]:
         """Run one prompt in chunks over a cache of its own; returns the logits of its last token (vocab,), or
         of every token (T, vocab) with all_logits, and that cache (one row). The batch's cache is not touched."""
-        self._check_prompts([prompt])
-        cache = self.new_cache(CacheLimits(max_rows=1, headroom=0, max_bytes=self.cache.limits.max_bytes))
-        cache.start(1, min(len(prompt), self.prefill_chunk))
-        ids = torch.tensor(prompt, dtype=torch.int64)[None]  # (1, T)
-        logits = []
-        for start in range(0, len(prompt), self.prefill_chunk):
-            chunk = ids[:, start:start + self.prefill_chunk]  # (1, S)
-            S = chunk.shape[1]
-            last = start + S == len(prompt)
-            io = StepIO(self.session, self.manifest, 1, S, S if all_logits else 1, self.device)
-            self._run(cache, io, chunk, torch.arange(start, start + S)[None])
-            if all_logits or last:
-                logits.append(io.logits[0].cpu().numpy())  # (S | 1, vocab)
-            if not last:
-                cache.compact_sparse_layers()  # the next chunk attends only to what this one kept
-        return (np.concatenate(logits) if all_logits else logits[-1][0]), cache
+        run = self.prompt_run(prompt, all_logits=all_logits).finish()
+        return (np.concatenate(run.logits) if all_logits else run.next_logits), run.cache
 
     def run_prompts(self, prompts: list[list[int]], all_logits: bool = False) -> tuple[np.ndarray, list]:
         """`run_prompt` for each prompt; logits (N, vocab), or (N, T, vocab) zero-padded with all_logits, and
         the prompts' caches."""
+        runs = self._run_all(prompts, all_logits)
+        return self._stacked_logits(runs, all_logits), [run.cache for run in runs]
+
+    def _run_all(self, prompts: list[list[int]], all_logits: bool) -> list[PromptRun]:
         self._check_prompts(prompts)
-        runs = [self.run_prompt(p, all_logits) for p in prompts]
+        return [self.prompt_run(p, all_logits=all_logits).finish() for p in prompts]
+
+    def _stacked_logits(self, runs: list[PromptRun], all_logits: bool) -> np.ndarray:
+        """(N, vocab) last-token logits, or (N, T, vocab) zero-padded with all_logits."""
         if not all_logits:
-            return np.stack([logits for logits, _ in runs]), [cache for _, cache in runs]
-        padded = np.zeros((len(prompts), max(len(p) for p in prompts), self.manifest.vocab_size), np.float32)
-        for row, (logits, _) in enumerate(runs):
-            padded[row, :len(logits)] = logits
-        return padded, [cache for _, cache in runs]
+            return np.stack([run.next_logits for run in runs])
+        padded = np.zeros((len(runs), max(len(r.prompt) for r in runs), self.manifest.vocab_size), np.float32)
+        for row, run in enumerate(runs):
+            padded[row, :len(run.prompt)] = np.concatenate(run.logits)
+        return padded
+
+    def add_prompt(self, run: PromptRun) -> None:
+        """A finished prompt run's cache joins the batch as a new last row; a CapacityError changes nothing."""
+        if not run.done:
+            raise PrunexError("the prompt run has not fed its whole prompt yet")
+        self.cache.add_rows(run.cache)
+        self._io = None  # the rows changed: new bindings
+        self.next_positions = torch.cat([self.next_positions, torch.tensor([len(run.prompt)])])
 
     def prefill(self, prompts: list[list[int]], all_logits: bool = False) -> Tensor:
         """Add the prompts as new rows (after the current ones); returns their last-token logits (N, vocab), or
         with `all_logits` the logits at every position (N, T, vocab) (the cache gets the same entries)."""
         self.cache.check_rows(len(prompts))  # before the prefill's work
-        logits, caches = self.run_prompts(prompts, all_logits)
+        runs = self._run_all(prompts, all_logits)
         rows = self.rows
         try:
-            for cache in caches:
-                self.cache.add_rows(cache)
+            for run in runs:
+                self.add_prompt(run)
         except CapacityError:
-            self.cache.remove_rows(torch.arange(rows))  # all or nothing
+            self.remove_rows(list(range(rows)))  # all or nothing
             raise
-        self._io = None  # the rows changed: new bindings
-        self.next_positions = torch.cat([self.next_positions, torch.tensor([len(p) for p in prompts])])
-        return torch.from_numpy(logits).to(self.device)
+        return torch.from_numpy(self._stacked_logits(runs, all_logits)).to(self.device)
 
     # --- decode ------------------------------------------------------------------------------------------
     def decode(self, token_ids: Tensor) -> Tensor:
@@ -161,3 +167,58 @@ class DecoderEngine:
         self.cache.remove_rows(index)
         self._io = None  # the rows changed: new bindings
         self.next_positions = self.next_positions.index_select(0, index)
+
+
+class PromptRun:
+    """One prompt fed through the graph `engine.prefill_chunk` tokens at a time over a one-row cache of its own,
+    so a caller can put its chunks between decode steps (a long prompt then delays running rows by one chunk, not
+    by its whole prefill). Between chunks the cache is compacted: the next chunk attends only to what the
+    pruning kept, and memory stays bounded by the kept entries plus one chunk.
+
+        run = engine.prompt_run(prompt_ids, score_top=5)
+        while not run.done:
+            run.advance()            # one chunk
+        engine.add_prompt(run)       # its cache becomes the batch's next row; run.next_logits: (vocab,)
+    """
+
+    def __init__(self, engine: DecoderEngine, prompt: list[int], score_top: int | None = None,
+                 all_logits: bool = False) -> None:
+        self.engine, self.prompt = engine, list(prompt)
+        limits = CacheLimits(max_rows=1, headroom=0, max_bytes=engine.cache.limits.max_bytes)
+        self.cache = engine.new_cache(limits)
+        self.cache.start(1, min(len(prompt), engine.prefill_chunk))
+        self.fed = 0  # prompt tokens run so far
+        self.scorer = None if score_top is None else PromptScorer(self.prompt, score_top)
+        self.logits: list[np.ndarray] | None = [] if all_logits else None  # chunks of (S, vocab), all_logits
+        self.next_logits: np.ndarray | None = None  # (vocab,) after the last token, once done
+
+    @property
+    def done(self) -> bool:
+        return self.fed == len(self.prompt)
+
+    def advance(self) -> int:
+        """Run the next chunk; returns how many prompt tokens it fed."""
+        engine, start = self.engine, self.fed
+        chunk = torch.tensor(self.prompt[start:start + engine.prefill_chunk], dtype=torch.int64)[None]  # (1, S)
+        S = chunk.shape[1]
+        last = start + S == len(self.prompt)
+        wanted = S if self.scorer is not None or self.logits is not None else 1
+        io = StepIO(engine.session, engine.manifest, 1, S, wanted, engine.device)
+        engine._run(self.cache, io, chunk, torch.arange(start, start + S)[None])
+        logits = io.logits[0].cpu().numpy()  # (wanted, vocab): this run's own buffer
+        if self.scorer is not None:
+            self.scorer.add(logits)
+        if self.logits is not None:
+            self.logits.append(logits)
+        if last:
+            self.next_logits = logits[-1].copy()
+        else:
+            self.cache.compact_sparse_layers()  # the next chunk attends only to what this one kept
+        self.fed += S
+        return S
+
+    def finish(self) -> PromptRun:
+        """Run every chunk left; returns self."""
+        while not self.done:
+            self.advance()
+        return self

@@ -8,26 +8,29 @@
     print(gen.result(rid).text)    # a finished request's result is handed over once, then forgotten
 
 Each `step()` first decodes one token for every running row, then prefills the requests added since (their
-first token comes from the prefill), then lets finished rows leave the cache. Requests join and leave at any
-step; a request that cannot fit waits (`add_request` raises CapacityError only when it could never fit).
-A request whose prefill fails leaves the generator with finish_reason "error" (its Completion holds the
-exception) and the other requests go on; a failed decode step raises, and the running rows stay as they
-were. The generator keeps no history: a finished request is dropped once its result has been taken, so a
-long-running owner (the server's scheduler) does not grow.
+first token comes from the prefill), then lets finished rows leave the cache. With `prefill_budget` set (the
+server sets it to one chunk), a step prefills at most that many prompt tokens: a long prompt is fed a chunk a
+step (`PromptRun`) while the running rows go on decoding, so it delays their next token by one chunk's time.
+Requests join and leave at any step; a request that cannot fit waits (`add_request` raises CapacityError
+only when it could never fit). A request whose prefill fails leaves the generator with finish_reason "error"
+(its Completion holds the exception) and the other requests go on; a failed decode step raises, and the
+running rows stay as they were. The generator keeps no history: a finished request is dropped once its result
+has been taken, so a long-running owner (the server's scheduler) does not grow.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from prunex.errors import PrunexError
-from prunex.runtime.engine import DecoderEngine
+from prunex.runtime.engine import DecoderEngine, PromptRun
 from prunex.runtime.kv_cache import CapacityError
 from prunex.runtime.sampling import SamplingParams, choose_tokens, make_rng, token_logprobs
-from prunex.runtime.scoring import PromptLogprobs, prompt_logprobs
+from prunex.runtime.scoring import PromptLogprobs
 from prunex.runtime.session import torch_on_one_thread
 from prunex.runtime.text_stream import TextStream
 
@@ -85,6 +88,8 @@ class _Request:
     dense_kv_entries: int = 0
     error: Exception | None = None
     prompt_logprobs: PromptLogprobs | None = None
+    run: PromptRun | None = None  # its prompt's run while it is being prefilled
+    started: float = 0.0  # when its prefill started
 
 
 class Generator:
@@ -94,7 +99,9 @@ class Generator:
         self.engine = engine
         self.tokenizer = tokenizer
         self.eos_token_id = eos_token_id
+        self.prefill_budget: int | None = None  # prompt tokens a step may prefill (None: every waiting prompt)
         self._waiting: list[_Request] = []
+        self._filling: _Request | None = None  # the request whose prompt is being prefilled, chunk by chunk
         self._running: list[_Request] = []  # row r of the engine is _running[r]
         self._done: dict[int, _Request] = {}
         self._next_id = 0
@@ -124,7 +131,12 @@ class Generator:
 
     def is_done(self) -> bool:
         """True when no request is waiting or running."""
-        return not self._waiting and not self._running
+        return not self._waiting and not self._running and self._filling is None
+
+    @property
+    def prefilling(self) -> bool:
+        """True while a prompt is part-way through its prefill."""
+        return self._filling is not None
 
     def result(self, request_id: int) -> Completion:
         """The completion of a request: as far as it got while it runs; once finished, handed over once (the
@@ -138,16 +150,21 @@ class Generator:
                 request.kv_entries = int(cache.held_entries()[row])
                 request.dense_kv_entries = int(cache.tokens_seen[row]) * cache.num_layers
             else:
-                request = next((r for r in self._waiting if r.id == request_id), None)
+                request = next((r for r in self._queued() if r.id == request_id), None)
         if request is None:
             raise PrunexError(f"no request {request_id} (a finished request's result is handed over once)")
         return Completion(request.id, len(request.prompt), list(request.tokens), request.stream.text,
                           request.finish_reason, request.first_token_seconds, request.kv_entries,
                           request.dense_kv_entries, request.error, request.prompt_logprobs)
 
+    def _queued(self) -> list[_Request]:
+        """Requests without a row yet: the one being prefilled, then the waiting ones."""
+        return ([self._filling] if self._filling is not None else []) + self._waiting
+
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        """Requests without a row yet (the one being prefilled included)."""
+        return len(self._queued())
 
     @property
     def running(self) -> int:
@@ -169,9 +186,12 @@ class Generator:
 
     def cancel(self, request_id: int) -> None:
         """Stop a waiting or running request now (finish_reason "cancelled"); its row leaves the cache."""
-        for request in self._waiting:
+        for request in self._queued():
             if request.id == request_id:
-                self._waiting.remove(request)
+                if request is self._filling:
+                    self._filling = None  # its prompt's cache goes with it
+                else:
+                    self._waiting.remove(request)
                 request.finish_reason = "cancelled"
                 self._done[request.id] = request
                 return
@@ -185,6 +205,7 @@ class Generator:
     def close(self) -> None:
         """Drop every running and waiting request (their rows leave the cache)."""
         self._waiting.clear()
+        self._filling = None
         self._done.clear()
         if self._running:
             self._running.clear()
@@ -204,30 +225,57 @@ class Generator:
         return events
 
     def _admit(self) -> list[StepEvent]:
-        """Prefill waiting requests while rows are free (one prompt at a time keeps prefill memory small)."""
+        """Prefill waiting requests while rows are free, one prompt at a time (prefill memory stays one prompt's),
+        up to `prefill_budget` prompt tokens; a prompt that is done joins the batch with its first token."""
         events: list[StepEvent] = []
-        while self._waiting and self.engine.rows < self.engine.cache.limits.max_rows:
-            request = self._waiting[0]
-            started = time.perf_counter()
-            scored = request.params.prompt_logprobs
+        budget = self.prefill_budget if self.prefill_budget is not None else math.inf
+        while budget > 0:
+            request = self._filling or self._start_prefill(events)
+            if request is None:
+                break
             try:
-                logits = self.engine.prefill([request.prompt], all_logits=scored is not None)  # (1, [T,] vocab)
+                if not request.run.done:
+                    budget -= request.run.advance()
+                    continue
+                self.engine.add_prompt(request.run)
             except Exception as err:  # onnxruntime raises its own types; any failure is this request's
-                if isinstance(err, CapacityError) and self._running:
-                    break  # back-pressure: it waits until rows finish
-                self._waiting.pop(0)  # nothing will ever free room for it, or the engine refused it
-                request.finish_reason, request.error = "error", err
-                self._done[request.id] = request
-                events.append(StepEvent(request.id, -1, "", "error"))
+                if isinstance(err, CapacityError) and request.run.done and self._running:
+                    break  # back-pressure: its prompt waits, run, until rows finish
+                self._filling = None  # nothing will ever free room for it, or the engine refused it
+                self._fail(request, err, events)
                 continue
-            self._waiting.pop(0)
-            self._running.append(request)
-            if scored is not None:  # one pass: the prompt's log-probabilities from the prefill's own logits
-                request.prompt_logprobs = prompt_logprobs(logits[0].cpu().numpy(), request.prompt, scored)
-                logits = logits[:, -1]  # (1, vocab)
-            events += self._take([request], logits)
-            events[-1].prompt_logprobs = request.prompt_logprobs
-            request.first_token_seconds = time.perf_counter() - started
+            events += self._join(request)
+        return events
+
+    def _start_prefill(self, events: list[StepEvent]) -> _Request | None:
+        """The next waiting request, its prompt run started, if a row is free (None otherwise)."""
+        while self._waiting and self.engine.rows < self.engine.cache.limits.max_rows:
+            request = self._waiting.pop(0)
+            request.started = time.perf_counter()
+            try:
+                request.run = self.engine.prompt_run(request.prompt, score_top=request.params.prompt_logprobs)
+            except Exception as err:
+                self._fail(request, err, events)
+                continue
+            self._filling = request
+            return request
+        return None
+
+    def _fail(self, request: _Request, err: Exception, events: list[StepEvent]) -> None:
+        request.finish_reason, request.error, request.run = "error", err, None
+        self._done[request.id] = request
+        events.append(StepEvent(request.id, -1, "", "error"))
+
+    def _join(self, request: _Request) -> list[StepEvent]:
+        """A prefilled request's row has joined the batch: its first token, from the prefill's last logits."""
+        run, request.run, self._filling = request.run, None, None
+        self._running.append(request)
+        if run.scorer is not None:  # one pass: the prompt's log-probabilities from the prefill's own logits
+            request.prompt_logprobs = run.scorer.result()
+        logits = torch.from_numpy(run.next_logits)[None].to(self.engine.device)  # (1, vocab)
+        events = self._take([request], logits)
+        events[-1].prompt_logprobs = request.prompt_logprobs
+        request.first_token_seconds = time.perf_counter() - request.started
         return events
 
     def _take(self, requests: list[_Request], logits: torch.Tensor) -> list[StepEvent]:
