@@ -466,13 +466,18 @@ def serve(
                                          "an --attention-scores export)."),
     kv_tokens: Optional[int] = typer.Option(None, min=1, help="The policy's budget: cached tokens per layer and "
                                             "request."),
+    prefill_chunk: int = typer.Option(256, min=16, help="Prompt tokens prefilled between two decode steps: a long "
+                                      "prompt delays running streams by one chunk's time per token."),
+    max_prompt_chars: Optional[int] = typer.Option(None, min=1, help="Longer prompt text is refused (400) before "
+                                                   "tokenizing (default: 16 x the model's context)."),
 ) -> None:
     """An OpenAI-compatible server (/v1/completions with echo + logprobs, /v1/chat/completions, streaming,
     /v1/models, /health, /metrics, /tokenize, /detokenize, /tokenizer_info; /v1/classify for encoders)."""
     from prunex.cli.serve_command import serve_command
 
     serve_command(source, host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
-                  device=device, threads=threads or None, model_name=model_name, policy=policy, kv_tokens=kv_tokens)
+                  device=device, threads=threads or None, model_name=model_name, policy=policy, kv_tokens=kv_tokens,
+                  prefill_chunk=prefill_chunk, max_prompt_chars=max_prompt_chars)
 
 
 @bench_app.command("decode")

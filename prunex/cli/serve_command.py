@@ -7,7 +7,8 @@ import logging
 
 def serve_command(source: str | None, *, host: str, port: int, api_key: str | None, max_batch: int,
                   max_queue: int, device: str, threads: int | None, model_name: str | None,
-                  policy: str | None = None, kv_tokens: int | None = None) -> None:
+                  policy: str | None = None, kv_tokens: int | None = None, prefill_chunk: int = 256,
+                  max_prompt_chars: int | None = None) -> None:
     """Run the server until interrupted; /health says 503 while the model loads. `policy` (window, sinks, h2o,
     tova) with `kv_tokens` caps every request's KV cache on top of the graph's own decisions."""
     from prunex.cli.policy_options import runtime_budget
@@ -27,5 +28,6 @@ def serve_command(source: str | None, *, host: str, port: int, api_key: str | No
         check_runtime_policy(run_policy, read_manifest(source))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
-                             device=device, threads=threads)
+                             device=device, threads=threads, prefill_chunk=prefill_chunk,
+                             max_prompt_chars=max_prompt_chars)
     run(lambda: load_served_model(source, device, threads, max_batch, model_name, run_policy), settings)

@@ -212,15 +212,17 @@ class Generator:
             self.engine.remove_rows([])
 
     # --- the loop ----------------------------------------------------------------------------------------
-    def step(self) -> list[StepEvent]:
-        """Decode one token for every running request, admit waiting ones (prefill), retire finished ones."""
+    def step(self, prefill: bool = True) -> list[StepEvent]:
+        """Decode one token for every running request, admit waiting ones (prefill; not with prefill=False),
+        retire finished ones."""
         events: list[StepEvent] = []
         with torch_on_one_thread():
             if self._running:
                 last = torch.tensor([r.tokens[-1] for r in self._running])
                 logits = self.engine.decode(last)  # (B, vocab)
                 events += self._take(self._running, logits)
-            events += self._admit()
+            if prefill:
+                events += self._admit()
             self._retire()
         return events
 

@@ -10,6 +10,7 @@ route (docs and `/metrics` included) needs `Authorization: Bearer KEY`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import threading
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # torch loads with the model, after the server is up
 
 log = logging.getLogger(__name__)
 
-ERRORS = {code: {"model": p.ErrorResponse} for code in (400, 401, 404, 413, 500, 503)}
+ERRORS = {code: {"model": p.ErrorResponse} for code in (400, 401, 404, 408, 413, 500, 503)}
 SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
     "type": "string", "description": "a JSON chunk (the route's chunk object, or an error body), or [DONE]"}}}
 STREAMED = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
@@ -61,6 +62,9 @@ class ServeSettings:
     device: str = "auto"
     threads: int | None = None  # ONNX Runtime intra-op threads (None: torch's count)
     max_body_bytes: int = 8 * 2**20  # larger request bodies get 413
+    body_timeout: float = 10.0  # seconds a client may take to send its whole body; past it: 408, connection closed
+    max_prompt_chars: int | None = None  # longer text is refused untokenized (None: 16 x the model's context)
+    prefill_chunk: int = 256  # prompt tokens prefilled between two decode steps (bounds a stream's stall)
 
 
 def load_served_model(source: str | None, device: str = "auto", threads: int | None = None,
@@ -145,8 +149,14 @@ class _Guard:
 
     async def _read_body(self, receive) -> tuple[bytes, ServeError | None]:
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.settings.body_timeout
         while True:
-            message = await receive()
+            try:  # a body announced and never sent in full (a wrong Content-Length, a stalled client) ends here
+                message = await asyncio.wait_for(receive(), max(deadline - asyncio.get_running_loop().time(), 0))
+            except asyncio.TimeoutError:
+                return b"", ServeError(408, f"the request body did not arrive within {self.settings.body_timeout:g} s "
+                                       "(is Content-Length right?)", code="body_timeout",
+                                       headers={"Connection": "close"})
             if message["type"] == "http.disconnect":
                 break
             chunks.append(message.get("body", b""))
@@ -184,9 +194,10 @@ def create_app(load: Callable[[], ServedModel], settings: ServeSettings | None =
             model = load()
             scheduler = None
             if model.runtime is not None:
-                scheduler = Scheduler(model.runtime, settings.max_batch, settings.max_queue, metrics)
+                scheduler = Scheduler(model.runtime, settings.max_batch, settings.max_queue, metrics,
+                                      settings.prefill_chunk)
                 scheduler.start()
-            state.scheduler, state.serving = scheduler, Serving(model, scheduler)
+            state.scheduler, state.serving = scheduler, Serving(model, scheduler, settings.max_prompt_chars)
             log.info("serving %s", model.name)
         except Exception as err:  # the server stays up and says why on /health
             log.exception("loading the model failed")
@@ -198,6 +209,8 @@ def create_app(load: Callable[[], ServedModel], settings: ServeSettings | None =
         yield
         if state.scheduler is not None:
             state.scheduler.stop()
+        if state.serving is not None:
+            state.serving.close()
 
     app = FastAPI(title="prunex serve", version="1", lifespan=lifespan, description=(
         "An OpenAI-compatible server over the prunex runtime (pruned K/V cache, continuous batching). "
@@ -262,11 +275,11 @@ def create_app(load: Callable[[], ServedModel], settings: ServeSettings | None =
 
     @app.post("/tokenize", response_model=p.TokenizeResponse, responses=ERRORS)
     async def tokenize(body: p.TokenizeRequest):
-        return serving().tokenize(body)
+        return await serving().tokenize(body)
 
     @app.post("/detokenize", response_model=p.DetokenizeResponse, responses=ERRORS)
     async def detokenize(body: p.DetokenizeRequest):
-        return serving().detokenize(body)
+        return await serving().detokenize(body)
 
     @app.get("/tokenizer_info", response_model=p.TokenizerInfo, responses=ERRORS)
     async def tokenizer_info():
@@ -293,6 +306,8 @@ def create_app(load: Callable[[], ServedModel], settings: ServeSettings | None =
             return JSONResponse({"error": {"code": 503, "message": message, "type": "unavailable_error"}},
                                 status_code=503)
         return p.Health()
+
+    app.head("/health", include_in_schema=False)(health)  # load balancers probe with HEAD
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **ERRORS})
     async def prometheus_metrics():

@@ -1,8 +1,9 @@
 """The HTTP protocol of `prunex serve`: pydantic models in OpenAI's shapes and field order.
 
-Requests forbid unknown fields, as OpenAI does. Fields OpenAI has and prunex does not implement are accepted
-only at their neutral value (a clear 400 otherwise, from the serving code). prunex's own fields and routes
-carry `x-prunex-extension: true` in the OpenAPI document.
+Requests forbid unknown fields, as OpenAI does, and are strict: an integer field takes only a JSON integer and
+a boolean only true / false (`14622.0` or `true` as a token id is a 400, not a silent conversion). Fields
+OpenAI has and prunex does not implement are accepted only at their neutral value (a clear 400 otherwise, from
+the serving code). prunex's own fields and routes carry `x-prunex-extension: true` in the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def extension(description: str, **kw):
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- errors -----------------------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ class TextPart(Request):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, list[TextPart]]

@@ -9,7 +9,10 @@
 
 Requests join the running batch at step boundaries (continuous batching) up to `max_batch` rows; past that
 they wait inside the generator; past `max_batch + max_queue` accepted jobs, `submit` raises QueueFull at once
-(the route answers 503 with Retry-After), never a hang. Every engine call (prefill, decode, prompt scoring)
+(the route answers 503 with Retry-After), never a hang; a request with more jobs than that could ever hold
+raises NeverFits (400). Prompts are prefilled one chunk (`prefill_chunk` tokens) per step between decode
+steps, and so are score-only prompts, taking turns with them: a long prompt delays running streams by one
+chunk's time per token, not by its whole prefill. Every engine call (prefill, decode, prompt scoring)
 runs on the scheduler's thread; the event loop only awaits its per-request asyncio queue, so it is never
 blocked by a model step. torch is set to one thread in the scheduler's thread, the only one that runs torch.
 """
@@ -26,10 +29,11 @@ from dataclasses import dataclass, field
 import torch
 
 from prunex.errors import PrunexError
+from prunex.runtime.engine import PromptRun
 from prunex.runtime.generator import Completion, StepEvent
 from prunex.runtime.runtime import Runtime
 from prunex.runtime.sampling import SamplingParams
-from prunex.runtime.scoring import PromptLogprobs, score_prompt
+from prunex.runtime.scoring import PromptLogprobs
 from prunex.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,10 @@ log = logging.getLogger(__name__)
 
 class QueueFull(PrunexError):
     """The batch and the wait queue are full: retry later."""
+
+
+class NeverFits(PrunexError):
+    """A request with more jobs than the batch and the wait queue hold together: it could never be accepted."""
 
 
 @dataclass
@@ -102,13 +110,19 @@ class _Running:
 class Scheduler:
     """Owns one Generator over `runtime` and runs it on a thread of its own."""
 
-    def __init__(self, runtime: Runtime, max_batch: int, max_queue: int, metrics: Metrics) -> None:
+    def __init__(self, runtime: Runtime, max_batch: int, max_queue: int, metrics: Metrics,
+                 prefill_chunk: int | None = None) -> None:
         self.runtime, self.max_batch, self.max_queue, self.metrics = runtime, max_batch, max_queue, metrics
+        if prefill_chunk is not None:
+            runtime.engine.prefill_chunk = prefill_chunk
         self.generator = runtime.generator()
+        self.generator.prefill_budget = runtime.engine.prefill_chunk  # one prompt chunk per step
         self._lock = threading.Condition()
         self._inbox: deque[tuple[str, Ticket]] = deque()
         self._accepted = 0  # jobs submitted and not finished (waiting, scoring or running)
-        self._scoring: deque[tuple[Ticket, Job]] = deque()
+        self._scoring: deque[tuple[Ticket, Job]] = deque()  # score-only jobs, the first one being run
+        self._score_run: PromptRun | None = None  # the first scoring job's run, part-way
+        self._score_turn = False  # scoring and generation prompts take turns for the step's one chunk
         self._requests: dict[int, _Running] = {}  # generator request id -> its job
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="prunex-scheduler", daemon=True)
@@ -116,6 +130,10 @@ class Scheduler:
     # --- called from the event loop ----------------------------------------------------------------------
     def submit(self, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> Ticket:
         """Accept a request's jobs, or raise QueueFull at once when the batch and the wait queue are full."""
+        if len(jobs) > self.max_batch + self.max_queue:
+            raise NeverFits(f"{len(jobs)} prompts in one request can never fit this server's {self.max_batch} "
+                            f"running + {self.max_queue} waiting requests: send at most "
+                            f"{self.max_batch + self.max_queue} at a time")
         with self._lock:
             if self._accepted + len(jobs) > self.max_batch + self.max_queue:
                 raise QueueFull(f"the server is full ({self.max_batch} running, {self.max_queue} waiting): retry "
@@ -158,10 +176,12 @@ class Scheduler:
             try:
                 for action, ticket in inbox:
                     self._add(ticket) if action == "add" else self._cancel(ticket)
-                if self._scoring:
-                    self._score(*self._scoring.popleft())  # one prompt between decode steps
+                score = bool(self._scoring) and (self._score_turn or not self.generator.prefilling)
+                if score:
+                    self._score_chunk()
+                self._score_turn = not score
                 if not self.generator.is_done():
-                    self._step()
+                    self._step(prefill=not score)
                 self._observe()
             except Exception as err:  # a bug here must not leave clients waiting forever
                 log.exception("the scheduler loop failed; failing the requests in flight")
@@ -192,21 +212,33 @@ class Scheduler:
             return
         self._requests[rid] = _Running(ticket, job)
 
-    def _score(self, ticket: Ticket, job: Job) -> None:
-        """A score-only job: one pass of its prompt, outside the batch and the cache."""
+    def _score_chunk(self) -> None:
+        """One chunk of the first score-only job: a pass of its prompt outside the batch and the cache."""
+        ticket, job = self._scoring[0]
         try:
-            score = score_prompt(self.runtime.engine, job.prompt, job.params.prompt_logprobs or 0)
+            if self._score_run is None:
+                self._score_run = self.runtime.engine.prompt_run(job.prompt, score_top=job.params.prompt_logprobs or 0)
+            self._score_run.advance()
+            if not self._score_run.done:
+                return
+            score = self._score_run.scorer.result()
         except Exception as err:  # onnxruntime raises its own types: the request fails, the server goes on
             log.exception("scoring a prompt failed")
+            self._end_scoring()
             self._deliver(ticket, Failed(job.index, err))
             return
+        self._end_scoring()
         self.metrics.prompt_tokens.inc(len(job.prompt))
-        self._deliver(ticket, Scored(job.index, score.logprobs))
+        self._deliver(ticket, Scored(job.index, score))
         self._deliver(ticket, Finished(job.index, None))
 
-    def _step(self) -> None:
+    def _end_scoring(self) -> None:
+        self._scoring.popleft()
+        self._score_run = None
+
+    def _step(self, prefill: bool) -> None:
         try:
-            events = self.generator.step()
+            events = self.generator.step(prefill)
         except Exception as err:  # a failed decode step fails the running requests, not the server
             log.exception("a decode step failed")
             for rid in list(self._requests):
@@ -254,6 +286,7 @@ class Scheduler:
             self._deliver(ticket, Failed(job.index, error))
         self._requests.clear()
         self._scoring.clear()
+        self._score_run = None
         self.generator.close()
 
     def _cancel(self, ticket: Ticket) -> None:
@@ -263,6 +296,8 @@ class Scheduler:
         for rid in [rid for rid, r in self._requests.items() if r.ticket is ticket]:
             self._drop(rid, PrunexError("cancelled: the client went away"))
         for entry in [e for e in self._scoring if e[0] is ticket]:
+            if entry is self._scoring[0]:
+                self._score_run = None  # its part-way run goes with it
             self._scoring.remove(entry)
             self._deliver(ticket, Failed(entry[1].index, PrunexError("cancelled: the client went away")))
 

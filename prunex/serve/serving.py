@@ -1,5 +1,9 @@
 """The serving logic between the routes and the scheduler: requests checked and turned into jobs, the jobs'
 items turned into OpenAI responses or server-sent-event chunks. Bad input is refused here, before the engine.
+
+Tokenizer work (encoding prompts, decoding ids, building logprobs answers) runs on a small pool of worker
+threads, never on the event loop, so `/health` and every stream go on while a large prompt is tokenized; text
+longer than `max_prompt_chars` or not valid Unicode (a lone surrogate) is refused before any tokenizer sees it.
 """
 
 from __future__ import annotations
@@ -8,7 +12,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prunex.errors import PrunexError
@@ -18,10 +23,12 @@ from prunex.runtime.runtime import Runtime
 from prunex.runtime.sampling import SamplingParams
 from prunex.runtime.scoring import PromptLogprobs
 from prunex.serve import protocol as p
-from prunex.serve.scheduler import Failed, Finished, Job, QueueFull, Scheduler, Scored, Ticket, Token
+from prunex.serve.scheduler import Failed, Finished, Job, NeverFits, QueueFull, Scheduler, Scored, Ticket, Token
 
 RETRY_AFTER_SECONDS = 1
 DISCONNECT_POLL_SECONDS = 0.5
+TOKENIZER_THREADS = 2  # tokenizer calls run at once, off the event loop (the rest wait their turn)
+CHARS_PER_CONTEXT_TOKEN = 16  # the default text limit: this many characters per token of the model's context
 
 
 class ServeError(Exception):
@@ -74,8 +81,18 @@ def _unsupported(condition: bool, param: str, what: str) -> None:
 class Serving:
     """Completions, chat completions, tokenizer routes and classification over one served model."""
 
-    def __init__(self, model: ServedModel, scheduler: Scheduler | None) -> None:
+    def __init__(self, model: ServedModel, scheduler: Scheduler | None, max_prompt_chars: int | None = None) -> None:
         self.model, self.scheduler = model, scheduler
+        # text longer than this is refused untokenized (no prompt that fits the context is anywhere near it)
+        self.max_prompt_chars = max_prompt_chars or CHARS_PER_CONTEXT_TOKEN * (model.context or 8192)
+        self._tokenizer_pool = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="prunex-tokenizer")
+
+    def close(self) -> None:
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def off_loop(self, work: Callable, *args):
+        """`work(*args)` on a tokenizer thread; the event loop awaits it."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, work, *args)
 
     # --- checks ------------------------------------------------------------------------------------------
     def check_model(self, name: str | None, required: bool = True) -> None:
@@ -84,6 +101,20 @@ class Serving:
         if name != self.model.name:
             raise ServeError(404, f"the model {name!r} does not exist; this server runs {self.model.name!r}",
                              param="model", code="model_not_found")
+
+    def check_text(self, text: str, param: str) -> None:
+        """Refuse text over the character limit or not encodable as UTF-8 (lone surrogates), before tokenizing."""
+        if len(text) > self.max_prompt_chars:
+            raise ServeError(400, f"{param}: {len(text)} characters is over this server's limit of "
+                             f"{self.max_prompt_chars} ({CHARS_PER_CONTEXT_TOKEN} per token of the model's context, "
+                             "or `prunex serve --max-prompt-chars`): no such text fits the context",
+                             param=param, code="prompt_too_long")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ServeError(400, f"{param}: the text is not valid Unicode ({err.reason}: "
+                             f"{err.object[err.start:err.end]!r} at character {err.start})", param=param,
+                             code="invalid_text") from None
 
     def _runtime(self) -> Runtime:
         if self.model.runtime is None:
@@ -137,9 +168,11 @@ class Serving:
         except QueueFull as err:
             raise ServeError(503, str(err), type="server_overloaded", code="queue_full",
                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        except NeverFits as err:
+            raise ServeError(400, str(err), param="prompt", code="too_many_prompts") from None
 
     # --- jobs --------------------------------------------------------------------------------------------
-    def completion_jobs(self, req: p.CompletionRequest) -> tuple[list[Job], list[str]]:
+    async def completion_jobs(self, req: p.CompletionRequest) -> tuple[list[Job], list[str]]:
         """One job per prompt (a string, strings, token ids, or lists of token ids), and the prompts' texts."""
         self._check_common(req)
         runtime = self._runtime()
@@ -153,23 +186,33 @@ class Serving:
                              param="max_tokens")
         scored = req.logprobs if req.echo else None  # the prompt's logprobs come with the echo
         params = self._params(req, max_tokens, req.logprobs, scored)
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                self.check_text(prompt, "prompt")
+            else:
+                self._check_prompt(prompt, max_tokens)  # before any decoding work
+
+        def tokenized() -> list[tuple[list[int], str]]:
+            return [(runtime.encode(x), x) if isinstance(x, str) else (x, runtime.tokenizer.decode(x))
+                    for x in prompts]
+
         jobs, texts = [], []
-        for index, prompt in enumerate(prompts):
-            ids = runtime.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        for index, (ids, text) in enumerate(await self.off_loop(tokenized)):
             self._check_prompt(ids, max_tokens)
-            jobs.append(Job(index, ids, params, generate=max_tokens > 0))
-            texts.append(prompt if isinstance(prompt, str) else runtime.tokenizer.decode(ids))
+            jobs.append(Job(index, list(ids), params, generate=max_tokens > 0))
+            texts.append(text)
         return jobs, texts
 
-    def chat_job(self, req: p.ChatCompletionRequest) -> Job:
+    async def chat_job(self, req: p.ChatCompletionRequest) -> Job:
         self._check_common(req)
         runtime = self._runtime()
         _unsupported(bool(req.logprobs) or req.top_logprobs is not None, "logprobs",
                      "not supported for chat (use /v1/completions with logprobs)")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
+        self.check_text("".join(m["content"] for m in messages), "messages")
         try:
-            ids = runtime.encode(messages)
+            ids = await self.off_loop(runtime.encode, messages)
         except PrunexError as err:
             raise ServeError(400, str(err), param="messages") from None
         except Exception as err:  # a chat template may raise anything (jinja's TemplateError, ...)
@@ -257,11 +300,14 @@ class Serving:
 
     # --- completions -------------------------------------------------------------------------------------
     async def completion(self, req: p.CompletionRequest, is_disconnected) -> p.Completion:
-        jobs, texts = self.completion_jobs(req)
+        jobs, texts = await self.completion_jobs(req)
         ticket = self._submit(jobs)
         choices = [_Choice(job.prompt) for job in jobs]
         async for item in self.items(ticket, is_disconnected):
             self._record(choices[item.index], item)
+        return await self.off_loop(self._completion, req, choices, texts)  # logprobs decode every token
+
+    def _completion(self, req: p.CompletionRequest, choices: list[_Choice], texts: list[str]) -> p.Completion:
         result = []
         for index, (choice, prompt_text) in enumerate(zip(choices, texts)):
             generated = choice.completion.text if choice.completion else ""
@@ -275,7 +321,7 @@ class Serving:
 
     async def completion_stream(self, req: p.CompletionRequest, is_disconnected) -> AsyncIterator[str]:
         """Checks and submits now (errors become the HTTP answer); returns the SSE data lines' iterator."""
-        jobs, texts = self.completion_jobs(req)
+        jobs, texts = await self.completion_jobs(req)
         ticket = self._submit(jobs)
         return self._completion_chunks(req, jobs, texts, ticket, is_disconnected)
 
@@ -299,7 +345,7 @@ class Serving:
                 return
             scored_now = isinstance(item, Scored) or (isinstance(item, Token) and item.event.prompt_logprobs)
             if scored_now and req.echo and req.logprobs is not None:
-                prompt_only = self._logprobs(choice, True, 0, tokens_from=len(choice.tokens))
+                prompt_only = await self.off_loop(self._logprobs, choice, True, 0, len(choice.tokens))
                 yield chunk(item.index, texts[item.index], None, prompt_only)
             if isinstance(item, Token):
                 logprobs = None
@@ -317,7 +363,7 @@ class Serving:
 
     # --- chat --------------------------------------------------------------------------------------------
     async def chat(self, req: p.ChatCompletionRequest, is_disconnected) -> p.ChatCompletion:
-        job = self.chat_job(req)
+        job = await self.chat_job(req)
         ticket = self._submit([job])
         choice = _Choice(job.prompt)
         async for item in self.items(ticket, is_disconnected):
@@ -329,7 +375,7 @@ class Serving:
                                 usage=self._usage([choice]))
 
     async def chat_stream(self, req: p.ChatCompletionRequest, is_disconnected) -> AsyncIterator[str]:
-        job = self.chat_job(req)
+        job = await self.chat_job(req)
         ticket = self._submit([job])
         return self._chat_chunks(req, job, ticket, is_disconnected)
 
@@ -362,19 +408,24 @@ class Serving:
         source = self.model.runtime or self.model.classifier
         return source.tokenizer
 
-    def tokenize(self, req: p.TokenizeRequest) -> p.TokenizeResponse:
+    async def tokenize(self, req: p.TokenizeRequest) -> p.TokenizeResponse:
         self.check_model(req.model, required=False)
-        ids = self._tokenizer()(req.prompt, add_special_tokens=req.add_special_tokens is not False)["input_ids"]
+        self.check_text(req.prompt, "prompt")
+        tokenizer, special = self._tokenizer(), req.add_special_tokens is not False
+        ids = (await self.off_loop(lambda: tokenizer(req.prompt, add_special_tokens=special)))["input_ids"]
         return p.TokenizeResponse(count=len(ids), max_model_len=self.model.context, tokens=ids)
 
-    def detokenize(self, req: p.DetokenizeRequest) -> p.DetokenizeResponse:
+    async def detokenize(self, req: p.DetokenizeRequest) -> p.DetokenizeResponse:
         self.check_model(req.model, required=False)
         tokenizer = self._tokenizer()
+        if len(req.tokens) > self.max_prompt_chars:
+            raise ServeError(400, f"tokens: {len(req.tokens)} ids is over this server's limit of "
+                             f"{self.max_prompt_chars}", param="tokens", code="prompt_too_long")
         size = len(tokenizer)
         bad = next((t for t in req.tokens if t >= size), None)
         if bad is not None:
             raise ServeError(400, f"token id {bad} is outside the vocabulary (0..{size - 1})", param="tokens")
-        return p.DetokenizeResponse(prompt=tokenizer.decode(req.tokens))
+        return p.DetokenizeResponse(prompt=await self.off_loop(tokenizer.decode, req.tokens))
 
     def tokenizer_info(self) -> p.TokenizerInfo:
         t = self._tokenizer()
