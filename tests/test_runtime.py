@@ -78,6 +78,41 @@ def test_rows_join_mid_flight_and_finish_early(runtime):
     assert runtime.engine.rows == 0  # every row left the cache
 
 
+def test_a_prefill_budget_feeds_a_long_prompt_between_decode_steps(runtime):
+    # the server's schedule: one 16-token chunk a step; the running row decodes a token every step meanwhile,
+    # and both end with the tokens each gets alone
+    runtime.engine.prefill_chunk = 16
+    short, long = _ids(runtime)[1], _ids(runtime)[0] * 4  # 3 and 212 tokens
+    params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+    alone = [runtime.generate([p], params)[0].token_ids for p in (short, long)]
+    gen = runtime.generator()
+    gen.prefill_budget = 16
+    first = gen.add_request(short, params)
+    gen.step()
+    second = gen.add_request(long, params)
+    steps_to_join = 0
+    while gen.running < 2:
+        events = gen.step()
+        steps_to_join += 1
+        assert [e.request_id for e in events][:1] == [first]  # the running row got its token this step
+    assert steps_to_join == -(-len(long) // 16)  # one chunk a step
+    assert runtime.engine.rows == 2
+    while not gen.is_done():
+        gen.step()
+    assert [gen.result(i).token_ids for i in (first, second)] == alone
+
+
+def test_a_request_cancelled_mid_prefill_leaves_nothing(runtime):
+    runtime.engine.prefill_chunk = 16
+    gen = runtime.generator()
+    gen.prefill_budget = 16
+    rid = gen.add_request(_ids(runtime)[0] * 4, GREEDY)
+    gen.step()
+    assert gen.prefilling and gen.waiting == 1 and runtime.engine.rows == 0
+    gen.cancel(rid)
+    assert gen.is_done() and not gen.prefilling and gen.result(rid).finish_reason == "cancelled"
+
+
 def test_seeds_make_sampling_reproducible(runtime):
     prompt = _ids(runtime)[0]
     params = SamplingParams(max_new_tokens=12, temperature=1.5, top_k=50, top_p=0.95, seed=7, ignore_eos=True)

@@ -101,3 +101,27 @@ def test_prompt_logprobs_come_from_the_prefill_and_equal_scoring(exported):  # n
     assert np.allclose(done.prompt_logprobs.token_logprobs, scored.token_logprobs, atol=1e-6)
     assert [[t for t, _ in top] for top in done.prompt_logprobs.top_logprobs] == [
         [t for t, _ in top] for top in scored.top_logprobs]
+
+
+def test_scoring_a_long_prompt_never_holds_a_vocabulary_row_per_token(exported):  # noqa: F811
+    # the figures equal a full log-softmax over every position, but numpy never holds (T, vocab) at once (the
+    # peak is measured without top-k: with this 257-token vocabulary its Python tuples would dominate)
+    import tracemalloc
+
+    from prunex.runtime.scoring import prompt_logprobs
+
+    runtime = _runtime(exported)
+    prompt = (runtime.encode(TEXTS[0]) * 40)[:1500]
+    logits, _ = runtime.engine.run_prompt(prompt, all_logits=True)  # (T, vocab)
+    full = prompt_logprobs(logits, prompt, top=3)
+    vocab_rows = len(prompt) * logits.shape[1] * 8  # bytes of (T, vocab) float64
+    del logits
+    tracemalloc.start()
+    plain = score_prompt(runtime.engine, prompt).logprobs
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    scored = score_prompt(runtime.engine, prompt, top=3).logprobs
+    assert np.allclose(plain.token_logprobs, full.token_logprobs, atol=1e-6)
+    assert np.allclose(scored.token_logprobs, full.token_logprobs, atol=1e-6)
+    assert [[t for t, _ in top] for top in scored.top_logprobs] == [[t for t, _ in top] for top in full.top_logprobs]
+    assert peak < vocab_rows / 4, (peak, vocab_rows)
