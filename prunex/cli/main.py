@@ -466,8 +466,9 @@ def serve(
                                          "an --attention-scores export)."),
     kv_tokens: Optional[int] = typer.Option(None, min=1, help="The policy's budget: cached tokens per layer and "
                                             "request."),
-    prefill_chunk: int = typer.Option(256, min=16, help="Prompt tokens prefilled between two decode steps: a long "
-                                      "prompt delays running streams by one chunk's time per token."),
+    prefill_chunk: int = typer.Option(256, min=0, help="Prompt tokens prefilled between two decode steps: a long "
+                                      "prompt delays running streams by one chunk's time per token (0: each "
+                                      "prompt whole, the longest stalls)."),
     max_prompt_chars: Optional[int] = typer.Option(None, min=1, help="Longer prompt text is refused (400) before "
                                                    "tokenizing (default: 16 x the model's context)."),
 ) -> None:
@@ -556,17 +557,34 @@ def bench_serve_command(
     threads: int = typer.Option(2, min=1, help="The server's ONNX Runtime threads."),
     repeats: int = typer.Option(1, min=1, help="Rounds, the engines in turn in each (medians; use 2-3 on a noisy "
                                 "machine)."),
+    chaos: bool = typer.Option(False, "--chaos", help="Instead of the load test: what one hostile request does to "
+                               "the others (a long prompt beside a stream, prompt scoring's memory, bad input, a "
+                               "disconnect storm), with whole-prompt and chunked prefill side by side."),
+    long_prompt: int = typer.Option(8000, min=16, help="--chaos: tokens of the long prompt."),
+    prefill_chunk: int = typer.Option(256, min=16, help="--chaos: the chunked server's --prefill-chunk."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
 ) -> None:
     """Load test of `prunex serve`: N concurrent streaming clients, the pruned export vs the dense export behind
-    the same server, side by side: requests/s, tokens/s, TTFT and inter-token latency p50/p95, peak RSS, errors."""
+    the same server, side by side: requests/s, tokens/s, TTFT and inter-token latency p50/p99, peak RSS, errors.
+    With --chaos: the hostile-client run instead."""
+    progress = lambda line: typer.echo(line, err=True)  # noqa: E731
+    if chaos:
+        from prunex.bench import serve_chaos
+
+        config = serve_chaos.ChaosConfig(long_prompt_tokens=long_prompt, prefill_chunk=prefill_chunk,
+                                         threads=threads)
+        report = serve_chaos.bench_chaos(source, config, progress=progress)
+        if out is not None:
+            out.write_text(json.dumps(report, indent=2) + "\n")
+        typer.echo(json.dumps(report) if as_json else serve_chaos.markdown(report))
+        return
     from prunex.bench.serve import ServeBenchConfig, bench_serve, markdown
 
     config = ServeBenchConfig(clients=list(clients), requests=requests, max_tokens=max_tokens,
                               prompt_lengths=list(prompt_length), threads=threads, max_batch=max_batch,
                               repeats=repeats)
-    report = bench_serve(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
+    report = bench_serve(source, baseline, config, progress=progress)
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")
     typer.echo(json.dumps(report) if as_json else markdown(report))

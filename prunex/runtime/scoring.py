@@ -18,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     from prunex.runtime.engine import DecoderEngine
 
-SOFTMAX_ROWS = 64  # positions whose float64 log-softmax is held at once (64 x 49152 x 8 bytes = 25 MB)
+SOFTMAX_ROWS = 16  # positions whose float64 log-softmax is held at once (16 x 49152 x 8 bytes = 6 MB)
 
 
 @dataclass

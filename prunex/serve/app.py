@@ -64,7 +64,8 @@ class ServeSettings:
     max_body_bytes: int = 8 * 2**20  # larger request bodies get 413
     body_timeout: float = 10.0  # seconds a client may take to send its whole body; past it: 408, connection closed
     max_prompt_chars: int | None = None  # longer text is refused untokenized (None: 16 x the model's context)
-    prefill_chunk: int = 256  # prompt tokens prefilled between two decode steps (bounds a stream's stall)
+    prefill_chunk: int = 256  # prompt tokens prefilled between two decode steps (bounds a stream's stall);
+    # 0: each prompt whole before the next step (the most throughput for offline batches, the longest stalls)
 
 
 def load_served_model(source: str | None, device: str = "auto", threads: int | None = None,

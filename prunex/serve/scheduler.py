@@ -113,10 +113,10 @@ class Scheduler:
     def __init__(self, runtime: Runtime, max_batch: int, max_queue: int, metrics: Metrics,
                  prefill_chunk: int | None = None) -> None:
         self.runtime, self.max_batch, self.max_queue, self.metrics = runtime, max_batch, max_queue, metrics
-        if prefill_chunk is not None:
-            runtime.engine.prefill_chunk = prefill_chunk
         self.generator = runtime.generator()
-        self.generator.prefill_budget = runtime.engine.prefill_chunk  # one prompt chunk per step
+        if prefill_chunk:  # one prompt chunk per step; 0 or None: each prompt whole before the next step
+            runtime.engine.prefill_chunk = prefill_chunk
+            self.generator.prefill_budget = prefill_chunk
         self._lock = threading.Condition()
         self._inbox: deque[tuple[str, Ticket]] = deque()
         self._accepted = 0  # jobs submitted and not finished (waiting, scoring or running)
