@@ -115,12 +115,28 @@ class _Blocks:
         weights = self._norm_weights(name, norm)
         if self.spec.norm == "layer":
             return g.op("LayerNormalization", x, *weights, axis=-1, epsilon=eps)
-        # RMSNorm in plain ops (opset 17 has none); ONNX Runtime fuses it into SimplifiedLayerNormalization
+        return self._rms(x, weights[0])
+
+    def _rms(self, x: str, gamma: str) -> str:
+        """RMSNorm over the last axis in plain ops (opset 17 has none); ONNX Runtime fuses it into
+        SimplifiedLayerNormalization."""
+        g = self.g
         square = g.op("Mul", x, x)
         mean_square = (g.op("ReduceMean", square, g.const([-1]), keepdims=1) if self.opset >= 18  # axes an input
                        else g.op("ReduceMean", square, axes=[-1], keepdims=1))
-        inverse = g.op("Reciprocal", g.op("Sqrt", g.op("Add", mean_square, g.const(eps, np.float32))))
-        return g.op("Mul", g.op("Mul", x, inverse), weights[0])
+        inverse = g.op("Reciprocal", g.op("Sqrt", g.op("Add", mean_square, g.const(self.spec.norm_eps, np.float32))))
+        return g.op("Mul", g.op("Mul", x, inverse), gamma)
+
+    def head_norms(self, name: str, qkv: str, norms: tuple[Norm, Norm], heads: int, kv_heads: int, D: int) -> str:
+        """Packed q|k|v (B, S, (H + 2 KV) D) with each head of q and k RMS-normed (Qwen3), packed again."""
+        g = self.g
+        q, k, v = g.op("Split", qkv, g.const([heads * D, kv_heads * D, kv_heads * D]), axis=-1, outputs=3)
+        normed = []
+        for part, norm, count, tag in ((q, norms[0], heads, "q"), (k, norms[1], kv_heads, "k")):
+            per_head = g.op("Reshape", part, g.const([0, 0, count, D]))  # (B, S, count, D)
+            gamma = g.weight(f"{name}.{tag}_norm.gamma", _np(norm.gamma))
+            normed.append(g.op("Reshape", self._rms(per_head, gamma), g.const([0, 0, count * D])))
+        return g.op("Concat", *normed, v, axis=-1)
 
     def skip_norm(self, name: str, norm: Norm, x: str, residual: str) -> tuple[str, str]:
         """(normed residual + x, residual + x): the residual add fused into the next norm."""
@@ -185,6 +201,8 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
             qkv, q_int, k_int = g.op("Split", blocks.linear(f"{name}.qkv", x, projection, bias),
                                      g.const([(H + 2 * KV) * D, r, r]), axis=-1,
                                      outputs=[f"{name}.qkv", f"{name}.q_int", m.name(m.new_kint, layer)])
+        if weights.head_norms is not None:
+            qkv = blocks.head_norms(f"{name}.head", qkv, weights.head_norms, H, KV, D)
         if policy is None:  # the valid slots, the same for every query (causality is the attention's)
             keep = m.name(m.past["valid"], layer)  # (B, 1, W)
         else:

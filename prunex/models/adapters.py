@@ -1,7 +1,9 @@
 """Per-architecture adapters: how prunex reads the pieces of a causal LM's layers.
 
 prunex runs its own layer loop (so that the KV cache can lose tokens per layer and per row); an adapter
-exposes the pieces of one family in a common shape. Adapters are registered by Hugging Face `model_type`.
+exposes the pieces of one family in a common shape. Adapters are registered by Hugging Face `model_type`: the
+Llama-like families (llama, mistral, qwen2) and GPT-2 here, the families that differ from Llama in a few pieces
+in `prunex/models/families/`, one small file each.
 """
 
 from __future__ import annotations
@@ -26,12 +28,19 @@ def register_decoder(*model_types: str) -> Callable[[type[DecoderAdapter]], type
 
 def supported_decoder_types() -> list[str]:
     """The model types prunex can prune, sorted."""
+    _register_families()
     return DECODERS.supported()
 
 
 def decoder_adapter(model: torch.nn.Module) -> DecoderAdapter:
     """The registered adapter for `model`, or a clear error naming the supported families."""
+    _register_families()
     return DECODERS.adapter(model)
+
+
+def _register_families() -> None:
+    """Import the families that live in files of their own (`prunex.models.families`): they register."""
+    import prunex.models.families  # noqa: F401
 
 
 class DecoderAdapter(ABC):
@@ -92,13 +101,30 @@ def _bias(module: torch.nn.Module) -> Tensor | None:
     return None if getattr(module, "bias", None) is None else module.bias.detach()
 
 
-@register_decoder("llama")
+def _sliding_window(config) -> int | None:
+    """The attention window of a config whose layers (some or all) attend to a sliding window, else None."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return None
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return window if window is not None and window < config.max_position_embeddings else None
+
+
+@register_decoder("llama", "mistral", "qwen2")
 class LlamaAdapter(DecoderAdapter):
-    """Llama-like: RMSNorm, RoPE, grouped-query attention, gated MLP (SmolLM2, Llama 2/3)."""
+    """Llama-like: RMSNorm, RoPE (any scaling transformers computes ahead, Llama 3's included), grouped-query
+    attention with optional q/k/v biases (Qwen2), gated SiLU MLP: SmolLM2, Llama 2/3, Mistral, Qwen2/2.5.
+    Families with other projections or extra norms subclass it (`families/`)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
         config = model.config
+        window = _sliding_window(config)
+        if window is not None:
+            raise PrunexError(f"{config.model_type} with sliding-window attention ({window} tokens) is not supported "
+                              "yet: prunex's layer loop and graph attend to the whole (pruned) cache")
         self.layers = model.model.layers
         self.num_layers = config.num_hidden_layers
         self.num_heads = config.num_attention_heads
@@ -115,14 +141,24 @@ class LlamaAdapter(DecoderAdapter):
     def attention_input(self, layer: int, hidden: Tensor) -> Tensor:
         return self.layers[layer].input_layernorm(hidden)
 
+    def projections(self, layer: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, d) -> q (B, T, H*D), k and v (B, T, KV*D), before any per-head norm or RoPE."""
+        attn = self.layers[layer].self_attn
+        return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+
+    def head_norms(self, layer: int) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+        """RMSNorms over each head's q and k before RoPE (Qwen3), or None."""
+        return None
+
     def qkv(self, layer: int, x: Tensor, positions: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        attn = self.layers[layer].self_attn
         B, T, _ = x.shape
-        q = attn.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = attn.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
-        v = attn.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        q, k, v = (t.view(B, T, -1, self.head_dim) for t in self.projections(layer, x))  # (B, T, heads, D)
+        norms = self.head_norms(layer)
+        if norms is not None:
+            q, k = norms[0](q), norms[1](k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # q (B, H, T, D), k / v (B, KV, T, D)
         cos, sin = positions
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         return q, k, v
@@ -140,34 +176,52 @@ class LlamaAdapter(DecoderAdapter):
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.lm_head(self.model.model.norm(hidden))
 
+    def packed_qkv(self, layer: int) -> tuple[Tensor, Tensor | None]:
+        """The [q | k | v] projection as (d, (H + 2 KV) D) and its bias."""
+        attn = self.layers[layer].self_attn
+        q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
+        biases = [_bias(m) for m in (q, k, v)]
+        return torch.cat([_weight(q), _weight(k), _weight(v)], dim=1), None if biases[0] is None else torch.cat(biases)
+
+    def packed_up(self, layer: int) -> tuple[Tensor, Tensor | None]:
+        """The [gate | up] projection as (d, 2I) and its bias."""
+        mlp = self.layers[layer].mlp
+        bias = None if mlp.up_proj.bias is None else torch.cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)])
+        return torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)], dim=1), bias
+
+    def rotary_tables(self) -> tuple[Tensor, Tensor]:
+        """cos, sin (P, D/2) for every position, as the model computes them (rope scaling included)."""
+        config, inner = self.model.config, self.model.model
+        positions = torch.arange(config.max_position_embeddings)[None]  # (1, P)
+        cos, sin = inner.rotary_emb(inner.embed_tokens.weight[:1, None].float(), positions)  # (1, P, D) each
+        half = cos.shape[-1] // 2
+        if 2 * half != self.head_dim:
+            raise PrunexError(f"the fused graph rotates whole heads; this {config.model_type} model rotates "
+                              f"{2 * half} of {self.head_dim} dims (partial rotary)")
+        return cos[0, :, :half].detach(), sin[0, :, :half].detach()
+
     def graph_spec(self) -> DecoderGraphSpec:
         config, inner = self.model.config, self.model.model
         if getattr(config, "hidden_act", "silu") != "silu":
             raise PrunexError(f"the fused graph builds SiLU-gated MLPs, not {config.hidden_act!r}")
-        positions = torch.arange(config.max_position_embeddings)[None]  # (1, P)
-        cos, sin = inner.rotary_emb(inner.embed_tokens.weight[:1, None].float(), positions)  # (1, P, D) each
-        half = self.head_dim // 2
         layers = []
         for layer, block in enumerate(self.layers):
             attn, mlp = block.self_attn, block.mlp
-            q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
-            biases = [_bias(m) for m in (q, k, v)]
+            qkv, qkv_bias = self.packed_qkv(layer)
+            up, up_bias = self.packed_up(layer)
+            norms = self.head_norms(layer)
             layers.append(LayerWeights(
                 attention_norm=Norm(block.input_layernorm.weight.detach()),
-                qkv=torch.cat([_weight(q), _weight(k), _weight(v)], dim=1),
-                qkv_bias=None if biases[0] is None else torch.cat(biases),
-                out=_weight(attn.o_proj), out_bias=_bias(attn.o_proj),
+                qkv=qkv, qkv_bias=qkv_bias, out=_weight(attn.o_proj), out_bias=_bias(attn.o_proj),
                 mlp_norm=Norm(block.post_attention_layernorm.weight.detach()),
-                up=torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)], dim=1),
-                up_bias=None if mlp.up_proj.bias is None else torch.cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)]),
-                down=_weight(mlp.down_proj), down_bias=_bias(mlp.down_proj),
+                up=up, up_bias=up_bias, down=_weight(mlp.down_proj), down_bias=_bias(mlp.down_proj),
                 scale=self.attention_scale(layer),
+                head_norms=None if norms is None else (Norm(norms[0].weight.detach()), Norm(norms[1].weight.detach())),
             ))
         return DecoderGraphSpec(
             norm="rms", norm_eps=float(config.rms_norm_eps), activation="silu_gated",
-            embed=inner.embed_tokens.weight.detach(), position_embed=None,
-            rotary=(cos[0, :, :half].detach(), sin[0, :, :half].detach()), layers=layers,
-            final_norm=Norm(inner.norm.weight.detach()),
+            embed=inner.embed_tokens.weight.detach(), position_embed=None, rotary=self.rotary_tables(),
+            layers=layers, final_norm=Norm(inner.norm.weight.detach()),
             lm_head=_weight(self.model.lm_head), lm_head_bias=_bias(self.model.lm_head),
         )
 

@@ -35,6 +35,7 @@ class LayerWeights:
     down: Tensor  # (I, d)
     down_bias: Tensor | None
     scale: float  # the factor on q.k
+    head_norms: tuple[Norm, Norm] | None = None  # RMSNorms (D,) over each head's q and k before RoPE (Qwen3)
 
 
 @dataclass

@@ -88,7 +88,37 @@ def _tiny_gpt2() -> torch.nn.Module:
     return GPT2LMHeadModel(config)
 
 
-TINY_MODELS: dict[str, Callable[[], torch.nn.Module]] = {"tiny-llama": _tiny_llama, "tiny-gpt2": _tiny_gpt2}
+def _tiny_family(model_type: str, **overrides) -> Callable[[], torch.nn.Module]:
+    """A builder of a tiny random model of another decoder family, the shape of tiny-llama (head dim 16)."""
+
+    def build() -> torch.nn.Module:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        shape = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                     tie_word_embeddings=True, bos_token_id=256, eos_token_id=256, pad_token_id=None)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **{**shape, **overrides}))
+        with torch.no_grad():  # norms start at 1 and biases at 0: random ones, so that a misplaced one shows
+            for name, parameter in model.named_parameters():
+                if "norm" in name:
+                    parameter.uniform_(0.5, 1.5)
+                elif name.endswith("bias"):
+                    parameter.normal_(0.0, 0.1)
+        return model
+
+    return build
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 256}  # scaled within the tiny context
+TINY_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
+    "tiny-llama": _tiny_llama, "tiny-gpt2": _tiny_gpt2,
+    "tiny-llama3": _tiny_family("llama", rope_parameters=LLAMA3_ROPE, tie_word_embeddings=False),
+    "tiny-qwen2": _tiny_family("qwen2"),  # biases on q, k, v
+    "tiny-qwen3": _tiny_family("qwen3"),  # RMSNorm on each head's q and k
+    "tiny-mistral": _tiny_family("mistral", sliding_window=None),
+    "tiny-phi3": _tiny_family("phi3", original_max_position_embeddings=2048),  # fused q|k|v and gate|up
+}
 PACKAGED = ("smollm2", "minilm")
 
 
