@@ -94,6 +94,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch's default
     device: str = "auto"  # auto (CUDA when there is a GPU) | cpu | cuda
+    save_every: float = 300.0  # seconds between saves of the resume state
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def train_ltp_command(
     min_tokens: int | None = None,
     device: str = "auto",
     resume: bool = False,
+    save_every: float = 300.0,
 ) -> None:
     """`prunex train --method ltp`: train stage(s) and print where the checkpoint went with its figures.
 
@@ -46,6 +47,7 @@ def train_ltp_command(
     from prunex.config import LTPConfig
     from prunex.data.labelled import load_labelled, task_max_length
     from prunex.train.ltp_trainer import STAGE_CHOICES, LTPTrainConfig, train_ltp
+    from prunex.train.parallel import launched_as_main
 
     if stage not in STAGE_CHOICES:
         raise PrunexError(f"--stage {stage!r} is not one of {', '.join(STAGE_CHOICES)}")
@@ -64,10 +66,13 @@ def train_ltp_command(
     config = LTPTrainConfig(
         model=model, task=task, stage=stage, max_length=min(context, task_max_length(task)),
         threshold_lr=defaults.threshold_lr if lr is None else lr, seed=seed, threads=threads, device=device,
+        save_every=save_every,
         **{name: getattr(defaults, name) if value is None else value for name, value in given.items()},
     )
     meta = train_ltp(config, out, LTPConfig(min_tokens=min_tokens) if min_tokens is not None else None,
                      resume=resume)
+    if not launched_as_main():
+        return
     last = meta.training["figures"][meta.training["stage"]]["validation"]
     typer.echo(
         f"wrote {out} ({meta.training['stage']} stage): validation accuracy {last['accuracy']:.4f}, "

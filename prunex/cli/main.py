@@ -25,8 +25,11 @@ def _clear_out(out: Path, force: bool, resume: bool = False) -> None:
     """Refuse a non-empty --out unless --force, which empties it (training writes into it as it goes), or
     --resume with the training state an interrupted run left there."""
     from prunex.export.folder import prepare_out
+    from prunex.train.parallel import launched_as_main
     from prunex.train.resume import STATE_FILE
 
+    if not launched_as_main():  # a data-parallel launch: the main process checks and prepares --out
+        return
     if not resume:
         prepare_out(out, force, clear=True)
         return
@@ -69,6 +72,7 @@ def train(
     resume: bool = typer.Option(
         False, help="Go on from the state an interrupted run saved in --out (every 5 minutes; same options)."
     ),
+    save_every: float = typer.Option(300.0, min=0.0, help="Seconds between saves of the resume state in --out."),
     task: str = typer.Option("bbc", help="ltp: bbc, rotten-tomatoes, or a text/label CSV or JSONL."),
     stage: str = typer.Option("all", help="ltp: base, soft, hard (--model: previous stage dir), all."),
     lam: Optional[float] = typer.Option(
@@ -88,9 +92,12 @@ def train(
     ),
     min_tokens: Optional[int] = typer.Option(None, min=1, help="ltp: tokens a row always keeps (4)."),
 ) -> None:
-    """Fine-tune a model so that it learns which tokens to drop; writes pruning.safetensors + pruning.json."""
+    """Fine-tune a model so that it learns which tokens to drop; writes pruning.safetensors + pruning.json.
+    Data-parallel on N processes when launched by `torchrun --nproc_per_node N -m prunex train ...` or
+    `accelerate launch`."""
     from prunex.config import DCPConfig, TrainConfig
     from prunex.train.dcp_trainer import train_dcp
+    from prunex.train.parallel import launched_as_main
 
     if method == "ltp":
         from prunex.cli.ltp_commands import train_ltp_command
@@ -99,7 +106,7 @@ def train(
             out=out, model="minilm" if model == "smollm2" else model, task=task, stage=stage, lam=lam, steps=steps,
             context=context, batch_size=batch_size, lr=lr, threads=threads, seed=seed, force=force,
             target_flops=target_flops, model_lr=model_lr, epochs=epochs, prune_epochs=prune_epochs, distill=distill,
-            min_tokens=min_tokens, device=device, prepare_out=_clear_out, resume=resume,
+            min_tokens=min_tokens, device=device, prepare_out=_clear_out, resume=resume, save_every=save_every,
         )
     if method != "dcp":
         raise PrunexError(f"--method {method!r} is not available; use dcp or ltp")
@@ -108,15 +115,17 @@ def train(
         method=method, model=model, text=text, steps=steps or 200, batch_size=batch_size or 1, context=context,
         lr=1e-3 if lr is None else lr,
         train=train_what, sparsity_weight=sparsity_weight, loss=loss, seed=seed, threads=threads, device=device,
+        save_every=save_every,
     )
     dcp = DCPConfig(
         interaction_dim=interaction_dim, init_bias=init_bias, sink_tokens=sinks, recent_tokens=recent
     )
     meta = train_dcp(config, dcp, out, resume=resume)
     figures = meta.training["figures"]["validation"]
-    typer.echo(
-        f"wrote {out}: validation perplexity {figures['perplexity']:.2f}, sparsity {figures['sparsity']:.3f}"
-    )
+    if launched_as_main():
+        typer.echo(
+            f"wrote {out}: validation perplexity {figures['perplexity']:.2f}, sparsity {figures['sparsity']:.3f}"
+        )
 
 
 @eval_app.command("ppl")

@@ -1,7 +1,8 @@
 """Training DCP interaction heads (optionally the whole model) with LM loss + sparsity loss.
 
 A run saves its state in the output dir every few minutes; `resume=True` goes on from there
-(`prunex.train.resume`)."""
+(`prunex.train.resume`). Launched on N processes (`torchrun`, `accelerate launch`) it trains data-parallel
+(`prunex.train.parallel`): the same checkpoint as one process for the same global batch."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from prunex.prune.dcp import DCPPolicy
 from prunex.prune.forward import run_full
 from prunex.prune.lm import PrunedLM
 from prunex.train.loop import batch_at, run_steps, shuffled_order
+from prunex.train.parallel import DataParallel
 from prunex.train.resume import TrainState
 
 
@@ -88,23 +90,39 @@ def _optimizer(lm: PrunedLM, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
-def _train_step(lm: PrunedLM, batch: torch.Tensor, alpha: float, config: TrainConfig,
+class _Objective(torch.nn.Module):
+    """What data parallelism wraps: the trained modules, and a forward that computes one step's loss."""
+
+    def __init__(self, lm: PrunedLM, config: TrainConfig) -> None:
+        super().__init__()
+        self.policy, self.base = lm.policy, lm.base.model  # registered: their gradients are averaged
+        self.lm, self.config = lm, config
+
+    def forward(self, batch: torch.Tensor, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """(B, context) ids -> quality loss + sparsity weight x mean keep probability, and its parts."""
+        lm, config = self.lm, self.config
+        result = lm.forward(batch, alpha=alpha)
+        loss_lm = lm_loss(result.logits, batch)
+        if config.loss == "distill":
+            with torch.no_grad():
+                dense_logits = run_full(lm.adapter, None, batch).logits
+            quality = distill_loss(result.logits, dense_logits)
+        else:
+            quality = loss_lm
+        loss = quality + config.sparsity_weight * result.mean_keep
+        return loss, {"loss": loss.item(), "lm_loss": loss_lm.item(), "kept": float(result.kept_fraction)}
+
+
+def _train_step(objective: torch.nn.Module, parallel: DataParallel, batch: torch.Tensor, alpha: float,
                 optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """One optimizer step on (B, context) ids: quality loss + sparsity weight x mean keep probability."""
-    result = lm.forward(batch, alpha=alpha)
-    loss_lm = lm_loss(result.logits, batch)
-    if config.loss == "distill":
-        with torch.no_grad():
-            dense_logits = run_full(lm.adapter, None, batch).logits
-        quality = distill_loss(result.logits, dense_logits)
-    else:
-        quality = loss_lm
-    loss = quality + config.sparsity_weight * result.mean_keep
+    """One optimizer step on this process's share of a batch; the figures are the whole batch's."""
+    loss, parts = objective(batch, alpha)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    parallel.backward(loss)
     optimizer.step()
-    return {"alpha": alpha, "loss": loss.item(), "perplexity": math.exp(loss_lm.item()),
-            "sparsity": 1 - result.kept_fraction}
+    parts = parallel.mean(parts)
+    return {"alpha": alpha, "loss": parts["loss"], "perplexity": math.exp(parts["lm_loss"]),
+            "sparsity": 1 - parts["kept"]}
 
 
 def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_progress: bool = True,
@@ -114,17 +132,19 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
     `resume`: go on from the state an interrupted run with the same settings saved in `out_dir` (none there:
     start from the beginning)."""
     _check(config)
-    device = torch_device(config.device)  # checked before the (slow) model load
+    parallel = DataParallel(torch_device(config.device))  # the device checked before the (slow) model load
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    lm = _pruned_model(config, dcp, device)
+    lm = _pruned_model(config, dcp, parallel.device)
     tokenizer = lm.tokenizer
     windows = token_windows(tokenizer, split_text(config.text, "train", config.seed), config.context)
     validation = token_windows(tokenizer, split_text(config.text, "validation", config.seed), config.context, 2)
     optimizer = _optimizer(lm, config)
+    objective = parallel.wrap(_Objective(lm, config))
+    parallel.share(range(config.batch_size))  # refuses a batch that does not split evenly, before any step
     order = shuffled_order(len(windows), config.seed)
-    saver = TrainState(out_dir, {**to_dict(config), "dcp": to_dict(dcp)})
+    saver = TrainState(out_dir, {**to_dict(config), "dcp": to_dict(dcp)}, every_s=config.save_every)
     state = saver.load() if resume else None
     state = state or {"step": 0, "history": [], "seconds": 0.0}
     if "policy" in state:
@@ -135,7 +155,7 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
         saver.restore_rng(state)
 
     def save_now_and_then(done: int, history: list[dict[str, float]]) -> None:
-        if saver.due() and done < config.steps:
+        if parallel.is_main and saver.due() and done < config.steps:
             saved = {"step": done, "history": history, "seconds": state["seconds"] + time.time() - started,
                      "policy": lm.policy.state_dict(), "optimizer": optimizer.state_dict()}
             if config.train == "all":
@@ -143,22 +163,26 @@ def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_pro
             saver.save(saved, f"step {done}")
 
     def step(index: int) -> dict[str, float]:
-        batch = windows[batch_at(order, index, config.batch_size)].to(lm.device)  # (B, context)
-        return {"step": index + 1, **_train_step(lm, batch, alpha_at(index, config), config, optimizer)}
+        share = parallel.share(batch_at(order, index, config.batch_size))
+        batch = windows[share].to(lm.device)  # (B / processes, context)
+        return {"step": index + 1, **_train_step(objective, parallel, batch, alpha_at(index, config), optimizer)}
 
     started = time.time()
-    history, seconds = run_steps(config.steps, step, show_progress, start=state["step"], history=state["history"],
-                                 after_step=save_now_and_then)
+    history, seconds = run_steps(config.steps, step, show_progress and parallel.is_main, start=state["step"],
+                                 history=state["history"], after_step=save_now_and_then)
     seconds += state["seconds"]
     lm.base.model.eval()
     lm.policy.eval()
-    figures = {"train_seconds": round(seconds, 1), "device": str(lm.device), "validation": hard_figures(lm, validation)}
+    figures = {"train_seconds": round(seconds, 1), "device": str(lm.device), "processes": parallel.processes,
+               "validation": hard_figures(lm, validation)}
     meta = CheckpointMeta(
         method="dcp", base_model=lm.base.model_id, base_model_hash=lm.base.weights_hash, config=to_dict(dcp),
         training={"config": to_dict(config), "figures": figures, "last_steps": history[-5:]},
     )
-    out = save_checkpoint(out_dir, meta, lm.policy.state_dict())
-    if config.train == "all":
-        save_model(lm.base.model.cpu(), str(out / BASE_WEIGHTS_FILE))  # tied weights stored once
-    saver.finish()
+    if parallel.is_main:
+        out = save_checkpoint(out_dir, meta, lm.policy.state_dict())
+        if config.train == "all":
+            save_model(lm.base.model.cpu(), str(out / BASE_WEIGHTS_FILE))  # tied weights stored once
+        saver.finish()
+    parallel.wait()
     return meta

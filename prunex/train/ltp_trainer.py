@@ -13,7 +13,8 @@ and then calibrates the thresholds on validation examples (see `prunex.train.ltp
 `stage="all"` runs the three in one go; a single later stage continues from the previous stage's checkpoint
 dir (given as `model`), with the same task, split seed and input length. A run interrupted (end of a session,
 a crash) goes on with `resume=True` from the state saved in its output dir every few minutes and at each
-validation check and stage boundary (`prunex.train.resume`).
+validation check and stage boundary (`prunex.train.resume`). Launched on N processes (`torchrun`,
+`accelerate launch`) it trains data-parallel (`prunex.train.parallel`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from prunex.prune.ltp import LTPClassifier, LTPThresholds
 from prunex.train.loop import batch_at, shuffled_order
 from prunex.train.ltp_budget import EarlyStopping, StageBudget, check_beats_majority, stage_budget
 from prunex.train.ltp_target import LambdaController, calibrate_thresholds, calibration_examples, on_target
+from prunex.train.parallel import DataParallel
 from prunex.train.progress import TrainProgress
 from prunex.train.resume import TrainState
 
@@ -85,6 +87,7 @@ class LTPTrainConfig:
     seed: int = 0  # data split (base stage), example order and dropout
     threads: int = 0  # torch threads; 0: torch's default
     device: str = "auto"  # auto (CUDA when PyTorch sees a GPU), cpu or cuda
+    save_every: float = 300.0  # seconds between saves of the resume state (also at each check and stage end)
 
     def batch_for(self, max_length: int) -> int:
         """The batch size used for inputs of up to `max_length` tokens."""
@@ -260,8 +263,10 @@ def _restore_run(run: _Run, state: dict[str, Any]) -> None:
 
 
 def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: bool, saver: TrainState,
-                 resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+                 parallel: DataParallel, resumed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one stage's optimizer steps, then measure it on the validation examples (and refuse a useless one).
+    Every process runs all of it on its share of each batch (so validation and early stopping agree); the main
+    one saves.
 
     `resumed`: the state `saver` saved when this stage was interrupted (its weights are already back)."""
     classifier, thresholds = run.classifier, run.classifier.thresholds
@@ -309,6 +314,8 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
             controller.lam, controller.flops = lam, loop["controller_flops"]
 
     def save(where: str) -> None:
+        if not parallel.is_main:
+            return
         loop = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
                 "seconds": seconds_before + time.time() - started, "best_state": best_state, "lam": lam,
                 "stopping": dict(vars(stopping)) if stopping is not None else None,
@@ -318,32 +325,36 @@ def _train_stage(run: _Run, stage: str, config: LTPTrainConfig, show_progress: b
     if show_progress:
         logger.info("ltp: stage %s (%s forward), up to %d steps x %d", stage, mode, budget.steps, batch_size)
     classifier.train()
+    model = parallel.wrap(classifier)  # gradients averaged over processes
     started = time.time()
-    with TrainProgress(budget.steps, enabled=show_progress, start=steps_run) as progress:
+    with TrainProgress(budget.steps, enabled=show_progress and parallel.is_main, start=steps_run) as progress:
         for step in range(steps_run, budget.steps):
-            picks = batch_at(order, step, batch_size)
+            picks = parallel.share(batch_at(order, step, batch_size))
             ids, mask = pad_batch([train_ids[i] for i in picks], pad_id)  # (B, T) each
             ids, mask = ids.to(device), mask.to(device)
             target = torch.tensor([train_labels[i] for i in picks], device=device)  # (B,)
-            result = classifier(ids, mask, mode)
+            result = model(ids, mask, mode)
             ce = F.cross_entropy(result.logits, target)
             loss = ce
-            if stage == "soft":
-                loss = ce + lam * result.mask_loss
+            if stage == "soft":  # the mask loss is a mean over the batch's tokens, however they are shared out
+                loss = ce + lam * result.mask_loss * parallel.token_share(float(mask.sum()))
             elif teacher is not None:
                 with torch.no_grad():
                     teacher_logits = run_encoder(teacher_adapter, ids, mask).logits  # (B, C)
                 kl = _distill_loss(result.logits, teacher_logits, config.distill_temperature)
                 loss = (1 - config.distill) * ce + config.distill * kl
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            parallel.backward(loss)
             torch.nn.utils.clip_grad_norm_(model_params, 1.0)
             optimizer.step()
             scheduler.step()
             steps_run = step + 1
-            relative = float(result.flops.sum() / dense_flops(classifier.adapter, result.lengths).sum())
-            figures = {"loss": loss.item(), "ce": ce.item(),
-                       "acc": float((result.logits.argmax(-1) == target).float().mean()), "flops": relative}
+            work = parallel.sum({"flops": float(result.flops.sum()),
+                                 "dense": float(dense_flops(classifier.adapter, result.lengths).sum())})
+            relative = work["flops"] / work["dense"]  # the whole batch's
+            figures = {**parallel.mean({"loss": loss.item(), "ce": ce.item(),
+                                        "acc": float((result.logits.argmax(-1) == target).float().mean())}),
+                       "flops": relative}
             if controller is not None:
                 lam = controller.update(relative)
                 figures["lambda"] = lam
@@ -407,12 +418,14 @@ def train_ltp(
     interrupted run with the same settings saved in `out_dir` (none there: start from the beginning).
     """
     _check(config)
-    device = torch_device(config.device)  # checked before the (slow) model load
+    parallel = DataParallel(torch_device(config.device))  # the device checked before the (slow) model load
+    device = parallel.device
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     stages = LTP_STAGES if config.stage == "all" else (config.stage,)
-    saver = TrainState(out_dir, {**to_dict(config), "ltp": to_dict(ltp) if ltp is not None else None})
+    saver = TrainState(out_dir, {**to_dict(config), "ltp": to_dict(ltp) if ltp is not None else None},
+                       every_s=config.save_every)
     state = saver.load() if resume else None
     if resume and state is None:
         logger.info("no saved training state in %s: starting from the beginning", out_dir)
@@ -431,13 +444,16 @@ def train_ltp(
     run.classifier.to(device)
     for index, stage in enumerate(stages):
         under_way = state is not None and state["stage"] == stage and state["loop"] is not None
-        run.figures[stage] = _train_stage(run, stage, config, show_progress, saver, state if under_way else None)
+        run.figures[stage] = _train_stage(run, stage, config, show_progress, saver, parallel,
+                                          state if under_way else None)
         if stage == "base" and len(stages) > 1:  # keep the stage-1 model as the dense reference
             out = Path(out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            save_model(run.classifier.model, str(out / DENSE_FILE))
+            if parallel.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                save_model(run.classifier.model, str(out / DENSE_FILE))
+            parallel.wait()  # the hard stage's teacher is read from it
             run.dense_weights = out / DENSE_FILE
-        if index + 1 < len(stages):
+        if index + 1 < len(stages) and parallel.is_main:
             saver.save(_saved_stage(run, stages[index + 1], 0), f"the start of the {stages[index + 1]} stage")
     training = {
         "stage": stages[-1],
@@ -449,6 +465,8 @@ def train_ltp(
         "figures": run.figures,
         "device": str(device),
     }
-    meta = save_ltp(out_dir, run.classifier, run.base, training, run.dense_weights)
-    saver.finish()
-    return meta
+    if parallel.is_main:
+        meta = save_ltp(out_dir, run.classifier, run.base, training, run.dense_weights)
+        saver.finish()
+    parallel.wait()
+    return meta if parallel.is_main else read_ltp_meta(out_dir)

@@ -20,7 +20,7 @@ import torch
 from prunex.errors import PrunexError
 
 STATE_FILE = "train-state.pt"
-FREE_SETTINGS = ("threads", "device")  # settings a resumed run may change
+FREE_SETTINGS = ("threads", "device", "save_every")  # settings a resumed run may change
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,6 @@
+"""`python -m prunex ...`, and so `torchrun --nproc_per_node N -m prunex train ...`: the CLI."""
+
+from prunex.cli.main import main
+
+if __name__ == "__main__":
+    main()
