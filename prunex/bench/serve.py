@@ -34,6 +34,8 @@ class ServeBenchConfig:
     threads: int = 2
     max_batch: int = 16  # the server's --max-batch
     repeats: int = 1  # rounds; figures are medians over them
+    replicas: list[int] = field(default_factory=list)  # instead of pruned vs dense: the pruned export on Ray
+    #                                                    Serve with this many replicas, the first vs the last
 
 
 def _free_port() -> int:
@@ -112,6 +114,20 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
+def _tree_peak_rss(pid: int) -> int:
+    """Peak RSS of a process and all its descendants (a Ray deployment: driver, raylet, proxy, replicas)."""
+    import psutil
+
+    pids = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    total = 0
+    for each in pids:
+        try:
+            total += _peak_rss(each)
+        except OSError:  # it ended meanwhile
+            pass
+    return total
+
+
 def _serve(directory: Path, config: ServeBenchConfig, port: int, clients: int,
            extra: tuple[str, ...] | list[str] = ()) -> subprocess.Popen:
     """`prunex serve DIR` on loopback in a process of its own (`extra`: more options)."""
@@ -119,7 +135,7 @@ def _serve(directory: Path, config: ServeBenchConfig, port: int, clients: int,
                "--port", str(port), "--device", "cpu", "--threads", str(config.threads),
                "--max-batch", str(config.max_batch),
                "--max-queue", str(max(clients, config.requests)), "--model-name", "bench", *extra]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def _wait_healthy(base: str, server: subprocess.Popen, timeout: float = 600) -> None:
@@ -143,19 +159,19 @@ FIGURES = ("requests_per_s", "tokens_per_s", "ttft_p50_s", "ttft_p99_s", "itl_p5
            "errors")
 
 
-def _cell(engine: str, directory: Path, prompts: list[list[int]], clients: int, config: ServeBenchConfig,
-          progress) -> dict:
+def _cell(engine: str, directory: Path, extra: list[str], prompts: list[list[int]], clients: int,
+          config: ServeBenchConfig, progress) -> dict:
     """One engine at one client count, on a fresh server (so the peak RSS is this cell's)."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    server = _serve(directory, config, port, clients)
+    server = _serve(directory, config, port, clients, extra)
     try:
         _wait_healthy(base, server)
         row = asyncio.run(_load(base, prompts, clients, config))
-        row.update(engine=engine, peak_rss_bytes=_peak_rss(server.pid))
+        row.update(engine=engine, peak_rss_bytes=_tree_peak_rss(server.pid))
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.terminate()  # a Ray deployment shuts down on SIGTERM too
+        server.wait(timeout=120)
     progress(f"  {engine}, {clients} clients: {row['requests_per_s']:.2f} req/s, {row['tokens_per_s']:.1f} tok/s, "
              f"errors {row['errors']}")
     return row
@@ -168,19 +184,25 @@ def bench_serve(source: str | None, baseline: str | None, config: ServeBenchConf
 
     main, dense = resolve_dirs(source, baseline)
     prompts = bench_prompts(main, config)
+    if config.replicas:  # the first replica count against the last, each a Ray Serve deployment
+        counts = config.replicas
+        engines = [(f"{n} replica{'s' * (n > 1)}", main, ["--replicas", str(n)]) for n in (counts[0], counts[-1])]
+    else:
+        engines = [("prunex", main, []), ("baseline", dense, [])]
+    compared, reference = engines[0][0], engines[-1][0]
     cells: dict[tuple[str, int], list[dict]] = {}
     for round_ in range(config.repeats):
         for clients in config.clients:
             progress(f"round {round_ + 1}/{config.repeats}, {clients} clients, {len(prompts)} requests ...")
-            for engine, directory in (("prunex", main), ("baseline", dense)):
-                cells.setdefault((engine, clients), []).append(_cell(engine, directory, prompts, clients, config,
-                                                                     progress))
+            for engine, directory, extra in engines:
+                cells.setdefault((engine, clients), []).append(_cell(engine, directory, extra, prompts, clients,
+                                                                     config, progress))
     rows = []
     for (engine, clients), runs in cells.items():
         row = {"engine": engine, "clients": clients, "runs": runs,
                **{k: float(np.median([r[k] for r in runs if r[k] is not None] or [np.nan])) for k in FIGURES}}
-        if engine == "prunex":
-            ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs, cells[("baseline", clients)])]
+        if engine == compared:
+            ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs, cells[(reference, clients)])]
             row["tokens_per_s_vs_baseline"] = float(np.median(ratios))
         rows.append(row)
     return {"config": config.__dict__, "dirs": {"prunex": str(main), "baseline": str(dense)},
@@ -189,9 +211,9 @@ def bench_serve(source: str | None, baseline: str | None, config: ServeBenchConf
 
 def markdown(report: dict) -> str:
     """The report as a table, the engines side by side per client count (medians over rounds)."""
-    lines = ["| clients | engine | req/s | gen tok/s | vs dense | TTFT p50 / p99 s | ITL p50 / p99 ms | peak RSS GB "
+    lines = ["| clients | engine | req/s | gen tok/s | vs baseline | TTFT p50 / p99 s | ITL p50 / p99 ms | peak RSS GB "
              "| errors |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(report["rows"], key=lambda r: (r["clients"], r["engine"] != "prunex")):
+    for r in sorted(report["rows"], key=lambda r: (r["clients"], "tokens_per_s_vs_baseline" not in r)):
         ratio = f"x{r['tokens_per_s_vs_baseline']:.2f}" if "tokens_per_s_vs_baseline" in r else ""
         lines.append(f"| {r['clients']} | {r['engine']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
                      f"{ratio} | {r['ttft_p50_s']:.1f} / {r['ttft_p99_s']:.1f} | {1000 * r['itl_p50_s']:.0f} / "

@@ -480,6 +480,14 @@ def serve(
                                       "prompt whole, the longest stalls)."),
     max_prompt_chars: Optional[int] = typer.Option(None, min=1, help="Longer prompt text is refused (400) before "
                                                    "tokenizing (default: 16 x the model's context)."),
+    replicas: int = typer.Option(0, min=0, help="Ray Serve replicas, each with its own runtime and K/V cache, "
+                                 "behind Ray's proxy (needs `pip install \"prunex[ray]\"`); 0: one process, no Ray."),
+    max_replicas: Optional[int] = typer.Option(None, min=1, help="--replicas: autoscale from --replicas up to "
+                                               "this many."),
+    max_ongoing_requests: Optional[int] = typer.Option(None, min=1, help="--replicas: requests Ray sends one "
+                                                       "replica at once (default --max-batch + --max-queue)."),
+    max_queued_requests: int = typer.Option(-1, min=-1, help="--replicas: requests waiting in Ray's proxy; past it "
+                                            "503 (-1: no limit)."),
 ) -> None:
     """An OpenAI-compatible server (/v1/completions with echo + logprobs, /v1/chat/completions, streaming,
     /v1/models, /health, /metrics, /tokenize, /detokenize, /tokenizer_info; /v1/classify for encoders)."""
@@ -487,7 +495,9 @@ def serve(
 
     serve_command(source, host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
                   device=device, threads=threads or None, model_name=model_name, policy=policy, kv_tokens=kv_tokens,
-                  prefill_chunk=prefill_chunk, max_prompt_chars=max_prompt_chars)
+                  prefill_chunk=prefill_chunk, max_prompt_chars=max_prompt_chars, replicas=replicas,
+                  max_replicas=max_replicas, max_ongoing_requests=max_ongoing_requests,
+                  max_queued_requests=max_queued_requests)
 
 
 @bench_app.command("decode")
@@ -566,6 +576,9 @@ def bench_serve_command(
     threads: int = typer.Option(2, min=1, help="The server's ONNX Runtime threads."),
     repeats: int = typer.Option(1, min=1, help="Rounds, the engines in turn in each (medians; use 2-3 on a noisy "
                                 "machine)."),
+    replicas: list[int] = typer.Option([], "--replicas", min=1, help="Instead of pruned vs dense: the export on "
+                                       "Ray Serve with the first and the last replica count given (e.g. "
+                                       "--replicas 2 --replicas 1)."),
     chaos: bool = typer.Option(False, "--chaos", help="Instead of the load test: what one hostile request does to "
                                "the others (a long prompt beside a stream, prompt scoring's memory, bad input, a "
                                "disconnect storm), with whole-prompt and chunked prefill side by side."),
@@ -592,7 +605,7 @@ def bench_serve_command(
 
     config = ServeBenchConfig(clients=list(clients), requests=requests, max_tokens=max_tokens,
                               prompt_lengths=list(prompt_length), threads=threads, max_batch=max_batch,
-                              repeats=repeats)
+                              repeats=repeats, replicas=list(replicas))
     report = bench_serve(source, baseline, config, progress=progress)
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")

@@ -8,9 +8,11 @@ import logging
 def serve_command(source: str | None, *, host: str, port: int, api_key: str | None, max_batch: int,
                   max_queue: int, device: str, threads: int | None, model_name: str | None,
                   policy: str | None = None, kv_tokens: int | None = None, prefill_chunk: int = 256,
-                  max_prompt_chars: int | None = None) -> None:
+                  max_prompt_chars: int | None = None, replicas: int = 0, max_replicas: int | None = None,
+                  max_ongoing_requests: int | None = None, max_queued_requests: int = -1) -> None:
     """Run the server until interrupted; /health says 503 while the model loads. `policy` (window, sinks, h2o,
-    tova) with `kv_tokens` caps every request's KV cache on top of the graph's own decisions."""
+    tova) with `kv_tokens` caps every request's KV cache on top of the graph's own decisions. `replicas` > 0:
+    that many Ray Serve replicas of the same app (`prunex.serve.replicas`)."""
     from prunex.cli.policy_options import runtime_budget
     from prunex.errors import PrunexError
     from prunex.format import is_exported_dir, read_manifest
@@ -30,4 +32,12 @@ def serve_command(source: str | None, *, host: str, port: int, api_key: str | No
     settings = ServeSettings(host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
                              device=device, threads=threads, prefill_chunk=prefill_chunk,
                              max_prompt_chars=max_prompt_chars)
+    if replicas:
+        from prunex.serve import replicas as ray_replicas
+
+        load = ray_replicas.LoadArgs(source, device, threads, max_batch, model_name, run_policy, settings)
+        ray_replicas.run_local(load, ray_replicas.ReplicaSettings(
+            replicas=replicas, max_replicas=max_replicas, max_ongoing_requests=max_ongoing_requests,
+            max_queued_requests=max_queued_requests))
+        return
     run(lambda: load_served_model(source, device, threads, max_batch, model_name, run_policy), settings)

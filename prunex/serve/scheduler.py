@@ -156,6 +156,11 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """True while the scheduler thread runs."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         with self._lock:
             self._stopping = True
