@@ -22,7 +22,7 @@ LAYERS = [
     {"eval", "export"},
     {"train", "quantize"},
     {"serve", "bench"},
-    {"cli"},
+    {"cli", "__main__"},  # `python -m prunex` runs the CLI
 ]
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 
