@@ -51,6 +51,19 @@ def dropping_policy(base: LoadedModel, sink_tokens: int = 1, seed: int = 0, rece
     return policy.eval()
 
 
+def assert_stepwise_equals_full(lm, prompts: list[list[int]], new_tokens: int):
+    """Greedy step-wise generation (tokens physically leave the cache) of `new_tokens` per prompt has the logits
+    and tokens of the full-sequence forward over prompt + generated tokens; returns the generation."""
+    result = lm.generate(prompts, new_tokens, return_logits=True)
+    for row, prompt in enumerate(prompts):
+        ids = torch.tensor([prompt + result.token_ids[row]])
+        with torch.no_grad():
+            full = lm.forward(ids).logits[0, len(prompt) - 1: len(prompt) + new_tokens - 1]
+        torch.testing.assert_close(full, result.step_logits[row], atol=1e-4, rtol=0)
+        assert full.argmax(-1).tolist() == result.token_ids[row]
+    return result
+
+
 @pytest.fixture
 def make_dropping_policy():
     """The `dropping_policy` builder as a fixture (tests call it with a base model)."""

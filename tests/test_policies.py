@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import dropping_policy
+from conftest import assert_stepwise_equals_full, dropping_policy
 
 from prunex.errors import PrunexError
 from prunex.prune.budget import BudgetedPolicy, budget_tokens, kept_fraction_for_tokens, tokens_for_kept_fraction
@@ -61,13 +61,7 @@ def test_full_forward_equals_stepwise_generation(name, family, request):
     lm = PrunedLM(base, policy)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (5, 11, 8)]
-    result = lm.generate(prompts, 10, return_logits=True)
-    for row, prompt in enumerate(prompts):
-        ids = torch.tensor([prompt + result.token_ids[row]])
-        with torch.no_grad():
-            full = lm.forward(ids).logits[0, len(prompt) - 1: len(prompt) + 9]
-        torch.testing.assert_close(full, result.step_logits[row], atol=1e-4, rtol=0)
-        assert full.argmax(-1).tolist() == result.token_ids[row]
+    result = assert_stepwise_equals_full(lm, prompts, 10)
     total = [len(p) + 10 - 1 for p in prompts]  # tokens in the cache after the last step, per row
     assert result.kv_kept_fraction == pytest.approx(7 * 3 / sum(total), rel=1e-6) if name != "dcp+budget" \
         else result.kv_kept_fraction <= 7 * 3 / sum(total)
