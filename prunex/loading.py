@@ -19,7 +19,7 @@ from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import PrunedLM
 from prunex.prune.ltp import LTPClassifier, LTPThresholds
 
-# The shipped DCP checkpoint for the packaged SmolLM2 (see README: "The built-in default").
+# The shipped DCP checkpoint for the packaged SmolLM2 (see docs/decoders.md: "The built-in default").
 DEFAULT_CHECKPOINT = Path(__file__).parent / "defaults" / "smollm2-dcp"
 BASE_WEIGHTS_FILE = "base.safetensors"  # only in checkpoints trained with --train all
 

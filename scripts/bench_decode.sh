@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the decode figures in the README (built-in DCP default, CPU, 2 threads, graph layout 4):
+# Reproduces the decode figures in docs/benchmarks.md (built-in DCP default, CPU, 2 threads, graph layout 4):
 #   1. the grid: prunex int8 vs the dense export int8 (same runtime) vs onnxruntime-genai int8 vs llama.cpp Q8_0,
 #      batch 1/8/16 x context 512/1024/2048, one round;
 #   2. the bars of issue 13, three rounds each (median ratios): batch 1 x 512 and batch 8 x 2048, int8;

@@ -3,7 +3,7 @@
 # quality bar is measured at), then measures each checkpoint on the held-out validation and test windows
 # (16 x 1024). On one H100, three runs of 600 steps x 4 x 1024 tokens side by side took 516 s (~37 GB of GPU
 # memory each at batch 8, which does not fit three times).
-# Used for the shipped default (README: "The built-in default"); on the CPU, use scripts/train_dcp_default.sh.
+# Used for the shipped default (docs/decoders.md: "The built-in default"); on the CPU, use scripts/train_dcp_default.sh.
 set -euo pipefail
 RUN_DIR=${RUN_DIR:-runs/dcp-gpu}
 STEPS=${STEPS:-600}

@@ -11,7 +11,7 @@
 # steered towards the target, thresholds then calibrated on validation; floor of 4 tokens; distillation 0.5.
 #
 # Cost on a 2-core CPU with THREADS=2 (MiniLM, fp32): bbc ~4 s a step of 8 in the base stage (fused attention),
-# ~10 s soft, ~6 s hard; the bbc part ~17 minutes. Measured wall times are in the README. An interrupted stage
+# ~10 s soft, ~6 s hard; the bbc part ~17 minutes. Measured wall times are in docs/encoders.md. An interrupted stage
 # goes on where it stopped: rerun with --resume in place of --force.
 # BBC, Rotten Tomatoes and the UCI drug reviews are research-use datasets.
 set -euo pipefail

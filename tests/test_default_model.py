@@ -32,7 +32,7 @@ def test_default_checkpoint_is_small_and_tied_to_smollm2(default_lm):
 
 
 def test_default_prunes_most_of_the_kv_at_small_perplexity_cost(default_lm):
-    """16 held-out Wikipedia windows of 1024 tokens (the README's figures): over 75% of the KV pruned,
+    """16 held-out Wikipedia windows of 1024 tokens (docs/decoders.md's figures): over 75% of the KV pruned,
     perplexity within 5% of dense (the quality bar), and lower than the sinks + window baseline at the same
     sparsity."""
     windows = token_windows(default_lm.tokenizer, split_text("wikipedia", "test"), 1024, 16)
