@@ -106,7 +106,7 @@ def test_serve_applies_a_run_time_policy(dense_export):
     import openai
     from serve_helpers import running_server, tiny_loader, wait_healthy
 
-    from prunex.cli.serve_command import serve_command
+    from prunex.cli.serve import serve_command
 
     policy = training_free_policy("sinks", 8)
     params = SamplingParams(max_new_tokens=20)

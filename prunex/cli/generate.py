@@ -1,16 +1,61 @@
-"""The function behind `prunex generate`: PyTorch for checkpoints and model names, the Runtime for exported dirs."""
+"""`prunex generate`: text from a checkpoint or model (PyTorch) or an exported dir (ONNX Runtime)."""
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Optional
 
 import typer
+
+from prunex.errors import PrunexError
+
+
+def generate(
+    source: Optional[str] = typer.Argument(
+        None, help="Exported dir (prunex export: ONNX Runtime), pruning checkpoint dir or model name (PyTorch); "
+        "default: built-in."
+    ),
+    prompt: list[str] = typer.Option(..., "--prompt", help="Prompt text; repeat for a batch."),
+    max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
+    chat: bool = typer.Option(False, help="Wrap each prompt as a user message in the chat template."),
+    stream: bool = typer.Option(False, help="Exported dirs: print the text as it is generated (one prompt)."),
+    temperature: float = typer.Option(0.0, min=0.0, help="Exported dirs: 0 is greedy; > 0 samples."),
+    top_k: int = typer.Option(0, min=0, help="Exported dirs: sample among the k most likely tokens (0: all)."),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Exported dirs: nucleus sampling mass."),
+    seed: Optional[int] = typer.Option(None, help="Exported dirs: sampling seed (same seed, same text)."),
+    stop: list[str] = typer.Option([], "--stop", help="Exported dirs: stop string (repeatable)."),
+    device: str = typer.Option("auto", help="Exported dirs: auto, cpu or cuda."),
+    threads: int = typer.Option(0, min=0, help="Exported dirs: ONNX Runtime threads (0: as torch)."),
+    policy: Optional[str] = typer.Option(None, help="Keep policy on top of SOURCE's: window or sinks (any "
+                                         "export); h2o or tova (PyTorch, or an --attention-scores export)."),
+    kv_budget: Optional[float] = typer.Option(None, help="Its budget as a kept fraction of the longest prompt "
+                                              "+ --max-new-tokens."),
+    kv_tokens: Optional[int] = typer.Option(None, help="Its budget as cached tokens per row and layer."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Generate with the K/V cache pruned step by step: ONNX Runtime for an exported dir (sampling, streaming,
+    batching), PyTorch (greedy) for a checkpoint or model name."""
+    from prunex.loading import resolve_source
+
+    if resolve_source(source).kind == "exported":
+        from prunex.runtime.sampling import SamplingParams
+
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                seed=seed, stop=list(stop))
+        generate_exported(source, prompt, chat=chat, params=params, stream=stream, as_json=as_json,
+                          device=device, threads=threads or None, policy=policy, kv_budget=kv_budget,
+                          kv_tokens=kv_tokens)
+    else:
+        sampling_given = temperature or top_k or top_p < 1.0 or seed is not None or stop or stream
+        if sampling_given:
+            raise PrunexError("sampling, --stop and --stream run on exported dirs: `prunex export` first")
+        generate_torch(source, prompt, chat=chat, max_new_tokens=max_new_tokens, as_json=as_json, policy=policy,
+                       kv_budget=kv_budget, kv_tokens=kv_tokens)
 
 
 def _messages_or_text(prompt: str, chat: bool):
     return [{"role": "user", "content": prompt}] if chat else prompt
-
 
 def generate_exported(source: str, prompts: list[str], *, chat: bool, params, stream: bool, as_json: bool,
                       device: str, threads: int | None, policy: str | None = None, kv_budget: float | None = None,
@@ -61,7 +106,6 @@ def generate_exported(source: str, prompts: list[str], *, chat: bool, params, st
         f"{stats['dense_kv_bytes'] / 2**20:.2f} MiB dense (peak {stats['kv_peak_allocated_bytes'] / 2**20:.2f} MiB "
         f"allocated)]", err=True,
     )
-
 
 def generate_torch(source: str | None, prompts: list[str], *, chat: bool, max_new_tokens: int, as_json: bool,
                    policy: str | None = None, kv_budget: float | None = None, kv_tokens: int | None = None) -> None:
