@@ -14,7 +14,8 @@ from conftest import dropping_policy
 from prunex.export.decoder import export_decoder
 from prunex.models.sources import load_model
 from prunex.prune.lm import PrunedLM
-from prunex.serve.app import ServeSettings, create_app, load_served_model
+from prunex.serve.app import ServeSettings, create_app
+from prunex.serve.model import load_served_model
 
 # A chat template for the byte-level test tokenizer (the tiny models have none).
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"

@@ -11,7 +11,7 @@ import openai
 import pytest
 from serve_helpers import export_tiny, running_server, tiny_loader, wait_healthy
 
-from prunex.serve.app import load_served_model
+from prunex.serve.model import load_served_model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from serve_helpers import export_tiny, running_server, tiny_loader, wait_healthy
 
-from prunex.serve.app import load_served_model
+from prunex.serve.model import load_served_model
 
 CHUNK = 16  # prompt tokens prefilled between two decode steps on these servers
 

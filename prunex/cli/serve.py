@@ -67,7 +67,8 @@ def serve_command(source: str | None, *, host: str, port: int, api_key: str | No
     from prunex.prune.training_free import training_free_policy
     from prunex.runtime.policy_hook import check_runtime_policy
     from prunex.runtime.session import choose_device
-    from prunex.serve.app import ServeSettings, load_served_model, run
+    from prunex.serve.app import ServeSettings, run
+    from prunex.serve.model import load_served_model
 
     choose_device(device)  # an unknown --device is refused before the server starts
     if policy is not None and kv_tokens is None:

@@ -1,6 +1,6 @@
 """The FastAPI app of `prunex serve`: thin routes over `Serving`, errors in OpenAI's shape, SSE, metrics.
 
-    app = create_app(lambda: load_served_model("exported/smollm2-dcp"), ServeSettings())
+    app = create_app(lambda: load_served_model("exported/smollm2-dcp"), ServeSettings())  # serve/model.py
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 The model loads on a thread after start-up: `/health` answers 503 `{"error": {"code": 503, "message":
@@ -17,8 +17,6 @@ import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 from fastapi import FastAPI, Request
@@ -29,15 +27,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from prunex.errors import PrunexError
 from prunex.serve import protocol as p
 from prunex.serve.metrics import Metrics
+from prunex.serve.model import ServedModel
 from prunex.serve.scheduler import Scheduler
-from prunex.serve.serving import ServedModel, ServeError, Serving
-
-if TYPE_CHECKING:  # torch loads with the model, after the server is up
-    from prunex.prune.attention_policy import AttentionPolicy
-    from prunex.prune.policy import KeepPolicy
+from prunex.serve.serving import ServeError, Serving
 
 log = logging.getLogger(__name__)
 
@@ -66,32 +60,6 @@ class ServeSettings:
     max_prompt_chars: int | None = None  # longer text is refused untokenized (None: 16 x the model's context)
     prefill_chunk: int = 256  # prompt tokens prefilled between two decode steps (bounds a stream's stall);
     # 0: each prompt whole before the next step (the most throughput for offline batches, the longest stalls)
-
-
-def load_served_model(source: str | None, device: str = "auto", threads: int | None = None,
-                      max_batch: int = 16, name: str | None = None,
-                      policy: KeepPolicy | AttentionPolicy | None = None) -> ServedModel:
-    """An exported dir (decoder or encoder), or a checkpoint / model name / None (the built-in default) exported
-    once into the cache, loaded for serving; `policy` (window, sinks, h2o, tova) bounds every request's KV cache."""
-    from prunex.export.cached import cached_export
-    from prunex.format import manifest_kind
-    from prunex.loading import resolve_source
-    from prunex.prune.attention_policy import AttentionPolicy
-
-    exported = resolve_source(source).kind == "exported"
-    scores = isinstance(policy, AttentionPolicy)  # a checkpoint is exported with what the policy needs
-    directory = Path(source) if exported else cached_export(source, False, attention_scores=scores)
-    name = name or (directory.name if exported else Path(source).name if source else "prunex")
-    if manifest_kind(directory) == "encoder":
-        from prunex.runtime.classifier import Classifier
-
-        if policy is not None:
-            raise PrunexError(f"{directory} is an encoder: --policy bounds a decoder's KV cache")
-        return ServedModel(name, classifier=Classifier(directory, device=device, threads=threads))
-    from prunex.runtime.runtime import Runtime
-
-    runtime = Runtime(directory, device=device, threads=threads, max_batch=max_batch, policy=policy)
-    return ServedModel(name, runtime=runtime)
 
 
 class _State:

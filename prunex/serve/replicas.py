@@ -76,7 +76,7 @@ class PrunexReplica:
     app of `prunex serve` over it."""
 
     def __init__(self, load: LoadArgs) -> None:
-        from prunex.serve.app import load_served_model
+        from prunex.serve.model import load_served_model
 
         self.settings = load.server
         self.model = load_served_model(load.source, load.device, load.threads, load.max_batch, load.name,
