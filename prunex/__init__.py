@@ -4,7 +4,7 @@ The public API is flat. Training and export names need torch; the runtime names 
 SamplingParams, Classifier) are loaded on first use.
 """
 
-from prunex.config import DCPConfig, TrainConfig
+from prunex.config import DCPConfig, DCPTrainConfig
 from prunex.errors import PrunexError
 from prunex.loading import load_lm
 from prunex.models.sources import load_model
@@ -20,7 +20,7 @@ _RUNTIME = {
     "Generator": "prunex.runtime.generator",
     "Completion": "prunex.runtime.generator",
     "SamplingParams": "prunex.runtime.sampling",
-    "CapacityError": "prunex.runtime.kv_cache",
+    "CapacityError": "prunex.runtime.slot_cache",
     "Classifier": "prunex.runtime.classifier",
 }
 
@@ -49,7 +49,7 @@ __all__ = [
     "Runtime",
     "SamplingParams",
     "TOVAPolicy",
-    "TrainConfig",
+    "DCPTrainConfig",
     "WindowPolicy",
     "load_lm",
     "load_model",

@@ -75,7 +75,7 @@ class LTPConfig:
 
 
 @dataclass
-class TrainConfig:
+class DCPTrainConfig:
     """How a pruning checkpoint is trained."""
 
     method: str = "dcp"  # dcp (decoder KV pruning) | ltp (encoder token pruning)

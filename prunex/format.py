@@ -26,7 +26,7 @@ THRESHOLD_GATHER = "ThresholdGather"
 MANIFEST_FILE = "prunex.json"
 MODEL_FILE = "model.onnx"
 
-# Graph io of the decoder (see prunex.export.fused): per-layer names are %d templates.
+# Graph io of the decoder (see prunex.export.decoder_graph): per-layer names are %d templates.
 DECODER_GRAPH_VERSION = 4  # 4: fused, a slot capacity per layer; 3: fused, one capacity for all; 2: traced step
 DECODER_INPUTS = {"input_ids": "input_ids", "position_ids": "position_ids", "logit_index": "logit_index"}
 DECODER_PAST = {  # per layer; W: the layer's slot capacity (each layer has its own)

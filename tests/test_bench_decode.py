@@ -80,7 +80,7 @@ def test_the_llamacpp_peer_says_what_to_install_when_llama_cpp_is_missing(tiny_l
     import sys
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # unimportable, here and in nothing else
-    from prunex.bench.llamacpp_worker import _llama_cpp
+    from prunex.bench.workers.llamacpp import _llama_cpp
     from prunex.errors import PrunexError
 
     with pytest.raises(PrunexError, match="pip install llama-cpp-python"):

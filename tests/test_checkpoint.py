@@ -10,7 +10,7 @@ from conftest import dropping_policy
 
 import prunex.train.dcp_trainer as dcp_trainer
 from prunex.checkpoints.meta import META_FILE, WEIGHTS_FILE, CheckpointMeta, save_checkpoint
-from prunex.config import DCPConfig, TrainConfig
+from prunex.config import DCPConfig, DCPTrainConfig
 from prunex.errors import PrunexError
 from prunex.loading import load_lm
 from prunex.models.sources import load_model, weights_hash
@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
         return original(out_dir, meta, tensors)
 
     dcp = DCPConfig(interaction_dim=16)
-    config = TrainConfig(model="tiny-llama", text=str(text), steps=3, context=32, threads=1)
+    config = DCPTrainConfig(model="tiny-llama", text=str(text), steps=3, context=32, threads=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dcp_trainer, "save_checkpoint", spy)
         meta = dcp_trainer.train_dcp(config, dcp, root / "ckpt", show_progress=False)
@@ -151,7 +151,7 @@ def test_train_all_saves_and_restores_base_weights(tmp_path):
     """
     text = tmp_path / "corpus.txt"
     text.write_text(SENTENCES * 10, encoding="utf-8")
-    config = TrainConfig(model="tiny-llama", text=str(text), steps=1, context=32, threads=1, train="all")
+    config = DCPTrainConfig(model="tiny-llama", text=str(text), steps=1, context=32, threads=1, train="all")
     dcp_trainer.train_dcp(config, DCPConfig(interaction_dim=8), tmp_path / "ckpt", show_progress=False)
     assert (tmp_path / "ckpt" / "base.safetensors").is_file()
     lm = load_lm(tmp_path / "ckpt")

@@ -13,9 +13,9 @@ from prunex.config import DCPConfig
 from prunex.errors import PrunexError
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.forward import run_full
-from prunex.prune.kv_cache import PrunedKVCache
 from prunex.prune.lm import PrunedLM
 from prunex.prune.policy import cumulative_keep
+from prunex.prune.pruned_cache import PrunedKVCache
 from prunex.prune.window import WindowPolicy
 
 

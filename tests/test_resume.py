@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from prunex.checkpoints.ltp import MODEL_FILE
 from prunex.checkpoints.meta import WEIGHTS_FILE
-from prunex.config import DCPConfig, TrainConfig
+from prunex.config import DCPConfig, DCPTrainConfig
 from prunex.errors import PrunexError
 from prunex.train import dcp_trainer
 from prunex.train.ltp_trainer import LTPTrainConfig, train_ltp
@@ -83,7 +83,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, csv_task, save_every_st
 def test_dcp_run_interrupted_ends_as_an_uninterrupted_one(tmp_path, save_every_step):
     text = tmp_path / "corpus.txt"
     text.write_text("The river runs to the sea, and the sea answers the moon. " * 60, encoding="utf-8")
-    config = TrainConfig(model="tiny-llama", text=str(text), steps=5, context=32, threads=1)
+    config = DCPTrainConfig(model="tiny-llama", text=str(text), steps=5, context=32, threads=1)
     dcp = DCPConfig(interaction_dim=8)
     whole = dcp_trainer.train_dcp(config, dcp, tmp_path / "whole", show_progress=False)
     save_every_step("step 3")

@@ -9,10 +9,10 @@ from conftest import dropping_policy
 from prunex.errors import PrunexError
 from prunex.export.decoder import export_decoder
 from prunex.prune.lm import PrunedLM
-from prunex.runtime.kv_cache import CacheLimits, CapacityError, KVCacheManager
 from prunex.runtime.runtime import Runtime
 from prunex.runtime.sampling import SamplingParams, filter_logits
 from prunex.runtime.session import choose_device
+from prunex.runtime.slot_cache import CacheLimits, CapacityError, KVCacheManager
 from prunex.runtime.text_stream import TextStream
 
 TEXTS = ["Once upon a time, in a land far away, there lived a", "The cat sat", "Pruning the cache: ", "Hello"]

@@ -8,8 +8,8 @@ import torch
 from prunex.errors import PrunexError
 from prunex.export.decoder import export_decoder
 from prunex.prune.forward import run_full
-from prunex.prune.kv_cache import PrunedKVCache
 from prunex.prune.lm import PrunedLM
+from prunex.prune.pruned_cache import PrunedKVCache
 from prunex.prune.training_free import training_free_policy
 from prunex.runtime.runtime import Runtime
 from prunex.runtime.sampling import SamplingParams

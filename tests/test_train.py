@@ -7,13 +7,13 @@ import logging
 import pytest
 import torch
 
-from prunex.config import TrainConfig
+from prunex.config import DCPTrainConfig
 from prunex.train.dcp_trainer import alpha_at, distill_loss
 from prunex.train.progress import TrainProgress
 
 
 def test_alpha_cosine_schedule_ends_at_both_bounds():
-    config = TrainConfig(steps=11, alpha_start=1.0, alpha_end=8.0)
+    config = DCPTrainConfig(steps=11, alpha_start=1.0, alpha_end=8.0)
     values = [alpha_at(step, config) for step in range(11)]
     assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(8.0)
     assert values[5] == pytest.approx(4.5)  # cosine midpoint

@@ -1,14 +1,14 @@
 """`prunex bench decode`: decode throughput, time to first token, KV bytes and peak RSS, side by side in one run.
 
-Engines, each measured in a process of its own (`prunex.bench.decode_worker`) on the same prompts:
+Engines, each measured in a process of its own (`prunex.bench.workers.decode`) on the same prompts:
 - prunex: the runtime over the pruned export (or any exported dir given, int8 included);
 - baseline: the runtime over a second exported dir (by default the dense export of the same base model);
 - torch: Hugging Face `generate` (greedy, sdpa, fp32) on the base model;
 - peers (`--peer`): ortgenai, onnxruntime-genai's fused dense graph of the same base model, built by its model
   builder at prunex's precision (int8 or int4 beside a prunex dir of those weights, else fp32;
-  `prunex.bench.ortgenai_worker`);
+  `prunex.bench.workers.ortgenai`);
   llamacpp, llama.cpp on the packaged SmolLM2 GGUF (Q8_0 beside int8, else the packaged Q4_1;
-  `prunex.bench.llamacpp_worker`).
+  `prunex.bench.workers.llamacpp`).
 The memory-bandwidth floor of a decode step (read the weights a step uses and the K/V held, once: the token
 embedding's table is not read, only B of its rows) is measured in the same run, so the distance to the limit is
 visible.
@@ -81,10 +81,10 @@ def _run_worker(engine: str, directory: Path, batch: int, context: int, config: 
         from prunex.format import read_manifest
 
         weights = read_manifest(directory).quantization.get("weights", "fp32")  # fp32 | int8 | int4
-        args = (["prunex.bench.ortgenai_worker", "--precision", weights] if engine == "ortgenai"
-                else ["prunex.bench.llamacpp_worker", "--precision", "q8_0" if weights == "int8" else "q4_1"])
+        args = (["prunex.bench.workers.ortgenai", "--precision", weights] if engine == "ortgenai"
+                else ["prunex.bench.workers.llamacpp", "--precision", "q8_0" if weights == "int8" else "q4_1"])
     else:
-        args = ["prunex.bench.decode_worker", engine, "--device", config.device]
+        args = ["prunex.bench.workers.decode", engine, "--device", config.device]
         if with_policy and config.policy:
             args += ["--policy", config.policy, "--kv-tokens", str(config.kv_tokens)]
     command = [sys.executable, "-m", *args, "--dir", str(directory), "--batch", str(batch), "--context",
@@ -97,10 +97,10 @@ def _run_worker(engine: str, directory: Path, batch: int, context: int, config: 
 
 
 def _run_optimum(main_dir: Path, batch: int, context: int, config: DecodeBenchConfig) -> dict:
-    """Optimum's ORTModelForCausalLM on the same prompts, in its own environment (see optimum_worker.py)."""
+    """Optimum's ORTModelForCausalLM on the same prompts, in its own environment (see workers/optimum.py)."""
     import tempfile
 
-    from prunex.bench.decode_worker import bench_prompts
+    from prunex.bench.workers.decode import bench_prompts
     from prunex.format import read_manifest
     from prunex.models.sources import resolve_model_dir
     from prunex.runtime.runtime import load_tokenizer
@@ -109,7 +109,7 @@ def _run_optimum(main_dir: Path, batch: int, context: int, config: DecodeBenchCo
     model_dir = resolve_model_dir(base)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(bench_prompts(load_tokenizer(main_dir), batch, context), f)
-    worker = Path(__file__).with_name("optimum_worker.py")
+    worker = Path(__file__).parent / "workers" / "optimum.py"
     command = [config.optimum_python, str(worker), "--model", str(model_dir), "--export",
                str(cache_dir("optimum") / base), "--prompts", f.name, "--new-tokens", str(config.new_tokens),
                "--threads", str(config.threads)]

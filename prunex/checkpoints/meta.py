@@ -27,7 +27,7 @@ class CheckpointMeta:
     base_model: str  # packaged name or path the base model was loaded from
     base_model_hash: str  # `weights_hash` of the base model the parameters were trained on
     config: dict[str, Any]  # the method's config (DCPConfig fields for dcp)
-    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields and measured figures
+    training: dict[str, Any] = field(default_factory=dict)  # DCPTrainConfig fields and measured figures
 
     def dcp_config(self) -> DCPConfig:
         return from_dict(DCPConfig, self.config)

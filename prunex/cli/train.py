@@ -83,7 +83,7 @@ def train(
     """Fine-tune a model so that it learns which tokens to drop; writes pruning.safetensors + pruning.json.
     Data-parallel on N processes when launched by `torchrun --nproc_per_node N -m prunex train ...` or
     `accelerate launch`."""
-    from prunex.config import DCPConfig, TrainConfig
+    from prunex.config import DCPConfig, DCPTrainConfig
     from prunex.train.dcp_trainer import train_dcp
     from prunex.train.parallel import launched_as_main
 
@@ -97,7 +97,7 @@ def train(
     if method != "dcp":
         raise PrunexError(f"--method {method!r} is not available; use dcp or ltp")
     _clear_out(out, force, resume)
-    config = TrainConfig(
+    config = DCPTrainConfig(
         method=method, model=model, text=text, steps=steps or 200, batch_size=batch_size or 1, context=context,
         lr=1e-3 if lr is None else lr,
         train=train_what, sparsity_weight=sparsity_weight, loss=loss, seed=seed, threads=threads, device=device,

@@ -1,4 +1,4 @@
-"""Export a PrunedLM (DCP or dense) to the fused ONNX decoder graph (`prunex.export.fused`), validated.
+"""Export a PrunedLM (DCP or dense) to the fused ONNX decoder graph (`prunex.export.decoder_graph`), validated.
 
 `export_decoder(lm, out)` writes `model.onnx`, the tokenizer files and `prunex.json` into a temp folder next to
 `out`, validates the graph against PyTorch (`prunex.export.validate`) and only then renames it to `out`; a
@@ -13,8 +13,8 @@ from pathlib import Path
 import onnx
 
 from prunex.errors import PrunexError
+from prunex.export.decoder_graph import build_decoder_graph
 from prunex.export.folder import prepare_out, write_atomically
-from prunex.export.fused import build_decoder_graph
 from prunex.format import ATTENTION, MODEL_FILE, ONNX_OPSET, DecoderManifest, write_manifest
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import PrunedLM

@@ -18,7 +18,7 @@ but consumers must only read entries where valid / mask_out is True. Gathers use
 
 The numpy reference `threshold_gather_reference` defines the exact results (padding included) the function
 body must reproduce. (Decoder graphs use no prunex op since layout 3: the runtime compacts the KV cache, see
-`prunex.runtime.kv_cache`; layout 2's `KVCompact` is gone.)
+`prunex.runtime.slot_cache`; layout 2's `KVCompact` is gone.)
 """
 
 from __future__ import annotations

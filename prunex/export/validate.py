@@ -19,8 +19,8 @@ from prunex.errors import PrunexError
 from prunex.format import read_manifest
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.forward import run_full
-from prunex.prune.kv_cache import PrunedKVCache
 from prunex.prune.lm import PrunedLM
+from prunex.prune.pruned_cache import PrunedKVCache
 
 VALIDATION_TEXTS = (
     "The quick brown fox jumps over the lazy dog near the river bank.",

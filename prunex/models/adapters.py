@@ -89,7 +89,7 @@ class DecoderAdapter(ABC):
 
     @abstractmethod
     def graph_spec(self) -> DecoderGraphSpec:
-        """The weights and block recipe for a fused ONNX graph (`prunex.export.fused`)."""
+        """The weights and block recipe for a fused ONNX graph (`prunex.export.decoder_graph`)."""
 
 
 def _weight(linear: torch.nn.Linear) -> Tensor:

@@ -1,4 +1,4 @@
-"""A decoder's weights and block recipe in the form a fused ONNX graph is built from (`prunex.export.fused`).
+"""A decoder's weights and block recipe in the form a fused ONNX graph is built from (`prunex.export.decoder_graph`).
 
 Adapters fill it (`DecoderAdapter.graph_spec`); the graph builder knows nothing about Hugging Face classes.
 Weights are laid out for `x @ W` (in, out). d hidden, H/KV heads, D head dim, I MLP width, V vocab.

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from prunex.errors import PrunexError
-from prunex.prune.kv_cache import LayerCache
 from prunex.prune.policy import Decisions, sink_mask
+from prunex.prune.pruned_cache import LayerCache
 
 
 @dataclass

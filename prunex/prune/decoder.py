@@ -23,8 +23,8 @@ from torch import Tensor
 
 from prunex.models.adapters import DecoderAdapter
 from prunex.prune.attention_policy import AttentionPolicy
-from prunex.prune.kv_cache import LayerCache
 from prunex.prune.policy import KeepPolicy
+from prunex.prune.pruned_cache import LayerCache
 
 
 @dataclass

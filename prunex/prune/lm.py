@@ -15,8 +15,8 @@ from prunex.models.sources import LoadedModel
 from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.decoder import run_decoder
 from prunex.prune.forward import ForwardResult, run_full
-from prunex.prune.kv_cache import PrunedKVCache
 from prunex.prune.policy import KeepPolicy
+from prunex.prune.pruned_cache import PrunedKVCache
 
 
 @dataclass

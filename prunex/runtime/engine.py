@@ -20,7 +20,6 @@ from prunex.errors import PrunexError
 from prunex.format import DecoderManifest, read_manifest
 from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.policy import KeepPolicy
-from prunex.runtime.kv_cache import CacheLimits, CapacityError, KVCacheManager
 from prunex.runtime.policy_hook import (
     check_runtime_policy,
     evict_over_budget,
@@ -30,6 +29,7 @@ from prunex.runtime.policy_hook import (
 )
 from prunex.runtime.scoring import PromptScorer
 from prunex.runtime.session import make_session
+from prunex.runtime.slot_cache import CacheLimits, CapacityError, KVCacheManager
 from prunex.runtime.step_io import StepIO
 
 PREFILL_CHUNK = 512  # prompt tokens a prefill run feeds

@@ -28,10 +28,10 @@ import torch
 
 from prunex.errors import PrunexError
 from prunex.runtime.engine import DecoderEngine, PromptRun
-from prunex.runtime.kv_cache import CapacityError
 from prunex.runtime.sampling import SamplingParams, choose_tokens, make_rng, token_logprobs
 from prunex.runtime.scoring import PromptLogprobs
 from prunex.runtime.session import torch_on_one_thread
+from prunex.runtime.slot_cache import CapacityError
 from prunex.runtime.text_stream import TextStream
 
 

@@ -24,7 +24,7 @@ from prunex.errors import PrunexError
 from prunex.format import DecoderManifest
 from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.policy import KeepPolicy
-from prunex.runtime.kv_cache import KVCacheManager
+from prunex.runtime.slot_cache import KVCacheManager
 
 
 def check_runtime_policy(policy: object, manifest: DecoderManifest) -> KeepPolicy | AttentionPolicy:

@@ -16,8 +16,8 @@ from prunex.errors import PrunexError
 from prunex.prune.policy import KeepPolicy
 from prunex.runtime.engine import DecoderEngine
 from prunex.runtime.generator import Completion, Generator
-from prunex.runtime.kv_cache import CacheLimits
 from prunex.runtime.sampling import SamplingParams
+from prunex.runtime.slot_cache import CacheLimits
 
 
 def load_tokenizer(directory: str | Path):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from prunex.format import DecoderManifest
-from prunex.runtime.kv_cache import KVCacheManager
 from prunex.runtime.session import Binder
+from prunex.runtime.slot_cache import KVCacheManager
 
 
 class StepIO:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_model
 
 from prunex.checkpoints.meta import CheckpointMeta, save_checkpoint
-from prunex.config import DCPConfig, TrainConfig, to_dict
+from prunex.config import DCPConfig, DCPTrainConfig, to_dict
 from prunex.data.text import split_text, token_windows
 from prunex.devices import torch_device
 from prunex.errors import PrunexError
@@ -29,7 +29,7 @@ from prunex.train.parallel import DataParallel
 from prunex.train.resume import TrainState
 
 
-def alpha_at(step: int, config: TrainConfig) -> float:
+def alpha_at(step: int, config: DCPTrainConfig) -> float:
     """Cosine schedule of the alpha-sigmoid's alpha from alpha_start (step 0) to alpha_end (last step)."""
     fraction = step / max(config.steps - 1, 1)
     return config.alpha_end + (config.alpha_start - config.alpha_end) * (1 + math.cos(math.pi * fraction)) / 2
@@ -61,14 +61,14 @@ def hard_figures(lm: PrunedLM, windows: torch.Tensor) -> dict[str, float]:
     return {"perplexity": math.exp(sum(losses) / len(losses)), "sparsity": 1 - kept / total}
 
 
-def _check(config: TrainConfig) -> None:
+def _check(config: DCPTrainConfig) -> None:
     if config.train not in ("heads", "all"):
         raise PrunexError(f"--train must be 'heads' or 'all', not {config.train!r}")
     if config.loss not in ("lm", "distill"):
         raise PrunexError(f"--loss must be 'lm' or 'distill', not {config.loss!r}")
 
 
-def _pruned_model(config: TrainConfig, dcp: DCPConfig, device: torch.device) -> PrunedLM:
+def _pruned_model(config: DCPTrainConfig, dcp: DCPConfig, device: torch.device) -> PrunedLM:
     """The base model with fresh DCP heads, on `device`, its context checked against `config.context`."""
     base = load_model(config.model)
     if base.tokenizer is None:
@@ -80,7 +80,7 @@ def _pruned_model(config: TrainConfig, dcp: DCPConfig, device: torch.device) -> 
     return lm
 
 
-def _optimizer(lm: PrunedLM, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(lm: PrunedLM, config: DCPTrainConfig) -> torch.optim.Optimizer:
     """AdamW over the heads (and the base model with --train all, at its own learning rate)."""
     lm.base.model.requires_grad_(config.train == "all")
     groups = [{"params": list(lm.policy.parameters()), "lr": config.lr}]
@@ -93,7 +93,7 @@ def _optimizer(lm: PrunedLM, config: TrainConfig) -> torch.optim.Optimizer:
 class _Objective(torch.nn.Module):
     """What data parallelism wraps: the trained modules, and a forward that computes one step's loss."""
 
-    def __init__(self, lm: PrunedLM, config: TrainConfig) -> None:
+    def __init__(self, lm: PrunedLM, config: DCPTrainConfig) -> None:
         super().__init__()
         self.policy, self.base = lm.policy, lm.base.model  # registered: their gradients are averaged
         self.lm, self.config = lm, config
@@ -125,7 +125,7 @@ def _train_step(objective: torch.nn.Module, parallel: DataParallel, batch: torch
             "sparsity": 1 - parts["kept"]}
 
 
-def train_dcp(config: TrainConfig, dcp: DCPConfig, out_dir: str | Path, show_progress: bool = True,
+def train_dcp(config: DCPTrainConfig, dcp: DCPConfig, out_dir: str | Path, show_progress: bool = True,
               resume: bool = False) -> CheckpointMeta:
     """Train DCP on `config.model` and write a checkpoint to `out_dir`; returns its metadata.
 

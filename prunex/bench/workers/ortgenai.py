@@ -1,11 +1,11 @@
 """The onnxruntime-genai peer of `prunex bench decode`, in a process of its own: `python -m
-prunex.bench.ortgenai_worker --dir D --precision fp32|int8|int4 --batch B --context C --new-tokens N
---threads T`; prints one JSON line with the fields of `decode_worker`.
+prunex.bench.workers.ortgenai --dir D --precision fp32|int8|int4 --batch B --context C --new-tokens N
+--threads T`; prints one JSON line with the fields of `workers.decode`.
 
 onnxruntime-genai is the dense engine a user of ONNX Runtime would pick instead of prunex: its model builder
 turns the exported dir's base model (a Hugging Face dir) into a fused graph (GroupQueryAttention with RoPE,
 packed QKV, SkipSimplifiedLayerNorm, MatMulNBits for int8/int4), built once and cached under
-`$PRUNEX_CACHE/ortgenai`. Same prompts as `decode_worker` (the first B windows of C held-out Wikipedia tokens),
+`$PRUNEX_CACHE/ortgenai`. Same prompts as `workers.decode` (the first B windows of C held-out Wikipedia tokens),
 greedy, N tokens a row. Its `--help` is not used (it crashes on a bare `%`, see FACTS); the options are the
 builder's documented ones.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prunex.bench.decode_worker import bench_prompts
-from prunex.bench.peer_cli import run_peer
+from prunex.bench.workers.decode import bench_prompts
+from prunex.bench.workers.peer_cli import run_peer
 from prunex.cache import cache_dir
 from prunex.errors import PrunexError
 from prunex.tensors import kv_entry_bytes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prunex.prune.kv_cache import LayerCache
+from prunex.prune.pruned_cache import LayerCache
 from prunex.tensors import pack_kept
 
 

