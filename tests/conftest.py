@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from prunex.config import DCPConfig
+from prunex.export.decoder import export_decoder
+from prunex.models.encoders import load_classifier
 from prunex.models.sources import LoadedModel, load_model
 from prunex.prune.dcp import DCPPolicy
+from prunex.prune.lm import PrunedLM
+from prunex.prune.ltp import LTPClassifier, LTPConfig, LTPThresholds
+from prunex.runtime.sampling import SamplingParams
 
 torch.set_num_threads(1)  # the tests are tiny; do not fight other jobs for cores
 
@@ -62,6 +67,32 @@ def assert_stepwise_equals_full(lm, prompts: list[list[int]], new_tokens: int):
         torch.testing.assert_close(full, result.step_logits[row], atol=1e-4, rtol=0)
         assert full.argmax(-1).tolist() == result.token_ids[row]
     return result
+
+
+TEXTS = ["Once upon a time, in a land far away, there lived a", "The cat sat", "Pruning the cache: ", "Hello"]
+GREEDY = SamplingParams(max_new_tokens=10, ignore_eos=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """A tiny Llama with a DCP policy that drops many entries, exported: (its PrunedLM, the exported dir)."""
+    base = load_model("tiny-llama")
+    lm = PrunedLM(base, dropping_policy(base))
+    out = tmp_path_factory.mktemp("runtime") / "tiny-llama"
+    export_decoder(lm, out, source="tiny-llama")
+    return lm, out
+
+
+def peaky_classifier(importance: str = "absolute") -> tuple[LTPClassifier, object]:
+    """tiny-bert with sharp attention (q, k x20) so the thresholds keep only some tokens per row."""
+    base = load_classifier("tiny-bert", 3)
+    with torch.no_grad():
+        for layer in base.model.base_model.encoder.layer:
+            layer.attention.self.query.weight.mul_(20)
+            layer.attention.self.key.weight.mul_(20)
+    final = 0.05 if importance == "absolute" else 1.0  # an average token of ~20 in absolute terms; 1 in relative
+    thresholds = LTPThresholds(3, LTPConfig(final_threshold=final, temperature=final / 10, importance=importance))
+    return LTPClassifier(base.model, thresholds, tokenizer=base.tokenizer).eval(), base
 
 
 @pytest.fixture

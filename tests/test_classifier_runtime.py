@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_export_encoder import peaky_classifier
+from conftest import peaky_classifier
 
 from prunex.errors import PrunexError
 from prunex.export.encoder import export_encoder

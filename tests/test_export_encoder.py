@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
+from conftest import peaky_classifier
 from typer.testing import CliRunner
 
 from prunex.checkpoints.ltp import save_ltp
@@ -14,22 +14,9 @@ from prunex.cli.main import app
 from prunex.errors import PrunexError
 from prunex.export.encoder import export_encoder
 from prunex.format import read_encoder_manifest, read_manifest
-from prunex.models.encoders import load_classifier
-from prunex.prune.ltp import LTPClassifier, LTPConfig, LTPThresholds
+from prunex.prune.ltp import LTPConfig, LTPThresholds
 
 TEXTS = ("a long enough sentence for the pruner to drop a few of its many tokens", "short one", "mid length text here")
-
-
-def peaky_classifier(importance: str = "absolute") -> tuple[LTPClassifier, object]:
-    """tiny-bert with sharp attention (q, k x20) so the thresholds keep only some tokens per row."""
-    base = load_classifier("tiny-bert", 3)
-    with torch.no_grad():
-        for layer in base.model.base_model.encoder.layer:
-            layer.attention.self.query.weight.mul_(20)
-            layer.attention.self.key.weight.mul_(20)
-    final = 0.05 if importance == "absolute" else 1.0  # an average token of ~20 in absolute terms; 1 in relative
-    thresholds = LTPThresholds(3, LTPConfig(final_threshold=final, temperature=final / 10, importance=importance))
-    return LTPClassifier(base.model, thresholds, tokenizer=base.tokenizer).eval(), base
 
 
 def _session(path) -> ort.InferenceSession:

@@ -12,9 +12,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import dropping_policy
+from conftest import dropping_policy, peaky_classifier
 from onnx import TensorProto, helper, numpy_helper
-from test_export_encoder import peaky_classifier
 from typer.testing import CliRunner
 
 from prunex.cli.main import app

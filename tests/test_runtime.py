@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import dropping_policy
+from conftest import GREEDY, TEXTS
 
 from prunex.errors import PrunexError
 from prunex.export.decoder import export_decoder
@@ -15,31 +15,14 @@ from prunex.runtime.session import choose_device
 from prunex.runtime.slot_cache import CacheLimits, CapacityError, KVCacheManager
 from prunex.runtime.text_stream import TextStream
 
-TEXTS = ["Once upon a time, in a land far away, there lived a", "The cat sat", "Pruning the cache: ", "Hello"]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny Llama with a DCP policy that drops many entries, exported; and its PrunedLM."""
-    from prunex.models.sources import load_model
-
-    base = load_model("tiny-llama")
-    lm = PrunedLM(base, dropping_policy(base))
-    out = tmp_path_factory.mktemp("runtime") / "tiny-llama"
-    export_decoder(lm, out, source="tiny-llama")
-    return lm, out
-
 
 @pytest.fixture
-def runtime(exported):
-    return Runtime(exported[1], device="cpu", threads=1)
+def runtime(tiny_export):
+    return Runtime(tiny_export[1], device="cpu", threads=1)
 
 
 def _ids(runtime: Runtime) -> list[list[int]]:
     return [runtime.encode(t) for t in TEXTS]
-
-
-GREEDY = SamplingParams(max_new_tokens=10, ignore_eos=True)
 
 
 def test_batched_rows_equal_each_row_alone(runtime):
@@ -50,8 +33,8 @@ def test_batched_rows_equal_each_row_alone(runtime):
     assert runtime.last_stats["kv_kept_fraction"] < 0.95  # entries really left the cache
 
 
-def test_greedy_runtime_equals_pytorch_physical_removal(runtime, exported):
-    lm, _ = exported
+def test_greedy_runtime_equals_pytorch_physical_removal(runtime, tiny_export):
+    lm, _ = tiny_export
     prompts = _ids(runtime)
     reference = lm.generate(prompts, max_new_tokens=10)
     assert [c.token_ids for c in runtime.generate(prompts, GREEDY)] == reference.token_ids
@@ -191,8 +174,8 @@ def test_chat_messages_use_the_chat_template(runtime):
         runtime.encode([1.5])
 
 
-def test_capacity_overflow_is_a_clear_error(exported):
-    out = exported[1]
+def test_capacity_overflow_is_a_clear_error(tiny_export):
+    out = tiny_export[1]
     tight = Runtime(out, device="cpu", threads=1, max_kv_bytes=2048)
     with pytest.raises(CapacityError, match="over its limit"):
         tight.generate([_ids(tight)[0]], GREEDY)
@@ -203,10 +186,10 @@ def test_capacity_overflow_is_a_clear_error(exported):
         runtime.generate([[1] * (limit - 4)], SamplingParams(max_new_tokens=8))
 
 
-def test_decoding_up_to_the_context_edge(tmp_path, exported):
+def test_decoding_up_to_the_context_edge(tmp_path, tiny_export):
     """A dense row decoded to the model's last position: the slot buffers never grow past the context (the
     fused attention refuses buffers longer than its rotary table), and the next step is a clear error."""
-    lm, _ = exported
+    lm, _ = tiny_export
     export_decoder(PrunedLM(lm.base, None), tmp_path / "dense", dense=True, source="tiny-llama")
     runtime = Runtime(tmp_path / "dense", device="cpu", threads=1)
     limit = runtime.manifest.max_positions
@@ -220,15 +203,15 @@ def test_decoding_up_to_the_context_edge(tmp_path, exported):
         engine.decode(logits.argmax(-1))
 
 
-def test_running_out_of_kv_bytes_mid_flight_is_an_error_that_loses_nothing(exported):
-    probe = Runtime(exported[1], device="cpu", threads=1)
+def test_running_out_of_kv_bytes_mid_flight_is_an_error_that_loses_nothing(tiny_export):
+    probe = Runtime(tiny_export[1], device="cpu", threads=1)
     prompt = _ids(probe)[0]
     gen = probe.generator()
     gen.add_request(prompt, GREEDY)
     gen.step()
     after_prefill = probe.engine.cache.allocated_bytes()
     gen.close()
-    runtime = Runtime(exported[1], device="cpu", threads=1, max_kv_bytes=after_prefill)
+    runtime = Runtime(tiny_export[1], device="cpu", threads=1, max_kv_bytes=after_prefill)
     gen = runtime.generator()
     rid = gen.add_request(prompt, SamplingParams(max_new_tokens=200, ignore_eos=True))
     with pytest.raises(CapacityError, match="over its limit"):
@@ -241,8 +224,8 @@ def test_running_out_of_kv_bytes_mid_flight_is_an_error_that_loses_nothing(expor
     assert gen.is_done() and gen.result(rid).finish_reason == "cancelled" and runtime.engine.rows == 0
 
 
-def test_a_full_batch_queues_requests_instead_of_failing(exported):
-    runtime = Runtime(exported[1], device="cpu", threads=1, max_batch=2)
+def test_a_full_batch_queues_requests_instead_of_failing(tiny_export):
+    runtime = Runtime(tiny_export[1], device="cpu", threads=1, max_batch=2)
     prompts = _ids(runtime)
     gen = runtime.generator()
     ids = [gen.add_request(p, GREEDY) for p in prompts]
@@ -327,26 +310,26 @@ def test_each_layer_sizes_its_own_slots():
     assert cache.layer_view("value", 0)[0, 0, :16, 0].tolist() == list(range(16))
 
 
-def test_denormals_cost_nothing_and_the_callers_float_state_is_left_alone(exported):
+def test_denormals_cost_nothing_and_the_callers_float_state_is_left_alone(tiny_export):
     """The decisions' MatMul reads every slot's interaction key: fresh ones are zeros, not stale memory (old int
     data reads as denormal floats, ~100x slower). The session's runs flush denormals to zero on a thread of
     their own: the caller's thread keeps IEEE semantics (subnormals exist after a generation)."""
     cache = KVCacheManager(2, 1, 2, 4, torch.device("cpu"), guard=lambda positions: positions + 1)
     cache.start(3, 8)
     assert torch.count_nonzero(cache.layer_view("kint", 1)) == 0
-    runtime = Runtime(exported[1], threads=1)
+    runtime = Runtime(tiny_export[1], threads=1)
     assert runtime.engine.session.get_session_options().get_session_config_entry(
         "session.set_denormal_as_zero") == "1"
     runtime.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2))
     assert torch.tensor(1e-45) * 2 > 0
 
 
-def test_cpu_is_used_when_cuda_is_absent(exported):
+def test_cpu_is_used_when_cuda_is_absent(tiny_export):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     choice = choose_device("cuda")
     assert choice.device == "cpu" and choice.providers == ["CPUExecutionProvider"] and choice.reason
-    runtime = Runtime(exported[1], device="cuda", threads=1)
+    runtime = Runtime(tiny_export[1], device="cuda", threads=1)
     assert runtime.device == "cpu" and runtime.device_note
     with pytest.raises(PrunexError, match="device must be"):
         choose_device("gpu")
@@ -354,10 +337,10 @@ def test_cpu_is_used_when_cuda_is_absent(exported):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and onnxruntime-gpu")
-def test_cuda_generation_equals_cpu(exported):
-    prompts = [Runtime(exported[1], device="cpu").encode(t) for t in TEXTS]
-    cpu = Runtime(exported[1], device="cpu").generate(prompts, GREEDY)
-    gpu_runtime = Runtime(exported[1], device="cuda")
+def test_cuda_generation_equals_cpu(tiny_export):
+    prompts = [Runtime(tiny_export[1], device="cpu").encode(t) for t in TEXTS]
+    cpu = Runtime(tiny_export[1], device="cpu").generate(prompts, GREEDY)
+    gpu_runtime = Runtime(tiny_export[1], device="cuda")
     assert gpu_runtime.device == "cuda", gpu_runtime.device_note
     gpu = gpu_runtime.generate(prompts, GREEDY)
     assert [c.token_ids for c in gpu] == [c.token_ids for c in cpu]

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from test_runtime import GREEDY, TEXTS, exported  # noqa: F401  (fixture)
+from conftest import GREEDY, TEXTS
 
 from prunex.errors import PrunexError
 from prunex.runtime.runtime import Runtime
@@ -15,12 +15,12 @@ from prunex.runtime.sampling import SamplingParams
 from prunex.runtime.scoring import score_prompt
 
 
-def _runtime(exported, **kw) -> Runtime:  # noqa: F811
-    return Runtime(exported[1], device="cpu", threads=1, **kw)
+def _runtime(tiny_export, **kw) -> Runtime:
+    return Runtime(tiny_export[1], device="cpu", threads=1, **kw)
 
 
-def test_finished_requests_are_handed_over_once_and_forgotten(exported):  # noqa: F811
-    runtime = _runtime(exported)
+def test_finished_requests_are_handed_over_once_and_forgotten(tiny_export):
+    runtime = _runtime(tiny_export)
     gen = runtime.generator()
     for _ in range(3):
         ids = [gen.add_request(runtime.encode(t), GREEDY) for t in TEXTS]
@@ -34,8 +34,8 @@ def test_finished_requests_are_handed_over_once_and_forgotten(exported):  # noqa
         gen.result(ids[0])
 
 
-def test_each_completion_carries_its_own_kv_figures(exported):  # noqa: F811
-    runtime = _runtime(exported)
+def test_each_completion_carries_its_own_kv_figures(tiny_export):
+    runtime = _runtime(tiny_export)
     done = runtime.generate([runtime.encode(t) for t in TEXTS], GREEDY)
     layers = runtime.manifest.num_layers
     for c in done:
@@ -45,8 +45,8 @@ def test_each_completion_carries_its_own_kv_figures(exported):  # noqa: F811
     assert math.isclose(total_kept, runtime.last_stats["kv_kept_fraction"])
 
 
-def test_events_carry_finish_reason_and_logprobs(exported):  # noqa: F811
-    runtime = _runtime(exported)
+def test_events_carry_finish_reason_and_logprobs(tiny_export):
+    runtime = _runtime(tiny_export)
     prompt = runtime.encode(TEXTS[0])
     gen = runtime.generator()
     rid = gen.add_request(prompt, SamplingParams(max_new_tokens=4, ignore_eos=True, logprobs=3))
@@ -64,8 +64,8 @@ def test_events_carry_finish_reason_and_logprobs(exported):  # noqa: F811
     assert gen.result(rid).token_ids == [e.token_id for e in events]
 
 
-def test_a_failed_prefill_fails_only_its_request(exported):  # noqa: F811
-    runtime = _runtime(exported)
+def test_a_failed_prefill_fails_only_its_request(tiny_export):
+    runtime = _runtime(tiny_export)
     gen = runtime.generator()
     good = gen.add_request(runtime.encode(TEXTS[1]), GREEDY)
     gen.step()
@@ -82,8 +82,8 @@ def test_a_failed_prefill_fails_only_its_request(exported):  # noqa: F811
     assert survivor.token_ids == runtime.generate([runtime.encode(TEXTS[1])], GREEDY)[0].token_ids
 
 
-def test_extreme_sampling_settings_stay_finite(exported):  # noqa: F811  (found by the server's fuzz test)
-    runtime = _runtime(exported)
+def test_extreme_sampling_settings_stay_finite(tiny_export):  # found by the server's fuzz test
+    runtime = _runtime(tiny_export)
     prompt = runtime.encode(TEXTS[0])
     greedy = runtime.generate([prompt], GREEDY)[0].token_ids
     for params in (SamplingParams(max_new_tokens=10, ignore_eos=True, temperature=1.0, top_p=5e-324, seed=1),
@@ -91,8 +91,8 @@ def test_extreme_sampling_settings_stay_finite(exported):  # noqa: F811  (found 
         assert runtime.generate([prompt], params)[0].token_ids == greedy  # the nucleus is the top token
 
 
-def test_prompt_logprobs_come_from_the_prefill_and_equal_scoring(exported):  # noqa: F811
-    runtime = _runtime(exported)
+def test_prompt_logprobs_come_from_the_prefill_and_equal_scoring(tiny_export):
+    runtime = _runtime(tiny_export)
     prompt = runtime.encode(TEXTS[0])
     alone = runtime.generate([prompt], GREEDY)[0]
     [done] = runtime.generate([prompt], SamplingParams(max_new_tokens=10, ignore_eos=True, prompt_logprobs=2))
@@ -103,14 +103,14 @@ def test_prompt_logprobs_come_from_the_prefill_and_equal_scoring(exported):  # n
         [t for t, _ in top] for top in scored.top_logprobs]
 
 
-def test_scoring_a_long_prompt_never_holds_a_vocabulary_row_per_token(exported):  # noqa: F811
+def test_scoring_a_long_prompt_never_holds_a_vocabulary_row_per_token(tiny_export):
     # the figures equal a full log-softmax over every position, but numpy never holds (T, vocab) at once (the
     # peak is measured without top-k: with this 257-token vocabulary its Python tuples would dominate)
     import tracemalloc
 
     from prunex.runtime.scoring import prompt_logprobs
 
-    runtime = _runtime(exported)
+    runtime = _runtime(tiny_export)
     prompt = (runtime.encode(TEXTS[0]) * 40)[:1500]
     logits, _ = runtime.engine.run_prompt(prompt, all_logits=True)  # (T, vocab)
     full = prompt_logprobs(logits, prompt, top=3)

@@ -147,7 +147,7 @@ def test_an_engine_error_fails_its_request_not_the_server(model_dir):
 
 
 def test_an_encoder_serves_classify(tmp_path):
-    from test_export_encoder import peaky_classifier
+    from conftest import peaky_classifier
 
     from prunex.export.encoder import export_encoder
     from prunex.runtime.classifier import Classifier

@@ -22,6 +22,9 @@ bookkeeping is a few indexed writes over all layers at once. fill and seqlens ar
 fill - 1 after `begin_step`: what the attention reads). Memory is accounted in bytes of K, V and interaction
 keys: held (valid entries), allocated (slots) with its peak, and dense-equivalent (what a cache without pruning
 would hold for the same tokens).
+
+One class in one module (~360 lines): allocation, growth, compaction and the step's bookkeeping all index the same
+flat per-layer blocks, and splitting them would spread one layout over several files.
 """
 
 from __future__ import annotations

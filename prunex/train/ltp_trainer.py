@@ -15,6 +15,10 @@ dir (given as `model`), with the same task, split seed and input length. A run i
 a crash) goes on with `resume=True` from the state saved in its output dir every few minutes and at each
 validation check and stage boundary (`prunex.train.resume`). Launched on N processes (`torchrun`,
 `accelerate launch`) it trains data-parallel (`prunex.train.parallel`).
+
+One module of ~470 lines on purpose: the three stages share one run's state (`_Run`), its resume points and its
+validation, and reading the stage loop next to them is easier than following them across files; the budget,
+the FLOPs target and the resume state live in their own modules (`ltp_budget`, `ltp_target`, `resume`).
 """
 
 from __future__ import annotations
