@@ -12,6 +12,7 @@ from prunex.prune.attention_policy import H2OPolicy, TOVAPolicy
 from prunex.prune.budget import BudgetedPolicy
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import GenerationResult, PrunedLM
+from prunex.prune.policy_spec import PolicySpec
 from prunex.prune.training_free import training_free_policy
 from prunex.prune.window import WindowPolicy
 
@@ -43,6 +44,7 @@ __all__ = [
     "DCPPolicy",
     "GenerationResult",
     "Generator",
+    "PolicySpec",
     "H2OPolicy",
     "PrunedLM",
     "PrunexError",

@@ -9,8 +9,8 @@ from prunex.errors import PrunexError
 from prunex.export.decoder import export_decoder
 from prunex.prune.forward import run_full
 from prunex.prune.lm import PrunedLM
+from prunex.prune.policy_spec import PolicySpec
 from prunex.prune.pruned_cache import PrunedKVCache
-from prunex.prune.training_free import training_free_policy
 from prunex.runtime.runtime import Runtime
 from prunex.runtime.sampling import SamplingParams
 
@@ -36,11 +36,12 @@ def scored_export(tmp_path_factory, tiny_llama):
 def test_runtime_policy_matches_pytorch(name, dense_export, scored_export, tiny_llama):
     """Greedy, a batch of rows of different lengths (prompts within the budget: the prompt pass is the graph's):
     the same tokens, and every layer holds the same positions per row as the PyTorch cache after each run."""
-    policy = training_free_policy(name, BUDGET, sink_tokens=2)
+    spec = PolicySpec(name, BUDGET, sink_tokens=2)
+    policy = spec.build()
     gen = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (3, 6, 5)]
     directory = scored_export if name in ("h2o", "tova") else dense_export
-    engine = Runtime(directory, device="cpu", threads=1, policy=policy).engine
+    engine = Runtime(directory, device="cpu", threads=1, policy=spec).engine
     logits = engine.prefill(prompts)
     runtime_tokens = []
     for _ in range(STEPS):
@@ -76,7 +77,7 @@ def test_runtime_policy_matches_pytorch(name, dense_export, scored_export, tiny_
 
 def test_runtime_refuses_attention_policies_without_attention_outputs(dense_export):
     with pytest.raises(PrunexError, match="--attention-scores"):
-        Runtime(dense_export, device="cpu", threads=1, policy=training_free_policy("h2o", 8))
+        Runtime(dense_export, device="cpu", threads=1, policy=PolicySpec("h2o", 8))
 
 
 def test_cli_generate_with_policy_on_a_dense_export(dense_export):
@@ -108,7 +109,7 @@ def test_serve_applies_a_run_time_policy(dense_export):
 
     from prunex.cli.serve import serve_command
 
-    policy = training_free_policy("sinks", 8)
+    policy = PolicySpec("sinks", 8)
     params = SamplingParams(max_new_tokens=20)
     runtime = Runtime(dense_export, device="cpu", threads=1, policy=policy)
     expected = runtime.generate([runtime.encode("Once upon")], params)[0].text

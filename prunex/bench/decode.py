@@ -170,10 +170,10 @@ def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchCo
     main_dir, baseline_dir = resolve_dirs(source, baseline)
     if config.policy is not None:  # refused now (e.g. h2o on an export without attention scores), not per worker
         from prunex.format import read_manifest
-        from prunex.prune.training_free import training_free_policy
+        from prunex.prune.policy_spec import PolicySpec
         from prunex.runtime.policy_hook import check_runtime_policy
 
-        check_runtime_policy(training_free_policy(config.policy, config.kv_tokens), read_manifest(main_dir))
+        check_runtime_policy(PolicySpec(config.policy, config.kv_tokens), read_manifest(main_dir))
     bandwidth = memory_bandwidth()
     results = []
     for context in config.contexts:

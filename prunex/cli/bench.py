@@ -50,13 +50,14 @@ def bench_decode_command(
     """Decode tokens/s, time to first token, KV bytes and peak RSS: prunex vs the dense export (same runtime)
     vs PyTorch generate, on the same Wikipedia prompts, each engine in a process of its own."""
     from prunex.bench.decode import PEERS, DecodeBenchConfig, bench_decode, plot
-    from prunex.cli.policy_options import runtime_budget
+    from prunex.prune.policy_spec import PolicySpec
 
     unknown = sorted(set(peer) - set(PEERS))
     if unknown:
         raise PrunexError(f"--peer {', '.join(unknown)} is not available; peers: {', '.join(PEERS)}")
 
-    tokens = runtime_budget(policy, kv_budget, kv_tokens, max(context) + new_tokens)
+    spec = PolicySpec.from_options(policy, kv_budget, kv_tokens, max(context) + new_tokens)
+    tokens = None if spec is None else spec.kv_tokens
     config = DecodeBenchConfig(batches=list(batch), contexts=list(context), new_tokens=new_tokens,
                                threads=threads, device=device, torch_peer=torch_peer, optimum_python=optimum_python,
                                repeats=repeats, peers=list(peer), policy=policy, kv_tokens=tokens)

@@ -62,17 +62,15 @@ def generate_exported(source: str, prompts: list[str], *, chat: bool, params, st
                       kv_tokens: int | None = None) -> None:
     """Generate through ONNX Runtime; prints text (streamed for one prompt with --stream) and a stats line.
     `policy` (window, sinks, h2o, tova) at `kv_budget`/`kv_tokens` bounds the cache on top of the graph's decisions."""
-    from prunex.cli.policy_options import runtime_budget
-    from prunex.prune.training_free import training_free_policy
+    from prunex.prune.policy_spec import PolicySpec
     from prunex.runtime.runtime import Runtime, load_tokenizer
 
-    run_policy = None
+    spec = None
     if policy is not None or kv_budget is not None or kv_tokens is not None:
         tokenizer = load_tokenizer(source)
         longest = max(len(tokenizer(p)["input_ids"]) for p in prompts)
-        tokens = runtime_budget(policy, kv_budget, kv_tokens, longest + params.max_new_tokens)
-        run_policy = training_free_policy(policy, tokens)
-    runtime = Runtime(source, device=device, threads=threads, max_batch=max(len(prompts), 1), policy=run_policy)
+        spec = PolicySpec.from_options(policy, kv_budget, kv_tokens, longest + params.max_new_tokens)
+    runtime = Runtime(source, device=device, threads=threads, max_batch=max(len(prompts), 1), policy=spec)
     if runtime.device_note:
         typer.echo(f"[device: cpu, because {runtime.device_note}]", err=True)
     started = time.perf_counter()

@@ -61,10 +61,9 @@ def serve_command(source: str | None, *, host: str, port: int, api_key: str | No
     """Run the server until interrupted; /health says 503 while the model loads. `policy` (window, sinks, h2o,
     tova) with `kv_tokens` caps every request's KV cache on top of the graph's own decisions. `replicas` > 0:
     that many Ray Serve replicas of the same app (`prunex.serve.replicas`)."""
-    from prunex.cli.policy_options import runtime_budget
     from prunex.errors import PrunexError
     from prunex.format import is_exported_dir, read_manifest
-    from prunex.prune.training_free import training_free_policy
+    from prunex.prune.policy_spec import PolicySpec
     from prunex.runtime.policy_hook import check_runtime_policy
     from prunex.runtime.session import choose_device
     from prunex.serve.app import ServeSettings, run
@@ -73,10 +72,9 @@ def serve_command(source: str | None, *, host: str, port: int, api_key: str | No
     choose_device(device)  # an unknown --device is refused before the server starts
     if policy is not None and kv_tokens is None:
         raise PrunexError("--policy needs --kv-tokens N for a server (requests have no length known in advance)")
-    tokens = runtime_budget(policy, None, kv_tokens, 0)
-    run_policy = None if tokens is None else training_free_policy(policy, tokens)
-    if run_policy is not None and is_exported_dir(source):  # refused before start-up, not in the loading thread
-        check_runtime_policy(run_policy, read_manifest(source))
+    spec = PolicySpec.from_options(policy, None, kv_tokens, 0)
+    if spec is not None and is_exported_dir(source):  # refused before start-up, not in the loading thread
+        check_runtime_policy(spec, read_manifest(source))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
                              device=device, threads=threads, prefill_chunk=prefill_chunk,
@@ -84,9 +82,9 @@ def serve_command(source: str | None, *, host: str, port: int, api_key: str | No
     if replicas:
         from prunex.serve import replicas as ray_replicas
 
-        load = ray_replicas.LoadArgs(source, device, threads, max_batch, model_name, run_policy, settings)
+        load = ray_replicas.LoadArgs(source, device, threads, max_batch, model_name, spec, settings)
         ray_replicas.run_local(load, ray_replicas.ReplicaSettings(
             replicas=replicas, max_replicas=max_replicas, max_ongoing_requests=max_ongoing_requests,
             max_queued_requests=max_queued_requests))
         return
-    run(lambda: load_served_model(source, device, threads, max_batch, model_name, run_policy), settings)
+    run(lambda: load_served_model(source, device, threads, max_batch, model_name, spec), settings)

@@ -20,6 +20,7 @@ from prunex.errors import PrunexError
 from prunex.format import DecoderManifest, read_manifest
 from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.policy import KeepPolicy
+from prunex.prune.policy_spec import PolicySpec
 from prunex.runtime.policy_hook import (
     check_runtime_policy,
     evict_over_budget,
@@ -40,7 +41,7 @@ class DecoderEngine:
 
     def __init__(self, directory: str | Path, device: str = "auto", threads: int | None = None,
                  limits: CacheLimits | None = None, manifest: DecoderManifest | None = None,
-                 policy: KeepPolicy | AttentionPolicy | None = None) -> None:
+                 policy: PolicySpec | None = None) -> None:
         self.directory = Path(directory)
         self.manifest = m = manifest or read_manifest(self.directory)
         self.policy = None if policy is None else check_runtime_policy(policy, m)  # run-time window/sinks/h2o/tova

@@ -24,11 +24,13 @@ from prunex.errors import PrunexError
 from prunex.format import DecoderManifest
 from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.policy import KeepPolicy
+from prunex.prune.policy_spec import PolicySpec
 from prunex.runtime.slot_cache import KVCacheManager
 
 
-def check_runtime_policy(policy: object, manifest: DecoderManifest) -> KeepPolicy | AttentionPolicy:
-    """`policy` if the runtime can apply it to this graph, else a clear PrunexError."""
+def check_runtime_policy(spec: PolicySpec, manifest: DecoderManifest) -> KeepPolicy | AttentionPolicy:
+    """The policy of `spec`, built, if the runtime can apply it to this graph, else a clear PrunexError."""
+    policy = spec.build()
     if isinstance(policy, AttentionPolicy):
         if not manifest.attention:
             raise PrunexError(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prunex.data.prompts import Prompt, encode_prompt
 from prunex.errors import PrunexError
-from prunex.prune.policy import KeepPolicy
+from prunex.prune.policy_spec import PolicySpec
 from prunex.runtime.engine import DecoderEngine
 from prunex.runtime.generator import Completion, Generator
 from prunex.runtime.sampling import SamplingParams
@@ -35,10 +35,11 @@ class Runtime:
 
     device: "auto" (CUDA when onnxruntime-gpu and a GPU are there), "cpu" or "cuda"; when CUDA was asked for
     and is not usable, `device_note` says why. threads: ONNX Runtime intra-op threads (None: torch's count).
+    policy: a run-time keep policy (window, sinks, h2o, tova) on top of the graph's own decisions.
     """
 
     def __init__(self, directory: str | Path, device: str = "auto", threads: int | None = None,
-                 max_batch: int = 16, max_kv_bytes: int | None = None, policy: KeepPolicy | None = None) -> None:
+                 max_batch: int = 16, max_kv_bytes: int | None = None, policy: PolicySpec | None = None) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise PrunexError(f"{directory} is not a folder: give a dir written by `prunex export`")

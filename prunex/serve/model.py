@@ -13,8 +13,7 @@ from prunex.runtime.classifier import Classifier
 from prunex.runtime.runtime import Runtime
 
 if TYPE_CHECKING:
-    from prunex.prune.attention_policy import AttentionPolicy
-    from prunex.prune.policy import KeepPolicy
+    from prunex.prune.policy_spec import PolicySpec
 
 
 @dataclass
@@ -35,16 +34,15 @@ class ServedModel:
 
 def load_served_model(source: str | None, device: str = "auto", threads: int | None = None,
                       max_batch: int = 16, name: str | None = None,
-                      policy: KeepPolicy | AttentionPolicy | None = None) -> ServedModel:
+                      policy: PolicySpec | None = None) -> ServedModel:
     """An exported dir (decoder or encoder), or a checkpoint / model name / None (the built-in default) exported
     once into the cache, loaded for serving; `policy` (window, sinks, h2o, tova) bounds every request's KV cache."""
     from prunex.export.cached import cached_export
     from prunex.format import manifest_kind
     from prunex.loading import resolve_source
-    from prunex.prune.attention_policy import AttentionPolicy
 
     exported = resolve_source(source).kind == "exported"
-    scores = isinstance(policy, AttentionPolicy)  # a checkpoint is exported with what the policy needs
+    scores = policy is not None and policy.needs_attention_scores  # a checkpoint is exported with what it needs
     directory = Path(source) if exported else cached_export(source, False, attention_scores=scores)
     name = name or (directory.name if exported else Path(source).name if source else "prunex")
     if manifest_kind(directory) == "encoder":

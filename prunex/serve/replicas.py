@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prunex.errors import PrunexError
+from prunex.prune.policy_spec import PolicySpec
 from prunex.serve.app import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class LoadArgs:
     threads: int | None = None
     max_batch: int = 16
     name: str | None = None
-    policy: Any = None
+    policy: PolicySpec | None = None  # a run-time keep policy for every request
     server: ServeSettings = field(default_factory=ServeSettings)
 
 

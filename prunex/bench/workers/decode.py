@@ -33,12 +33,12 @@ def measure_ort(directory: str, batch: int, context: int, new_tokens: int, threa
                 policy: str | None = None, kv_tokens: int | None = None) -> dict:
     """prunex's Generator over an exported dir: all rows admitted in the first step, then decode steps;
     `policy` (window, sinks, h2o, tova) with `kv_tokens` adds a run-time keep policy."""
-    from prunex.prune.training_free import training_free_policy
+    from prunex.prune.policy_spec import PolicySpec
     from prunex.runtime.runtime import Runtime
     from prunex.runtime.sampling import SamplingParams
 
-    run_policy = None if policy is None else training_free_policy(policy, kv_tokens)
-    runtime = Runtime(directory, device=device, threads=threads, max_batch=batch, policy=run_policy)
+    spec = None if policy is None else PolicySpec(policy, kv_tokens)
+    runtime = Runtime(directory, device=device, threads=threads, max_batch=batch, policy=spec)
     prompts = bench_prompts(runtime.tokenizer, batch, context)
     gen = runtime.generator()
     ids = [gen.add_request(p, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)) for p in prompts]
