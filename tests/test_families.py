@@ -82,7 +82,7 @@ def test_the_dense_export_equals_hugging_face_generate(family):
 
 def test_the_int8_exports_run_and_the_dense_one_stays_close(family, tmp_path):
     _, _, root = family
-    config = QuantizeConfig(force=True, eval_windows=2, eval_context=64)  # random weights: no quality bound
+    config = QuantizeConfig(accept_cost=True, eval_windows=2, eval_context=64)  # random weights: no quality bound
     prompt = [_prompts(3)[1]]
     for kind in ("dense", "pruned"):
         quantize_dir(root / kind, tmp_path / kind, config, progress=lambda _: None)

@@ -134,7 +134,7 @@ def test_a_bound_that_is_exceeded_refuses_to_write(decoder):
         _quantize_with_text(root, text, out, max_ppl_increase=-1.0)  # a bound no model can meet
     assert not out.exists()
     assert "ppl_increase" in refused.value.report
-    forced = _quantize_with_text(root, text, out, max_ppl_increase=-1.0, force=True)
+    forced = _quantize_with_text(root, text, out, max_ppl_increase=-1.0, accept_cost=True)
     assert forced["bound_exceeded"] and read_manifest(out).quantization["mode"] == "dynamic"
 
 

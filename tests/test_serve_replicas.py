@@ -130,3 +130,20 @@ def test_a_killed_replica_fails_only_its_own_requests_and_comes_back(replicas):
     _wait_for(lambda: _healthy(base), 60, "the deployment to answer")
     again = httpx.post(f"{base}/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 3}, timeout=60)
     assert again.status_code == 200
+
+
+def test_the_application_builder_for_serve_run():
+    """`serve run prunex.serve.replicas:build key=value ...` on a cluster: the deployment's options come through."""
+    from prunex.errors import PrunexError
+    from prunex.serve.replicas import build
+
+    fixed = build({"source": "/models/x", "replicas": "3", "threads": "2", "max_batch": "4", "max_queue": "8",
+                   "max_queued_requests": "100"})._bound_deployment
+    assert (fixed.name, fixed.num_replicas, fixed.max_ongoing_requests, fixed.max_queued_requests) == (
+        "prunex", 3, 12, 100)  # a replica is sent at most its own batch + queue
+    assert fixed.ray_actor_options["num_cpus"] == 2
+    scaling = build({"source": "/models/x", "replicas": "1", "max_replicas": "4"})._bound_deployment
+    config = scaling._deployment_config.autoscaling_config
+    assert (config.min_replicas, config.max_replicas) == (1, 4)
+    with pytest.raises(PrunexError, match="unknown arguments"):
+        build({"source": "/models/x", "replicaz": "2"})

@@ -78,7 +78,7 @@ def exported_engines(checkpoint: str | Path, progress=print) -> dict[str, Path]:
                            base_model=base.model_id, base_model_hash=base.weights_hash)
         if not is_exported_dir(int8):
             # speed is measured here: the accuracy check runs on a few examples and never refuses
-            quantize_dir(fp32, int8, QuantizeConfig(eval_limit=16, force=True, overwrite=True), progress=progress)
+            quantize_dir(fp32, int8, QuantizeConfig(eval_limit=16, accept_cost=True, overwrite=True), progress=progress)
     return dirs
 
 

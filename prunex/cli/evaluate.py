@@ -61,7 +61,7 @@ def eval_ppl(
         from prunex.cli.policy_options import budgeted_policy
 
         lm.policy = budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, context)
-    lm._check_length(context)
+    lm.check_length(context)
     token_ids = token_windows(lm.tokenizer, split_text(corpus, split), context, windows)
     report = evaluate_perplexity(lm, token_ids, show_progress=not as_json)
     result = {"source": source or "built-in", "text": corpus, "split": split, **report.to_dict()}
@@ -109,7 +109,7 @@ def eval_compare(
     if unknown:
         raise PrunexError(f"unknown --policies {unknown}; choose among {', '.join(TRAINING_FREE)}")
     lm = load_lm(source).to(torch_device(device))
-    lm._check_length(context)
+    lm.check_length(context)
     token_ids = token_windows(lm.tokenizer, split_text(str(text_file) if text_file else text, split), context,
                               windows)
     report = compare_policies(lm, token_ids, fractions, names, show_progress=not as_json)
@@ -181,7 +181,7 @@ def explain(
     token_ids = lm.tokenizer(content)["input_ids"][:max_tokens]
     if len(token_ids) < 2:
         raise PrunexError("the text needs at least 2 tokens")
-    lm._check_length(len(token_ids))
+    lm.check_length(len(token_ids))
     if policy is not None or kv_budget is not None or kv_tokens is not None:
         from prunex.cli.policy_options import budgeted_policy
 

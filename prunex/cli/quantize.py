@@ -29,20 +29,20 @@ def quantize(
     per_channel: bool = typer.Option(True, help="static: one weight scale per output channel."),
     keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="Leave in fp32 the MatMuls / Gathers whose node "
                                         "or weight name holds this (repeatable; e.g. lm_head, mlp.down)."),
-    force: bool = typer.Option(False, help="Write even when the cost passes a bound."),
-    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+    accept_cost: bool = typer.Option(False, help="Write even when the measured cost passes a bound."),
+    force: bool = typer.Option(False, help="Replace a non-empty --out."),
     threads: int = typer.Option(0, min=0, help="ONNX Runtime threads for the checks (0: as torch)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """int8 (or 4-bit) quantization of an exported dir, with its cost measured against the fp32 source
-    (perplexity or accuracy on held-out data, size on disk); refused past the bounds unless --force."""
+    (perplexity or accuracy on held-out data, size on disk); refused past the bounds unless --accept-cost."""
     from prunex.quantize.int8 import QuantizeConfig
 
     config = QuantizeConfig(mode=mode, bits=bits, block_size=block_size, per_channel=per_channel,
                             keep_fp32=list(keep_fp32), calibration_text=calibration_text, task=task,
                             eval_windows=eval_windows, eval_context=eval_context, eval_limit=eval_limit,
-                            max_ppl_increase=max_ppl_increase, max_accuracy_drop=max_accuracy_drop, force=force,
-                            overwrite=overwrite, threads=threads or None)
+                            max_ppl_increase=max_ppl_increase, max_accuracy_drop=max_accuracy_drop,
+                            accept_cost=accept_cost, overwrite=force, threads=threads or None)
     quantize_command(source, out, config, as_json)
 
 

@@ -59,10 +59,11 @@ class PrunedLM:
         self, input_ids: Tensor, valid: Tensor | None = None, alpha: float = math.inf
     ) -> ForwardResult:
         """Full-sequence forward of right-padded (B, T) ids; alpha = inf gives hard decisions."""
-        self._check_length(input_ids.shape[1])
+        self.check_length(input_ids.shape[1])
         return run_full(self.adapter, self.policy, input_ids, valid, alpha)
 
-    def _check_length(self, length: int) -> None:
+    def check_length(self, length: int) -> None:
+        """Refuse `length` tokens past the model's context, with a message that says what to shorten."""
         if self.max_positions and length > self.max_positions:
             raise PrunexError(
                 f"{length} tokens exceed the model's context of {self.max_positions}: shorten the prompt "
@@ -84,7 +85,7 @@ class PrunedLM:
             raise PrunexError("max_new_tokens must be at least 1")
         input_ids, mask = pad_batch(prompts, pad_id=0)  # (B, T) each
         B = len(prompts)
-        self._check_length(input_ids.shape[1] + max_new_tokens)
+        self.check_length(input_ids.shape[1] + max_new_tokens)
         device = self.device
         input_ids, valid = input_ids.to(device), mask.bool().to(device)
         lengths = valid.sum(-1)  # (B,)

@@ -8,7 +8,7 @@
 The prunex ops (functions in the `prunex` domain) are not quantized and survive. Before writing, the pass
 measures perplexity (decoder, held-out Wikipedia) or accuracy (encoder, the task's test split) of both the
 fp32 source and the quantized result on the same data, and the size on disk; if the loss passes the bound the
-dir is not written unless `force`.
+dir is not written unless `accept_cost`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class QuantizeConfig:
     eval_limit: int | None = None  # encoders: examples of the test split (None: all)
     max_ppl_increase: float = 0.03  # refuse when the quantized perplexity > fp32 x (1 + this)
     max_accuracy_drop: float = 0.01  # refuse when the quantized accuracy < fp32 accuracy - this
-    force: bool = False  # write even when a bound is exceeded
+    accept_cost: bool = False  # write even when a bound is exceeded
     overwrite: bool = False  # replace a non-empty out dir
     threads: int | None = None
 
@@ -261,8 +261,8 @@ def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, pr
             bound = f"accuracy -{report['accuracy_drop']:.4f} > --max-accuracy-drop {config.max_accuracy_drop}"
         report["seconds"] = time.perf_counter() - started
         report["bound_exceeded"] = exceeded
-        if exceeded and not config.force:
-            message = f"{config.weights} costs too much: {bound}; nothing written (--force writes anyway)"
+        if exceeded and not config.accept_cost:
+            message = f"{config.weights} costs too much: {bound}; nothing written (--accept-cost writes anyway)"
             raise QuantizationRefused(message, report)
         manifest.quantization["cost"] = {k: v for k, v in report.items() if k not in ("kind", "mode", "weights")}
         write_manifest(tmp, manifest)

@@ -76,7 +76,7 @@ def _pruned_model(config: DCPTrainConfig, dcp: DCPConfig, device: torch.device) 
     model_config = base.model.config
     hidden = getattr(model_config, "hidden_size", None) or model_config.n_embd
     lm = PrunedLM(base, DCPPolicy(model_config.num_hidden_layers, hidden, dcp)).to(device)
-    lm._check_length(config.context)
+    lm.check_length(config.context)
     return lm
 
 
