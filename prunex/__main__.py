@@ -1,4 +1,4 @@
-"""`python -m prunex ...`, and so `torchrun --nproc_per_node N -m prunex train ...`: the CLI."""
+"""`python -m prunex ...`, and so `torchrun --nproc_per_node N -m prunex train dcp ...`: the CLI."""
 
 from prunex.cli.main import main
 

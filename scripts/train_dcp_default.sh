@@ -7,7 +7,7 @@
 # runs share the 2 cores.
 set -euo pipefail
 OUT=${OUT:-runs/dcp}
-common=(--method dcp --model smollm2 --text wikipedia --context 512 --lr 1e-2
+common=(dcp --model smollm2 --text wikipedia --context 512 --lr 1e-2
         --sinks 4 --recent 64 --init-bias 5 --loss distill --threads 1 --force)
 prunex train "${common[@]}" --steps 400 --sparsity-weight 0.3 --out "$OUT/default"
 for weight in 0.15 0.3 0.6; do

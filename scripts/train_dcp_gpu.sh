@@ -12,7 +12,7 @@ MODEL=${MODEL:-smollm2}
 DEVICE=${DEVICE:-cuda}
 CONTEXT=${CONTEXT:-1024}
 BATCH=${BATCH:-4}
-common=(--method dcp --model "$MODEL" --text wikipedia --context "$CONTEXT" --batch-size "$BATCH" --lr 1e-2
+common=(dcp --model "$MODEL" --text wikipedia --context "$CONTEXT" --batch-size "$BATCH" --lr 1e-2
         --sinks 4 --recent 64 --init-bias 5 --loss distill --device "$DEVICE" --force)
 mkdir -p "$RUN_DIR"
 python3 -c "from prunex.models.sources import load_model; m = load_model('$MODEL'); print('base weights', m.weights_hash)"

@@ -19,7 +19,7 @@ OUT=${OUT:-runs/ltp}
 THREADS=${THREADS:-1}
 TARGET=${TARGET:-0.5}
 mkdir -p "$OUT"
-common=(--method ltp --threads "$THREADS" --force)
+common=(ltp --threads "$THREADS" --force)
 
 for task in rotten-tomatoes bbc; do
   prunex train "${common[@]}" --task "$task" --stage base --out "$OUT/$task-base"

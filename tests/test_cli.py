@@ -43,14 +43,14 @@ def test_entry_point_turns_user_error_into_one_line():
 
 def test_train_refuses_non_empty_out_without_force(run_prunex, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
-    code, err = run_prunex("train", "--model", "tiny-llama", "--out", str(tmp_path))
+    code, err = run_prunex("train", "dcp", "--model", "tiny-llama", "--out", str(tmp_path))
     assert code == 2 and "--force" in err and "Traceback" not in err
     assert (tmp_path / "keep.txt").read_text() == "precious"
 
 
 def test_train_refuses_unknown_method(run_prunex, tmp_path):
-    code, err = run_prunex("train", "--method", "nope", "--out", str(tmp_path / "x"))
-    assert code == 2 and "ltp" in err and "dcp" in err
+    code, err = run_prunex("train", "nope", "--out", str(tmp_path / "x"))
+    assert code == 2 and "No such command 'nope'" in err
     assert not (tmp_path / "x").exists()
 
 
@@ -92,8 +92,8 @@ def test_eval_ppl_window_baseline_json(text_file):
 def test_train_then_generate(tmp_path, text_file):
     """`train` writes a checkpoint that `generate DIR` loads."""
     out = tmp_path / "ckpt"
-    stdout = run_ok("train", "--model", "tiny-llama", "--text", str(text_file), "--steps", "2", "--context", "32",
-                    "--threads", "1", "--out", str(out))
+    stdout = run_ok("train", "dcp", "--model", "tiny-llama", "--text", str(text_file), "--steps", "2",
+                    "--context", "32", "--threads", "1", "--out", str(out))
     assert f"wrote {out}" in stdout
     assert (out / "pruning.json").is_file() and (out / "pruning.safetensors").is_file()
     result = json.loads(run_ok("generate", str(out), "--prompt", "hi", "--max-new-tokens", "4", "--json"))
@@ -113,13 +113,13 @@ def test_train_out_is_a_file(run_prunex, tmp_path):
     """--out naming an existing file is a user error (exit 2), not a traceback."""
     target = tmp_path / "file.txt"
     target.write_text("x")
-    code, err = run_prunex("train", "--model", "tiny-llama", "--out", str(target))
+    code, err = run_prunex("train", "dcp", "--model", "tiny-llama", "--out", str(target))
     assert code == 2 and err.startswith("error: ")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without a GPU gives")
 def test_train_on_cuda_without_a_gpu_says_what_to_do(run_prunex, tmp_path):
-    code, err = run_prunex("train", "--model", "tiny-llama", "--device", "cuda", "--steps", "1",
+    code, err = run_prunex("train", "dcp", "--model", "tiny-llama", "--device", "cuda", "--steps", "1",
                          "--out", str(tmp_path / "x"))
     assert code == 2 and "--device cpu" in err and "Traceback" not in err
 

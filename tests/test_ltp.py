@@ -403,7 +403,7 @@ def test_stages_one_at_a_time(tmp_path, csv_task):
 
 def test_cli_unknown_task(run_prunex, tmp_path):
     """An unknown task is a user error (exit 2, 'error:'), before --out is created or a model loads."""
-    code, err = run_prunex("train", "--method", "ltp", "--task", "imdb", "--out",
+    code, err = run_prunex("train", "ltp", "--task", "imdb", "--out",
                          str(tmp_path / "x"))
     assert code == 2 and err.startswith("error: ") and "imdb" in err and "rotten-tomatoes" in err
     assert not (tmp_path / "x").exists()
@@ -412,18 +412,18 @@ def test_cli_unknown_task(run_prunex, tmp_path):
 
 
 def test_cli_bad_stage_and_method(run_prunex, tmp_path, csv_task):
-    code, err = run_prunex("train", "--method", "ltp", "--stage", "medium", "--task",
+    code, err = run_prunex("train", "ltp", "--stage", "medium", "--task",
                          str(csv_task), "--out", str(tmp_path / "x"))
     assert code == 2 and "--stage" in err and "soft" in err
-    code, err = run_prunex("train", "--method", "nope", "--out", str(tmp_path / "y"))
-    assert code == 2 and "dcp" in err and "ltp" in err
+    code, err = run_prunex("train", "nope", "--out", str(tmp_path / "y"))
+    assert code == 2 and "No such command 'nope'" in err
     code, err = run_prunex("eval", "accuracy", str(tmp_path), "--task", str(csv_task))
     assert code == 2 and "not an LTP checkpoint" in err
 
 
 def test_cli_train_then_eval_json(tmp_path, csv_task):
     out = tmp_path / "ckpt"
-    result = runner.invoke(app, ["train", "--method", "ltp", "--model", "tiny-bert", "--task", str(csv_task),
+    result = runner.invoke(app, ["train", "ltp", "--model", "tiny-bert", "--task", str(csv_task),
                                  "--steps", "15", "--batch-size", "8", "--threads", "1", "--lambda", "0.2",
                                      "--model-lr", "1e-2",
                                  "--out", str(out)])
@@ -464,7 +464,7 @@ def test_a_stage_no_better_than_the_majority_label_fails_loudly(tmp_path, shuffl
         train_ltp(config, tmp_path / "noise", show_progress=False)
     assert "--epochs" in str(err.value) and "labels match the texts" in str(err.value)
     assert not (tmp_path / "noise").exists()
-    result = runner.invoke(app, ["train", "--method", "ltp", "--model", "tiny-bert", "--task", str(shuffled_task),
+    result = runner.invoke(app, ["train", "ltp", "--model", "tiny-bert", "--task", str(shuffled_task),
                                  "--steps", "15", "--batch-size", "8", "--threads", "1", "--model-lr", "1e-2",
                                  "--out", str(tmp_path / "cli")])
     assert result.exit_code != 0 and "majority label" in str(result.exception)

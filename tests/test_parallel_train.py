@@ -24,10 +24,11 @@ TOLERANCE = 2e-3
 
 
 def _train(out, *options: str, processes: int = 1, wait: bool = True) -> subprocess.Popen | None:
-    """`prunex train ...` on one process, or data-parallel on `processes` (torchrun on CPU)."""
+    """`prunex train METHOD ...` (`options` start with the method) on one process, or data-parallel on
+    `processes` (torchrun on CPU)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)] \
         if processes > 1 else [sys.executable]
-    command = [*launcher, "-m", "prunex", "train", "--out", str(out), "--device", "cpu", "--threads", "1", *options]
+    command = [*launcher, "-m", "prunex", "train", *options, "--out", str(out), "--device", "cpu", "--threads", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if not wait:
@@ -53,7 +54,7 @@ def corpus(tmp_path_factory):
     return path
 
 
-DCP = ("--method", "dcp", "--model", "tiny-llama", "--steps", "6", "--batch-size", "4", "--context", "32",
+DCP = ("dcp", "--model", "tiny-llama", "--steps", "6", "--batch-size", "4", "--context", "32",
        "--init-bias", "0", "--lr", "0.02", "--interaction-dim", "8")
 
 
@@ -72,7 +73,7 @@ def test_dcp_on_two_processes_writes_the_one_process_checkpoint(tmp_path, corpus
 
 
 def test_a_killed_two_process_run_resumes(tmp_path, corpus):
-    options = (*DCP[:4], "--steps", "20", *DCP[6:], "--text", str(corpus))
+    options = (*DCP[:3], "--steps", "20", *DCP[5:], "--text", str(corpus))
     _train(tmp_path / "whole", *options)
     run = _train(tmp_path / "cut", *options, "--save-every", "0", processes=2, wait=False)
     state = tmp_path / "cut" / STATE_FILE
@@ -99,7 +100,7 @@ def test_ltp_on_two_processes_writes_the_one_process_checkpoint(tmp_path, csv_ta
     base.model.config.classifier_dropout = 0.0
     base.model.save_pretrained(tmp_path / "tiny-bert")
     base.tokenizer.save_pretrained(tmp_path / "tiny-bert")
-    options = ("--method", "ltp", "--model", str(tmp_path / "tiny-bert"), "--task", str(csv_task), "--steps", "12",
+    options = ("ltp", "--model", str(tmp_path / "tiny-bert"), "--task", str(csv_task), "--steps", "12",
                "--batch-size", "8", "--model-lr", "0.01")
     _train(tmp_path / "one", *options)
     _train(tmp_path / "two", *options, processes=2)

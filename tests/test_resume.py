@@ -100,8 +100,8 @@ def test_cli_resume_refuses_a_folder_without_state_and_resume_with_force(run_pru
     finished = tmp_path / "finished"
     finished.mkdir()
     (finished / "pruning.json").write_text("{}")
-    code, err = run_prunex("train", "--method", "ltp", "--out", str(finished), "--resume")
+    code, err = run_prunex("train", "ltp", "--out", str(finished), "--resume")
     assert code == 2 and "no saved training state" in err
-    code, err = run_prunex("train", "--out", str(finished), "--resume", "--force")
+    code, err = run_prunex("train", "dcp", "--out", str(finished), "--resume", "--force")
     assert code == 2 and "pass one of them" in err
     assert (finished / "pruning.json").exists()  # nothing lost

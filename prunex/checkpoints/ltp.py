@@ -85,7 +85,7 @@ def read_ltp_meta(path: str | Path) -> CheckpointMeta:
     """The metadata of an LTP checkpoint, or a clear error for anything else."""
     if not is_checkpoint(path):
         raise PrunexError(
-            f"{path} is not an LTP checkpoint (no pruning.json): train one with `prunex train --method ltp`"
+            f"{path} is not an LTP checkpoint (no pruning.json): train one with `prunex train ltp`"
         )
     meta, _ = load_checkpoint(path)
     if meta.method != "ltp":

@@ -13,7 +13,7 @@ app = typer.Typer(
     help="prunex: train, export, quantize and run transformers with learned token pruning.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
-app.command()(train.train)
+app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="eval")
 app.command()(evaluate.explain)
 app.command()(generate.generate)

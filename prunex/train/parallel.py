@@ -1,6 +1,6 @@
 """Data parallelism for the trainers, on `accelerate`: the same loop on one process or on N.
 
-    torchrun --nproc_per_node 2 -m prunex train ...        # or: accelerate launch --num_processes 2 -m prunex ...
+    torchrun --nproc_per_node 2 -m prunex train dcp ...    # or: accelerate launch --num_processes 2 -m prunex ...
 
 `DataParallel` wraps an `accelerate.Accelerator`: launched by `accelerate launch` or `torchrun` it finds its
 rank and world size in the environment (gloo on CPU, NCCL on GPUs, one GPU a process), else it is one process
