@@ -16,14 +16,14 @@ heads, KV key/value heads, D head dim.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from prunex.errors import PrunexError
-from prunex.prune.policy import Decisions, sink_mask
+from prunex.prune.policy import Decisions, PruningPolicy, sink_mask
 from prunex.prune.pruned_cache import LayerCache
 
 
@@ -34,7 +34,7 @@ class AttentionDecisions(Decisions):
     past_state: Tensor | None = None
 
 
-class AttentionPolicy(ABC):
+class AttentionPolicy(PruningPolicy):
     """Base class: evict the lowest-scored unprotected token whenever the cache exceeds `kv_tokens`."""
 
     kv_tokens: int

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from prunex.models.adapters import DecoderAdapter
 from prunex.prune.attention_policy import AttentionPolicy
-from prunex.prune.policy import KeepPolicy
+from prunex.prune.policy import PruningPolicy
 from prunex.prune.pruned_cache import LayerCache
 
 
@@ -47,7 +47,7 @@ class DecoderRun:
 
 def run_decoder(
     adapter: DecoderAdapter,
-    policy: KeepPolicy | AttentionPolicy | None,
+    policy: PruningPolicy | None,
     input_ids: Tensor,
     position_ids: Tensor,
     valid: Tensor,

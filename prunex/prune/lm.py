@@ -12,10 +12,9 @@ from prunex.data.batching import pad_batch
 from prunex.errors import PrunexError
 from prunex.models.adapters import decoder_adapter
 from prunex.models.sources import LoadedModel
-from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.decoder import run_decoder
 from prunex.prune.forward import ForwardResult, run_full
-from prunex.prune.policy import KeepPolicy
+from prunex.prune.policy import PruningPolicy
 from prunex.prune.pruned_cache import PrunedKVCache
 
 
@@ -31,7 +30,7 @@ class GenerationResult:
 class PrunedLM:
     """A causal LM whose K/V cache is pruned by `policy` (None: the dense base model)."""
 
-    def __init__(self, base: LoadedModel, policy: KeepPolicy | AttentionPolicy | None = None) -> None:
+    def __init__(self, base: LoadedModel, policy: PruningPolicy | None = None) -> None:
         self.base = base
         self.adapter = decoder_adapter(base.model)
         self.policy = policy

@@ -26,11 +26,18 @@ class Decisions:
     state: Tensor | None  # (B, S, r) the new tokens' state to cache beside K/V, or None
 
 
-class KeepPolicy(ABC):
-    """Base class: a policy scores (query, key) pairs; prunex owns the cumulative decisions and the cache."""
+class PruningPolicy(ABC):  # noqa: B024 (a common type, no common method)
+    """What every keep policy is: a rule that decides, per layer, which cached tokens each new query keeps. Two
+    kinds, by what they decide from: `KeepPolicy` scores (query, key) pairs (DCP, window, sinks) and prunex makes
+    the decisions cumulative; `AttentionPolicy` (`attention_policy.py`: H2O, TOVA) evicts by the attention the
+    cached tokens received, one query at a time."""
 
     #: width of the per-token state a policy keeps beside K/V in the cache (0 = none)
     state_dim: int = 0
+
+
+class KeepPolicy(PruningPolicy):
+    """Base class: a policy scores (query, key) pairs; prunex owns the cumulative decisions and the cache."""
 
     @abstractmethod
     def states(self, layer: int, x: Tensor) -> tuple[Tensor | None, Tensor | None]:

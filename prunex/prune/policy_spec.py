@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prunex.errors import PrunexError
-from prunex.prune.attention_policy import AttentionPolicy
 from prunex.prune.budget import budget_tokens
-from prunex.prune.policy import KeepPolicy
+from prunex.prune.policy import PruningPolicy
 from prunex.prune.training_free import TRAINING_FREE, training_free_policy
 
 ATTENTION_SCORED = ("h2o", "tova")  # the policies that read each query's attention probabilities
@@ -47,6 +46,6 @@ class PolicySpec:
         """True when the export must output each layer's attention probabilities (`--attention-scores`)."""
         return self.name in ATTENTION_SCORED
 
-    def build(self) -> KeepPolicy | AttentionPolicy:
+    def build(self) -> PruningPolicy:
         """The policy object (a fresh one: attention policies keep per-row state)."""
         return training_free_policy(self.name, self.kv_tokens, self.sink_tokens)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prunex.errors import PrunexError
-from prunex.prune.attention_policy import AttentionPolicy, H2OPolicy, TOVAPolicy
-from prunex.prune.policy import KeepPolicy
+from prunex.prune.attention_policy import H2OPolicy, TOVAPolicy
+from prunex.prune.policy import PruningPolicy
 from prunex.prune.window import WindowPolicy
 
 #: name -> what it keeps (the CLI's --policy choices)
@@ -25,7 +25,7 @@ def _sinks(kv_tokens: int, sink_tokens: int) -> WindowPolicy:
 
 
 # name -> (kv_tokens, sink_tokens) -> the policy
-_BUILDERS: dict[str, Callable[[int, int], KeepPolicy | AttentionPolicy]] = {
+_BUILDERS: dict[str, Callable[[int, int], PruningPolicy]] = {
     "window": lambda kv_tokens, sinks: WindowPolicy(window=kv_tokens, sink_tokens=0),
     "sinks": _sinks,
     "h2o": lambda kv_tokens, sinks: H2OPolicy(kv_tokens=kv_tokens),
@@ -33,7 +33,7 @@ _BUILDERS: dict[str, Callable[[int, int], KeepPolicy | AttentionPolicy]] = {
 }
 
 
-def training_free_policy(name: str, kv_tokens: int, sink_tokens: int = 4) -> KeepPolicy | AttentionPolicy:
+def training_free_policy(name: str, kv_tokens: int, sink_tokens: int = 4) -> PruningPolicy:
     """The policy `name` (see TRAINING_FREE) keeping `kv_tokens` per query; `sink_tokens` is for "sinks"."""
     if name not in _BUILDERS:
         raise PrunexError(f"--policy {name!r} is not available; use one of {', '.join(TRAINING_FREE)}")

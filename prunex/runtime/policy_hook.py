@@ -23,12 +23,12 @@ from torch import Tensor
 from prunex.errors import PrunexError
 from prunex.format import DecoderManifest
 from prunex.prune.attention_policy import AttentionPolicy
-from prunex.prune.policy import KeepPolicy
+from prunex.prune.policy import KeepPolicy, PruningPolicy
 from prunex.prune.policy_spec import PolicySpec
 from prunex.runtime.slot_cache import KVCacheManager
 
 
-def check_runtime_policy(spec: PolicySpec, manifest: DecoderManifest) -> KeepPolicy | AttentionPolicy:
+def check_runtime_policy(spec: PolicySpec, manifest: DecoderManifest) -> PruningPolicy:
     """The policy of `spec`, built, if the runtime can apply it to this graph, else a clear PrunexError."""
     policy = spec.build()
     if isinstance(policy, AttentionPolicy):
@@ -46,7 +46,7 @@ def check_runtime_policy(spec: PolicySpec, manifest: DecoderManifest) -> KeepPol
     return policy
 
 
-def policy_fields(policy: KeepPolicy | AttentionPolicy | None) -> tuple[str, ...]:
+def policy_fields(policy: PruningPolicy | None) -> tuple[str, ...]:
     """The per-entry fields of the cache (`KVCacheManager(policy_fields=...)`) a run-time policy reads."""
     if policy is None:
         return ()
