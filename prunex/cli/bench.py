@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from prunex.cli.options import Json, KvBudget, KvTokens, Policy
 from prunex.errors import PrunexError
 
 app = typer.Typer(help="Measure speed side by side in one run.", no_args_is_help=True)
@@ -37,18 +38,17 @@ def bench_decode_command(
                                    "ortgenai (onnxruntime-genai, at prunex's precision), llamacpp (llama.cpp: "
                                    "Q8_0 beside int8, else the packaged Q4_1; CMAKE_ARGS=-DGGML_NATIVE=ON pip "
                                    "install llama-cpp-python, ~10 min)."),
-    policy: Optional[str] = typer.Option(None, help="Run-time keep policy for SOURCE (window, sinks; h2o, "
-                                         "tova on an --attention-scores export); the baseline runs "
-                                         "without it (give the same dir as --baseline)."),
-    kv_budget: Optional[float] = typer.Option(None, help="Its budget as a kept fraction of the largest --context "
-                                              "+ --new-tokens."),
-    kv_tokens: Optional[int] = typer.Option(None, help="Its budget as cached tokens per row and layer."),
+    policy: Policy = None,
+    kv_budget: KvBudget = None,
+    kv_tokens: KvTokens = None,
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="PNG of the results (default: beside --out)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
+    as_json: Json = False,
 ) -> None:
     """Decode tokens/s, time to first token, KV bytes and peak RSS: prunex vs the dense export (same runtime)
-    vs PyTorch generate, on the same Wikipedia prompts, each engine in a process of its own."""
+    vs PyTorch generate, on the same Wikipedia prompts, each engine in a process of its own. --policy runs on
+    SOURCE only (give the same dir as --baseline to see its effect); --kv-budget is a fraction of the largest
+    --context + --new-tokens."""
     from prunex.bench.decode import PEERS, DecodeBenchConfig, bench_decode, plot
     from prunex.prune.policy_spec import PolicySpec
 
@@ -98,7 +98,7 @@ def bench_serve_command(
     long_prompt: int = typer.Option(8000, min=16, help="--chaos: tokens of the long prompt."),
     prefill_chunk: int = typer.Option(256, min=16, help="--chaos: the chunked server's --prefill-chunk."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
+    as_json: Json = False,
 ) -> None:
     """Load test of `prunex serve`: N concurrent streaming clients, the pruned export vs the dense export behind
     the same server, side by side: requests/s, tokens/s, TTFT and inter-token latency p50/p99, peak RSS, errors.
@@ -141,7 +141,7 @@ def bench_classify_command(
     limit: Optional[int] = typer.Option(None, min=1, help="Use the first N examples only."),
     threads: int = typer.Option(0, min=0, help="Threads per engine (0: ort 1, torch torch's default)."),
     out: Optional[Path] = typer.Option(None, "--out", help="ort: also write the JSON report to this file."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: Json = False,
 ) -> None:
     """Classification throughput, pruned vs dense on the same examples in one run: by default the exported
     LTP encoder against the dense export of the same classifier in ONNX Runtime (fp32 and int8)."""

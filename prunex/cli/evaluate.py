@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from prunex.cli.options import Json, KvBudget, KvTokens, Policy
 from prunex.errors import PrunexError
 
 app = typer.Typer(help="Measure quality: perplexity, accuracy (encoders).", no_args_is_help=True)
@@ -25,16 +26,16 @@ def eval_ppl(
     windows: int = typer.Option(8, min=1, help="Windows to measure (at most)."),
     window: Optional[int] = typer.Option(None, help="Baseline: keep sinks + this many recent tokens (no training)."),
     sinks: int = typer.Option(4, min=0, help="Sink tokens of the --window baseline."),
-    policy: Optional[str] = typer.Option(None, help="Training-free policy instead of SOURCE's own: "
-                                         "window, sinks, h2o or tova (needs --kv-budget or --kv-tokens)."),
-    kv_budget: Optional[float] = typer.Option(None, help="KV budget as the kept fraction of --context's causal "
-                                              "entries; without --policy it caps SOURCE's learned policy."),
-    kv_tokens: Optional[int] = typer.Option(None, help="KV budget as cached tokens per query and layer."),
+    policy: Policy = None,
+    kv_budget: KvBudget = None,
+    kv_tokens: KvTokens = None,
     device: str = typer.Option("cpu", help="PyTorch sources: cpu, cuda or auto."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: Json = False,
 ) -> None:
     """Perplexity of SOURCE with pruning, and of its dense base on the same windows, with the sparsity; an
-    exported dir (fp32 or int8) runs on ONNX Runtime and reports its perplexity and the KV kept at the end."""
+    exported dir (fp32 or int8) runs on ONNX Runtime and reports its perplexity and the KV kept at the end.
+    --policy replaces SOURCE's own policy; --kv-budget is a fraction of --context's causal entries, and without
+    --policy it caps SOURCE's learned policy."""
     from prunex.data.text import split_text, token_windows
     from prunex.eval.perplexity import evaluate_perplexity
     from prunex.loading import load_lm, resolve_source
@@ -58,7 +59,7 @@ def eval_ppl(
             raise PrunexError("--window is the sinks policy: use --policy sinks --kv-tokens N instead of both")
         lm.policy = WindowPolicy(window=window, sink_tokens=sinks)
     if budgeted:
-        from prunex.cli.policy_options import budgeted_policy
+        from prunex.cli.options import budgeted_policy
 
         lm.policy = budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, context)
     lm.check_length(context)
@@ -85,7 +86,7 @@ def eval_compare(
     windows: int = typer.Option(4, min=1, help="Windows to measure (at most)."),
     plot: Optional[Path] = typer.Option(None, help="Write perplexity against kept fraction as a PNG."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: Json = False,
 ) -> None:
     """Perplexity at equal KV budget on the same windows: dense, SOURCE's learned policy (as trained, and
     capped at each budget) and each training-free policy at each budget. Kept = fraction of causal key/value
@@ -134,7 +135,7 @@ def eval_accuracy(
         "training file), all for any other file (a separate evaluation set is scored whole)."
     ),
     limit: Optional[int] = typer.Option(None, min=1, help="Measure only the first N examples of the split."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: Json = False,
 ) -> None:
     """Accuracy of an LTP classifier with its token pruning, of its dense stage-1 model, and the FLOPs saved;
     an exported dir (fp32 or int8) runs on ONNX Runtime and reports its accuracy and tokens kept."""
@@ -157,10 +158,10 @@ def explain(
     png: Optional[Path] = typer.Option(None, help="Write a layer x token heatmap PNG here."),
     layer: int = typer.Option(0, min=0, help="The layer whose dropped tokens the terminal view dims."),
     max_tokens: int = typer.Option(512, min=2, help="Explain at most this many first tokens."),
-    policy: Optional[str] = typer.Option(None, help="A training-free policy instead of SOURCE's own."),
-    kv_budget: Optional[float] = typer.Option(None, help="KV budget (kept fraction over the text's length)."),
-    kv_tokens: Optional[int] = typer.Option(None, help="KV budget in cached tokens per query and layer."),
-    as_json: bool = typer.Option(False, "--json", help="Print the drop rates per layer and class as JSON."),
+    policy: Policy = None,
+    kv_budget: KvBudget = None,
+    kv_tokens: KvTokens = None,
+    as_json: Json = False,
 ) -> None:
     """Which tokens each layer dropped and at which step: the text with one layer's dropped tokens dimmed,
     an HTML report and a PNG heatmap of how long each token survived, and drop rates by token class."""
@@ -183,7 +184,7 @@ def explain(
         raise PrunexError("the text needs at least 2 tokens")
     lm.check_length(len(token_ids))
     if policy is not None or kv_budget is not None or kv_tokens is not None:
-        from prunex.cli.policy_options import budgeted_policy
+        from prunex.cli.options import budgeted_policy
 
         lm.policy = budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, len(token_ids))
     drops = explain_drops(lm, token_ids)

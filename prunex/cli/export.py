@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from prunex.cli.options import Json
 from prunex.errors import PrunexError
 
 
@@ -21,7 +22,7 @@ def export(
                                           "probabilities, so that run-time --policy h2o / tova can run on it."),
     opset: int = typer.Option(17, help="Standard ONNX opset (17 or later)."),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest's validation figures as JSON."),
+    as_json: Json = False,
 ) -> None:
     """Export to ONNX, validated against PyTorch: a decoder (fused graph, DCP decisions inside) or an LTP encoder
     classifier (prunex::ThresholdGather between layers)."""

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from prunex.cli.options import Json, KvBudget, KvTokens, Policy
 from prunex.errors import PrunexError
 
 
@@ -27,15 +28,14 @@ def generate(
     stop: list[str] = typer.Option([], "--stop", help="Exported dirs: stop string (repeatable)."),
     device: str = typer.Option("auto", help="Exported dirs: auto, cpu or cuda."),
     threads: int = typer.Option(0, min=0, help="Exported dirs: ONNX Runtime threads (0: as torch)."),
-    policy: Optional[str] = typer.Option(None, help="Keep policy on top of SOURCE's: window or sinks (any "
-                                         "export); h2o or tova (PyTorch, or an --attention-scores export)."),
-    kv_budget: Optional[float] = typer.Option(None, help="Its budget as a kept fraction of the longest prompt "
-                                              "+ --max-new-tokens."),
-    kv_tokens: Optional[int] = typer.Option(None, help="Its budget as cached tokens per row and layer."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    policy: Policy = None,
+    kv_budget: KvBudget = None,
+    kv_tokens: KvTokens = None,
+    as_json: Json = False,
 ) -> None:
     """Generate with the K/V cache pruned step by step: ONNX Runtime for an exported dir (sampling, streaming,
-    batching), PyTorch (greedy) for a checkpoint or model name."""
+    batching), PyTorch (greedy) for a checkpoint or model name. --policy adds to SOURCE's own decisions;
+    --kv-budget is a fraction of the longest prompt + --max-new-tokens."""
     from prunex.loading import resolve_source
 
     if resolve_source(source).kind == "exported":
@@ -109,7 +109,7 @@ def generate_torch(source: str | None, prompts: list[str], *, chat: bool, max_ne
                    policy: str | None = None, kv_budget: float | None = None, kv_tokens: int | None = None) -> None:
     """Greedy generation in PyTorch with physical KV removal (checkpoints and model names); `policy` at
     `kv_budget`/`kv_tokens` (over the longest prompt + max_new_tokens) replaces or caps the model's own."""
-    from prunex.cli.policy_options import budgeted_policy
+    from prunex.cli.options import budgeted_policy
     from prunex.data.prompts import encode_prompt
     from prunex.loading import load_lm
 

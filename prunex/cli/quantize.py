@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from prunex.cli.options import Json
+
 
 def quantize(
     source: Path = typer.Argument(..., help="An exported dir (prunex export), fp32."),
@@ -32,7 +34,7 @@ def quantize(
     accept_cost: bool = typer.Option(False, help="Write even when the measured cost passes a bound."),
     force: bool = typer.Option(False, help="Replace a non-empty --out."),
     threads: int = typer.Option(0, min=0, help="ONNX Runtime threads for the checks (0: as torch)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: Json = False,
 ) -> None:
     """int8 (or 4-bit) quantization of an exported dir, with its cost measured against the fp32 source
     (perplexity or accuracy on held-out data, size on disk); refused past the bounds unless --accept-cost."""

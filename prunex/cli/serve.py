@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from prunex.cli.options import KvTokens, Policy
+
 
 def serve(
     source: Optional[str] = typer.Argument(
@@ -24,11 +26,8 @@ def serve(
     threads: int = typer.Option(0, min=0, help="ONNX Runtime intra-op threads (0: as torch)."),
     model_name: Optional[str] = typer.Option(None, help="The `model` clients send (default: the dir's name, or "
                                              "SOURCE as given)."),
-    policy: Optional[str] = typer.Option(None, help="Run-time keep policy on top of the graph's own decisions "
-                                         "(window, sinks: any exported decoder, dense included; h2o, tova: "
-                                         "an --attention-scores export)."),
-    kv_tokens: Optional[int] = typer.Option(None, min=1, help="The policy's budget: cached tokens per layer and "
-                                            "request."),
+    policy: Policy = None,
+    kv_tokens: KvTokens = None,
     prefill_chunk: int = typer.Option(256, min=0, help="Prompt tokens prefilled between two decode steps: a long "
                                       "prompt delays running streams by one chunk's time per token (0: each "
                                       "prompt whole, the longest stalls)."),
