@@ -354,8 +354,8 @@ def test_evaluate_accuracy_reports(trained, csv_task):
     out, _, _ = trained
     report = evaluate_accuracy(out, str(csv_task), "test")
     assert report.examples == 10 and report.dense_source == "stage-1 model" and report.stage == "hard"
-    assert 0 <= report.accuracy <= 1 and 0 <= report.dense_accuracy <= 1
-    assert 0 < report.relative_flops <= 1
+    assert report.accuracy == report.dense_accuracy == 1.0  # the words give the label away: no error is right
+    assert report.relative_flops == pytest.approx(0.5, abs=0.1)  # the --target-flops default, on held-out rows
     assert report.gflops == pytest.approx(report.relative_flops * report.dense_gflops)
     kept = report.tokens_kept_per_layer
     assert len(kept) == 3 and kept[0] <= report.mean_tokens and kept == sorted(kept, reverse=True)
