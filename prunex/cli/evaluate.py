@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from prunex.cli.options import Json, KvBudget, KvTokens, Policy
+from prunex.cli.options import Json, KvBudget, KvTokens, Policy, Text, TextFile, corpus
 from prunex.errors import PrunexError
 
 app = typer.Typer(help="Measure quality: perplexity, accuracy (encoders).", no_args_is_help=True)
@@ -19,8 +19,8 @@ def eval_ppl(
     source: Optional[str] = typer.Argument(
         None, help="Pruning checkpoint dir, model name, or exported dir (ONNX Runtime); default: built-in."
     ),
-    text_file: Optional[Path] = typer.Option(None, help="A UTF-8 text file to measure on (instead of --text)."),
-    text: str = typer.Option("wikipedia", help="Packaged text: wikipedia or bbc (held-out test split)."),
+    text_file: TextFile = None,
+    text: Text = "wikipedia",
     split: str = typer.Option("test", help="train, validation or test."),
     context: int = typer.Option(1024, min=8, help="Tokens per window."),
     windows: int = typer.Option(8, min=1, help="Windows to measure (at most)."),
@@ -41,15 +41,13 @@ def eval_ppl(
     from prunex.loading import load_lm, resolve_source
     from prunex.prune.window import WindowPolicy
 
-    if text_file is not None and not text_file.is_file():
-        raise PrunexError(f"--text-file {text_file} does not exist")
-    corpus = str(text_file) if text_file is not None else text
+    source_text = corpus(text, text_file)
     budgeted = policy is not None or kv_budget is not None or kv_tokens is not None
     if resolve_source(source).kind == "exported":
         if budgeted:
             raise PrunexError("--policy/--kv-budget measure in PyTorch: pass a checkpoint or model name")
 
-        eval_ppl_exported(source, corpus, split, context, windows, as_json)
+        eval_ppl_exported(source, source_text, split, context, windows, as_json)
         return
     from prunex.devices import torch_device
 
@@ -63,9 +61,9 @@ def eval_ppl(
 
         lm.policy = budgeted_policy(lm.policy, policy, kv_budget, kv_tokens, context)
     lm.check_length(context)
-    token_ids = token_windows(lm.tokenizer, split_text(corpus, split), context, windows)
+    token_ids = token_windows(lm.tokenizer, split_text(source_text, split), context, windows)
     report = evaluate_perplexity(lm, token_ids, show_progress=not as_json)
-    result = {"source": source or "built-in", "text": corpus, "split": split, **report.to_dict()}
+    result = {"source": source or "built-in", "text": source_text, "split": split, **report.to_dict()}
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -77,8 +75,8 @@ def eval_ppl(
 @app.command("compare")
 def eval_compare(
     source: Optional[str] = typer.Argument(None, help="Pruning checkpoint dir or model name; default: built-in."),
-    text_file: Optional[Path] = typer.Option(None, help="A UTF-8 text file (instead of --text)."),
-    text: str = typer.Option("wikipedia", help="Packaged text: wikipedia or bbc (held-out test split)."),
+    text_file: TextFile = None,
+    text: Text = "wikipedia",
     split: str = typer.Option("test", help="train, validation or test."),
     budgets: str = typer.Option("0.1,0.25,0.5", help="Kept fractions to compare at, comma-separated."),
     policies: str = typer.Option("window,sinks,h2o,tova", help="Training-free policies, comma-separated."),
@@ -97,8 +95,7 @@ def eval_compare(
     from prunex.loading import load_lm, resolve_source
     from prunex.prune.training_free import TRAINING_FREE
 
-    if text_file is not None and not text_file.is_file():
-        raise PrunexError(f"--text-file {text_file} does not exist")
+    source_text = corpus(text, text_file)
     if resolve_source(source).kind == "exported":
         raise PrunexError("eval compare runs in PyTorch: pass a checkpoint or model name, not an exported dir")
     try:
@@ -111,7 +108,7 @@ def eval_compare(
         raise PrunexError(f"unknown --policies {unknown}; choose among {', '.join(TRAINING_FREE)}")
     lm = load_lm(source).to(torch_device(device))
     lm.check_length(context)
-    token_ids = token_windows(lm.tokenizer, split_text(str(text_file) if text_file else text, split), context,
+    token_ids = token_windows(lm.tokenizer, split_text(source_text, split), context,
                               windows)
     report = compare_policies(lm, token_ids, fractions, names, show_progress=not as_json)
     if plot is not None:
@@ -220,7 +217,7 @@ def eval_accuracy_command(source: str, task: str, split: str | None, limit: int 
         f"tokens kept per layer {report.tokens_kept_per_layer}"
     )
 
-def eval_ppl_exported(source: str, corpus: str, split: str, context: int, windows: int, as_json: bool) -> None:
+def eval_ppl_exported(source: str, text: str, split: str, context: int, windows: int, as_json: bool) -> None:
     """`prunex eval ppl DIR`: perplexity of an exported decoder (fp32 or int8) on ONNX Runtime."""
     from prunex.data.text import split_text, token_windows
     from prunex.errors import PrunexError
@@ -231,10 +228,10 @@ def eval_ppl_exported(source: str, corpus: str, split: str, context: int, window
     manifest = read_manifest(source)
     if manifest.max_positions and context > manifest.max_positions:
         raise PrunexError(f"--context {context} exceeds the model's context of {manifest.max_positions}")
-    token_ids = token_windows(load_tokenizer(source), split_text(corpus, split), context, windows)
+    token_ids = token_windows(load_tokenizer(source), split_text(text, split), context, windows)
     report = exported_perplexity(source, token_ids, show_progress=not as_json)
     quantization = manifest.quantization.get("mode", "none")
-    result = {"source": source, "text": corpus, "split": split, "method": manifest.method,
+    result = {"source": source, "text": text, "split": split, "method": manifest.method,
               "quantization": quantization, **report.to_dict()}
     _echo(result, as_json, f"perplexity {report.perplexity:.3f} (onnx, {quantization} quantization), kv kept at "
           f"the end {report.kv_kept_at_end:.3f}, {report.tokens} tokens in {report.windows} windows of {context}")

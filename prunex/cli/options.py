@@ -4,6 +4,7 @@ the budget's fraction is of) and `--json`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -17,7 +18,19 @@ KvBudget = Annotated[Optional[float], typer.Option(
     "--kv-budget", help="The policy's budget as a kept fraction (of what: the command's description says).")]
 KvTokens = Annotated[Optional[int], typer.Option(
     "--kv-tokens", help="The policy's budget as cached tokens per row and layer.")]
+Text = Annotated[str, typer.Option(
+    "--text", help="Packaged text (wikipedia, bbc; split by article) or a UTF-8 text file.")]
+TextFile = Annotated[Optional[Path], typer.Option("--text-file", help="A UTF-8 text file (the same as --text FILE).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (logs stay on stderr).")]
+
+
+def corpus(text: str, text_file: Path | None) -> str:
+    """The text source of --text / --text-file: a packaged name, or the path of a file that exists."""
+    if text_file is None:
+        return text
+    if not text_file.is_file():
+        raise PrunexError(f"--text-file {text_file} does not exist")
+    return str(text_file)
 
 
 def budgeted_policy(learned, name: Optional[str], kv_budget: Optional[float], kv_tokens: Optional[int],

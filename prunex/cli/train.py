@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from prunex.cli.options import Text
 from prunex.errors import PrunexError
 
 app = typer.Typer(help="Fine-tune a model so that it learns which tokens to drop: `dcp` for a decoder's K/V cache, "
@@ -49,7 +50,7 @@ def _clear_out(out: Path, force: bool, resume: bool = False) -> None:
 def dcp(
     out: Out,
     model: str = typer.Option("smollm2", help="A decoder: packaged (smollm2, tiny-llama, ...) or a HF dir."),
-    text: str = typer.Option("wikipedia", help="Training text: wikipedia, bbc, or a UTF-8 text file."),
+    text: Text = "wikipedia",
     steps: int = typer.Option(200, min=1, help="Optimizer steps."),
     context: int = typer.Option(512, min=8, help="Tokens per training sequence."),
     batch_size: int = typer.Option(1, min=1, help="Sequences per step (the global batch on several processes)."),
