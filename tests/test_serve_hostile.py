@@ -180,3 +180,28 @@ def test_a_disconnect_storm_leaves_nothing_behind(base, model_dir):
         raise AssertionError("rows were left behind")
     assert "prunex:kv_cache_bytes 0.0" in httpx.get(f"{base}/metrics").text
     _still_serving(base)
+
+
+def test_a_long_scoring_request_does_not_hold_back_new_requests(model_dir):
+    # prompt scoring and new requests' prefills take turns for the step's chunk: a short request sent while a
+    # 1,900-token prompt is being scored (4 tokens a chunk: ~475 chunks) is answered before the scoring is
+    done: dict[str, float] = {}
+    with running_server(tiny_loader(model_dir), max_batch=2, max_queue=2, prefill_chunk=4) as (url, _):
+        wait_healthy(url)
+
+        def score():
+            httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": [7] * 1900, "max_tokens": 0,
+                                                      "echo": True, "logprobs": 1}, timeout=120)
+            done["score"] = time.perf_counter()
+
+        scorer = threading.Thread(target=score)
+        scorer.start()
+        deadline = time.monotonic() + 30
+        while "prunex:num_requests_waiting 1.0" not in httpx.get(f"{url}/metrics").text:  # the scoring is on
+            assert time.monotonic() < deadline and "score" not in done
+            time.sleep(0.005)
+        answer = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 1},
+                            timeout=120)
+        done["short"] = time.perf_counter()
+        scorer.join(timeout=120)
+    assert answer.status_code == 200 and done["short"] < done["score"]

@@ -138,6 +138,11 @@ class Generator:
         """True while a prompt is part-way through its prefill."""
         return self._filling is not None
 
+    @property
+    def admitting(self) -> bool:
+        """True when a step's prefill has work: a prompt part-way, or a waiting one and a free row."""
+        return self.prefilling or (bool(self._waiting) and self.engine.rows < self.engine.cache.limits.max_rows)
+
     def result(self, request_id: int) -> Completion:
         """The completion of a request: as far as it got while it runs; once finished, handed over once (the
         generator forgets it, so it keeps no history)."""

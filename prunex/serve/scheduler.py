@@ -181,7 +181,7 @@ class Scheduler:
             try:
                 for action, ticket in inbox:
                     self._add(ticket) if action == "add" else self._cancel(ticket)
-                score = bool(self._scoring) and (self._score_turn or not self.generator.prefilling)
+                score = bool(self._scoring) and (self._score_turn or not self.generator.admitting)
                 if score:
                     self._score_chunk()
                 self._score_turn = not score
