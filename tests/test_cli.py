@@ -50,7 +50,7 @@ def test_train_refuses_non_empty_out_without_force(run_prunex, tmp_path):
 
 def test_train_refuses_unknown_method(run_prunex, tmp_path):
     code, err = run_prunex("train", "nope", "--out", str(tmp_path / "x"))
-    assert code == 2 and "No such command 'nope'" in err
+    assert code == 2 and "No such command 'nope'" in err and "dcp" in err and "ltp" in err
     assert not (tmp_path / "x").exists()
 
 

@@ -7,13 +7,26 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from prunex.cli.options import Text
 from prunex.errors import PrunexError
 
-app = typer.Typer(help="Fine-tune a model so that it learns which tokens to drop: `dcp` for a decoder's K/V cache, "
-                  "`ltp` for an encoder classifier's tokens. Writes pruning.safetensors + pruning.json; "
-                  "data-parallel when launched by `torchrun` or `accelerate launch`.", no_args_is_help=True)
+
+class _Methods(TyperGroup):
+    """`prunex train`'s group: an unknown method gets an error that lists the methods there are."""
+
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            ctx.fail(f"No such command {args[0]!r}. Methods: dcp (a decoder's K/V cache), ltp (an encoder's "
+                     "tokens).")
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(cls=_Methods, no_args_is_help=True, help="Fine-tune a model so that it learns which tokens to "
+                  "drop: `dcp` for a decoder's K/V cache, `ltp` for an encoder classifier's tokens. Writes "
+                  "pruning.safetensors + pruning.json; data-parallel when launched by `torchrun` or `accelerate "
+                  "launch`.")
 
 # The options both methods share, declared once.
 Out = Annotated[Path, typer.Option("--out", help="Folder for the pruning checkpoint.")]
