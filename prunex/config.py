@@ -26,6 +26,16 @@ class DCPConfig:
     recent_tokens: int = 0  # a token cannot be dropped by the next `recent_tokens` queries; 0 = pure DCP
 
 
+@dataclass
+class ScorerConfig:
+    """A learned K/V scorer (`prunex.prune.scorer`): what it keeps around its learned choice, and its budget."""
+
+    sink_tokens: int = 4  # the first tokens of a sequence are always kept
+    recent_fraction: float = 0.5  # share of each head's budget held by the most recent tokens
+    kv_budget: float = 0.125  # default kept fraction of the causal K/V entries (--target-kv), over `context`
+    context: int = 2048  # the context the default budget is stated at
+
+
 LTP_STAGES = ("base", "soft", "hard")  # LTP training stages: dense fine-tune, soft masks, hard removal
 DEFAULT_TEMPERATURE_FRACTION = 0.1  # T = final_threshold / 10 when not given
 DEFAULT_MIN_TOKENS = 4  # tokens per row that no layer removes ([CLS] and the most important), when not given
@@ -94,6 +104,26 @@ class DCPTrainConfig:
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch's default
     device: str = "auto"  # auto (CUDA when there is a GPU) | cpu | cuda
+    save_every: float = 300.0  # seconds between saves of the resume state
+
+
+@dataclass
+class ScorerTrainConfig:
+    """How a learned K/V scorer is fitted (`prunex train scorer`)."""
+
+    method: str = "scorer"
+    model: str = "smollm2"  # packaged model name or a local Hugging Face model dir
+    texts: list[str] = dataclasses.field(default_factory=lambda: ["wikipedia", "speeches", "debates"])
+    context: int = 1024  # tokens per window
+    windows: int = 48  # training windows, spread evenly over `texts` (each source's train split)
+    validation_windows: int = 2  # per source, to choose the recent share of the budget
+    target_kv: float = 0.125  # the kept fraction the recent share is chosen at, recorded as the default budget
+    target_window: int = 16  # a token's target: the most attention a query at least this far ahead pays it
+    ridge: float = 1e-2  # L2 weight of the least-squares fit, relative to the features' mean square
+    recent_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5, 0.75])
+    sink_tokens: int = 4
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = torch's default
     save_every: float = 300.0  # seconds between saves of the resume state
 
 

@@ -1,5 +1,6 @@
 """Turn a SOURCE (pruning checkpoint dir, model name, or nothing) into a ready model: `load_lm` (decoders,
-DCP) and `load_ltp` (encoder classifiers, LTP). Checkpoint files are read by `prunex.checkpoints`."""
+DCP or a learned K/V scorer) and `load_ltp` (encoder classifiers, LTP). Checkpoint files are read by
+`prunex.checkpoints`."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import safetensors.torch
 
 from prunex.checkpoints.ltp import MODEL_FILE, REQUIRED_TRAINING_FIELDS, dense_weights_file, read_ltp_meta
 from prunex.checkpoints.meta import check_base, is_checkpoint, load_checkpoint
-from prunex.config import LTPConfig, from_dict
+from prunex.config import LTPConfig, ScorerConfig, from_dict
 from prunex.errors import PrunexError
 from prunex.format import is_exported_dir, manifest_kind
 from prunex.models.encoders import LoadedClassifier, load_classifier
 from prunex.models.sources import load_model
+from prunex.prune.budget import tokens_for_kept_fraction
 from prunex.prune.dcp import DCPPolicy
 from prunex.prune.lm import PrunedLM
 from prunex.prune.ltp import LTPClassifier, LTPThresholds
+from prunex.prune.scorer import ScorerPolicy
 
 # The shipped DCP checkpoint for the packaged SmolLM2 (see docs/decoders.md: "The built-in default").
 DEFAULT_CHECKPOINT = Path(__file__).parent / "defaults" / "smollm2-dcp"
@@ -51,18 +54,24 @@ def default_checkpoint() -> Path:
     return DEFAULT_CHECKPOINT
 
 
-def policy_from_checkpoint(path: str | Path, lm_base) -> DCPPolicy:
-    """Build the DCP policy of checkpoint `path` for an already loaded base model (hash checked)."""
+def policy_from_checkpoint(path: str | Path, lm_base) -> DCPPolicy | ScorerPolicy:
+    """Build the learned policy of checkpoint `path` (DCP heads or a K/V scorer) for an already loaded base
+    model (hash checked)."""
     meta, tensors = load_checkpoint(path)
-    if meta.method != "dcp":
-        raise PrunexError(f"{path} is a {meta.method!r} checkpoint; a decoder needs a 'dcp' one")
+    if meta.method not in ("dcp", "scorer"):
+        raise PrunexError(f"{path} is a {meta.method!r} checkpoint; a decoder needs a 'dcp' or 'scorer' one")
     base_weights = Path(path) / BASE_WEIGHTS_FILE
     check_base(meta, lm_base.model_id, lm_base.weights_hash)
     if base_weights.is_file():
         lm_base.model.load_state_dict(safetensors.torch.load_file(str(base_weights)), strict=False)
     config = lm_base.model.config
     hidden = getattr(config, "hidden_size", None) or config.n_embd
-    policy = DCPPolicy(config.num_hidden_layers, hidden, meta.dcp_config())
+    if meta.method == "scorer":
+        scorer = from_dict(ScorerConfig, meta.config)
+        policy = ScorerPolicy(config.num_hidden_layers, hidden, config.num_key_value_heads, scorer,
+                              tokens_for_kept_fraction(scorer.kv_budget, scorer.context))
+    else:
+        policy = DCPPolicy(config.num_hidden_layers, hidden, meta.dcp_config())
     try:
         policy.load_state_dict(tensors)
     except RuntimeError as err:

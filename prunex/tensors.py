@@ -48,3 +48,13 @@ def _gather_rows(tensor: Tensor, index: Tensor) -> Tensor:
 def kv_entry_bytes(num_kv_heads: int, head_dim: int, state_dim: int = 0, dtype: torch.dtype = torch.float32) -> int:
     """Bytes one token holds in one layer's cache: its key and value over the KV heads, plus a policy's state."""
     return (2 * num_kv_heads * head_dim + state_dim) * torch.finfo(dtype).bits // 8
+
+
+def fold_heads(t: Tensor, heads: int) -> Tensor:
+    """(B, heads, ...) -> (B * heads, 1, ...): each K/V head its own batch row."""
+    return t.reshape(t.shape[0] * heads, 1, *t.shape[2:])
+
+
+def repeat_rows(t: Tensor, heads: int) -> Tensor:
+    """(B, ...) -> (B * heads, ...): a per-sequence tensor for each folded head row."""
+    return t.repeat_interleave(heads, dim=0)

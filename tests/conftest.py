@@ -141,3 +141,22 @@ def run_prunex(monkeypatch, capsys):
         return exit_info.value.code, capsys.readouterr().err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    """A small UTF-8 text file to train and evaluate on."""
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text("Pruning keeps the tokens that matter and forgets the rest. " * 40, encoding="utf-8")
+    return path
+
+
+def run_ok(*args: str) -> str:
+    """Run `prunex ARGS` in-process; assert it succeeded and return its stdout."""
+    from typer.testing import CliRunner
+
+    from prunex.cli.main import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return result.stdout

@@ -9,25 +9,13 @@ import sys
 
 import pytest
 import torch
+from conftest import run_ok
 from typer.testing import CliRunner
 
 from prunex.cli.main import app
 from prunex.errors import PrunexError
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cli") / "text.txt"
-    path.write_text("Pruning keeps the tokens that matter and forgets the rest. " * 40, encoding="utf-8")
-    return path
-
-
-def run_ok(*args: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result.stdout
 
 
 def test_entry_point_turns_user_error_into_one_line():

@@ -86,9 +86,9 @@ def eval_compare(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     as_json: Json = False,
 ) -> None:
-    """Perplexity at equal KV budget on the same windows: dense, SOURCE's learned policy (as trained, and
-    capped at each budget) and each training-free policy at each budget. Kept = fraction of causal key/value
-    entries kept, over layers and positions (as `prunex eval ppl`)."""
+    """Perplexity at equal KV budget on the same windows: dense, SOURCE's learned policy (DCP as trained and
+    capped at each budget; a scorer held to each budget) and each training-free policy at each budget. Kept =
+    fraction of causal key/value entries kept, over layers and positions (as `prunex eval ppl`)."""
     from prunex.data.text import split_text, token_windows
     from prunex.devices import torch_device
     from prunex.eval.compare import compare_policies, plot_comparison

@@ -18,13 +18,13 @@ class _Methods(TyperGroup):
 
     def resolve_command(self, ctx, args):
         if args and not args[0].startswith("-") and args[0] not in self.commands:
-            ctx.fail(f"No such command {args[0]!r}. Methods: dcp (a decoder's K/V cache), ltp (an encoder's "
-                     "tokens).")
+            ctx.fail(f"No such command {args[0]!r}. Methods: dcp and scorer (a decoder's K/V cache), ltp (an "
+                     "encoder's tokens).")
         return super().resolve_command(ctx, args)
 
 
 app = typer.Typer(cls=_Methods, no_args_is_help=True, help="Fine-tune a model so that it learns which tokens to "
-                  "drop: `dcp` for a decoder's K/V cache, `ltp` for an encoder classifier's tokens. Writes "
+                  "drop: `dcp` or `scorer` for a decoder's K/V cache, `ltp` for an encoder classifier's tokens. Writes "
                   "pruning.safetensors + pruning.json; data-parallel when launched by `torchrun` or `accelerate "
                   "launch`.")
 
@@ -100,6 +100,43 @@ def dcp(
         typer.echo(
             f"wrote {out}: validation perplexity {figures['perplexity']:.2f}, sparsity {figures['sparsity']:.3f}"
         )
+
+
+@app.command("scorer")
+def scorer(
+    out: Out,
+    model: str = typer.Option("smollm2", help="A decoder: smollm2, a tiny test name or a HF dir."),
+    texts: list[str] = typer.Option(["wikipedia", "speeches", "debates"], "--text", help="Sources to fit on (their "
+                                    "train splits; repeat the option): packaged names or UTF-8 text files."),
+    target_kv: float = typer.Option(0.125, min=0.0, max=1.0, help="The kept K/V fraction (at --context) the scorer "
+                                    "is tuned for and holds by default; any other budget can be asked at run time."),
+    context: int = typer.Option(2048, min=32, help="Tokens per window."),
+    windows: int = typer.Option(48, min=1, help="Training windows, spread over the sources."),
+    validation_windows: int = typer.Option(2, min=1, help="Validation windows per source (choose the recent share)."),
+    target_window: int = typer.Option(16, min=1, help="A token's target is the most attention that a query at least "
+                                      "this many tokens later pays it."),
+    threads: Threads = 0,
+    seed: Seed = 0,
+    force: Force = False,
+    resume: Resume = False,
+    save_every: SaveEvery = 300.0,
+) -> None:
+    """A learned K/V scorer for a decoder: per layer and K/V head, a linear map from a token's hidden state to the
+    attention later queries will pay it, fitted from forward passes only (no backward); each head keeps its
+    best-scored tokens, its most recent ones and the sinks within the budget."""
+    from prunex.config import ScorerTrainConfig
+    from prunex.train.scorer_trainer import train_scorer
+
+    _clear_out(out, force, resume)
+    config = ScorerTrainConfig(model=model, texts=list(texts), context=context, windows=windows,
+                               validation_windows=validation_windows, target_kv=target_kv,
+                               target_window=target_window, seed=seed, threads=threads, save_every=save_every)
+    meta = train_scorer(config, out, resume=resume)
+    figures = meta.training["figures"]
+    ratios = figures["validation"]["ppl_ratio_by_recent_fraction"]
+    typer.echo(f"wrote {out}: fitted at {figures['tokens_per_s']:.0f} tokens/s; validation perplexity "
+               f"x{min(ratios.values()):.4f} of dense at kept {target_kv} (recent share "
+               f"{meta.config['recent_fraction']})")
 
 
 @app.command("ltp")

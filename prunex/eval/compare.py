@@ -15,12 +15,13 @@ from prunex.eval.perplexity import summed_nll
 from prunex.prune.budget import BudgetedPolicy, tokens_for_kept_fraction
 from prunex.prune.forward import run_full
 from prunex.prune.lm import PrunedLM
+from prunex.prune.scorer import ScorerPolicy
 from prunex.prune.training_free import TRAINING_FREE, training_free_policy
 
 
 @dataclass
 class CompareRow:
-    policy: str  # "dcp" (no budget), "dcp+budget", or a training-free policy name
+    policy: str  # "dcp" (no budget), "dcp+budget", "scorer" (learned, per K/V head) or a training-free policy
     kv_budget: float | None  # the target kept fraction (None: the policy's own)
     kv_tokens: int | None  # the per-query cap it became for this context
     kv_kept: float  # measured kept fraction
@@ -55,17 +56,20 @@ class _Run:
 def compare_policies(lm: PrunedLM, windows: torch.Tensor, budgets: list[float],
                      policies: list[str] | None = None, show_progress: bool = True,
                      batch_size: int = 4) -> CompareReport:
-    """Dense, `lm`'s own policy (unbudgeted, and held to each budget) and each training-free policy at each
-    budget, over the same (N, T) windows, `batch_size` windows per forward (H2O and TOVA loop over positions:
-    a batch shares that loop). `policies` defaults to all training-free ones."""
+    """Dense, `lm`'s own policy (DCP: unbudgeted and capped at each budget; a scorer: held to each budget) and
+    each training-free policy at each budget, over the same (N, T) windows, `batch_size` windows per forward
+    (H2O and TOVA loop over positions: a batch shares that loop). `policies` defaults to all training-free ones."""
     context = windows.shape[1]
     runs: list[_Run] = []
     learned = lm.policy
-    if learned is not None:
+    scorer = isinstance(learned, ScorerPolicy)
+    if learned is not None and not scorer:
         runs.append(_Run("dcp", None, None, lm))
     for budget in budgets:
         cap = tokens_for_kept_fraction(budget, context)
-        if learned is not None:
+        if scorer:
+            runs.append(_Run("scorer", budget, cap, PrunedLM(lm.base, learned.with_budget(cap))))
+        elif learned is not None:
             runs.append(_Run("dcp+budget", budget, cap, PrunedLM(lm.base, BudgetedPolicy(learned, cap))))
         for name in policies or list(TRAINING_FREE):
             runs.append(_Run(name, budget, cap, PrunedLM(lm.base, training_free_policy(name, cap))))

@@ -78,7 +78,9 @@ def export_decoder(
     prepare_out(out, force)
     policy = None if dense else lm.policy
     if policy is not None and not isinstance(policy, DCPPolicy):
-        raise PrunexError(f"only DCP policies export to ONNX, not {type(policy).__name__}; use --dense")
+        raise PrunexError(f"only DCP policies export to ONNX, not {type(policy).__name__} (the learned scorer's "
+                          "per-K/V-head decisions run in PyTorch for now: `prunex eval ppl | compare`); use --dense "
+                          "and a run-time --policy")
     if lm.tokenizer is None:
         raise PrunexError("the model has no tokenizer: an export needs one to validate and to run")
     manifest = build_manifest(lm, policy, opset, source, attention_scores)

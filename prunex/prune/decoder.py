@@ -8,13 +8,16 @@ the graph) is the caller's: `prune.forward.run_full` (whole sequences), `PrunedL
 a physically pruned cache), `export.validate` (the reference the fused ONNX graph is checked against).
 
 Soft decisions (alpha < inf, training) enter attention as log(keep) added to the logits, as in DCP; hard ones as
-a boolean mask. Shapes: B batch, S new tokens, P past entries, H query heads, KV key/value heads, G = H / KV,
+a boolean mask. A `HeadPolicy` decides per K/V head: each layer then runs with the K/V heads folded into the
+batch axis (R = B * KV rows of one K/V head and G query heads each), and its `LayerRun` and past are folded.
+Shapes: B batch, S new tokens, P past entries, H query heads, KV key/value heads, G = H / KV,
 D head dim, d hidden, r policy state width.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,15 +26,16 @@ from torch import Tensor
 
 from prunex.models.adapters import DecoderAdapter
 from prunex.prune.attention_policy import AttentionPolicy
-from prunex.prune.policy import PruningPolicy
+from prunex.prune.policy import HeadPolicy, PruningPolicy
 from prunex.prune.pruned_cache import LayerCache
+from prunex.tensors import fold_heads, repeat_rows
 
 
 @dataclass
 class LayerRun:
     """What one layer leaves: the new tokens' entries and the keep decisions of the new queries."""
 
-    k: Tensor  # (B, KV, S, D) keys of the new tokens, positions applied
+    k: Tensor  # (B, KV, S, D) keys of the new tokens, positions applied ((R, 1, S, D) folded per head)
     v: Tensor  # (B, KV, S, D)
     state: Tensor | None  # (B, S, r) policy state of the new tokens (DCP: k_int), or None
     keep_past: Tensor | None  # (B, S, P) past entry j kept for query n (valid entries only); None without past
@@ -53,10 +57,13 @@ def run_decoder(
     valid: Tensor,
     past: list[LayerCache] | None = None,
     alpha: float = math.inf,
+    observe: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
 ) -> DecoderRun:
     """Run (B, S) ids at (B, S) logical positions, `valid` (B, S) bool, over `past` (one read-only `LayerCache`
     per layer, or None). `policy=None` is the dense model (keep = valid). alpha = inf: hard decisions. An
-    `AttentionPolicy` (H2O, TOVA) decides from the layer's queries and keys, after they are computed."""
+    `AttentionPolicy` (H2O, TOVA) decides from the layer's queries and keys, after they are computed; a
+    `HeadPolicy` per K/V head, over a folded past (see the module docstring). `observe(layer, x, q, k)`, when
+    given, sees each layer's attention input and its queries and keys (a learned scorer's training targets)."""
     B, S = input_ids.shape
     index = torch.arange(S, device=input_ids.device)
     causal = index[None, None, :] <= index[None, :, None]  # (1, S, S) key j <= query n
@@ -69,8 +76,19 @@ def run_decoder(
         cached = None if past is None else past[layer]
         x = adapter.attention_input(layer, hidden)
         q, k, v = adapter.qkv(layer, x, rope)  # (B, H, S, D), (B, KV, S, D) x2
+        if observe is not None:
+            observe(layer, x, q, k)
         keep_past = past_state = None
-        if policy is None:
+        if isinstance(policy, HeadPolicy):
+            heads = k.shape[1]
+            q = q.reshape(B * heads, -1, S, q.shape[-1])  # (R, G, S, D): query head i reads K/V head i // G
+            k, v = fold_heads(k, heads), fold_heads(v, heads)  # (R, 1, S, D)
+            decisions = policy.decide_heads(layer, x, repeat_rows(position_ids, heads), repeat_rows(valid, heads),
+                                            cached)
+            keep_new, state = _restrict(decisions.keep_new, repeat_rows(allowed, heads)), decisions.state
+            if cached is not None:
+                keep_past = _restrict(decisions.keep_past, cached.valid[:, None, :])
+        elif policy is None:
             keep_new, state = allowed, None
             if cached is not None:
                 keep_past = cached.valid[:, None, :].expand(B, S, -1)  # (B, S, P)
@@ -90,6 +108,7 @@ def run_decoder(
             mask_new = _log_keep(keep_new, allowed | itself)
             mask_past = None if cached is None else _log_keep(keep_past, cached.valid[:, None, :])
         attended = _attend_sdpa(q, k, v, cached, mask_past, mask_new, adapter.attention_scale(layer))
+        attended = attended.reshape(B, -1, S, attended.shape[-1])  # (B, H, S, D), heads unfolded
         hidden = hidden + adapter.attention_output(layer, attended.transpose(1, 2).reshape(B, S, -1))  # (B, S, d)
         hidden = adapter.mlp_block(layer, hidden)
         layers.append(LayerRun(k, v, state, keep_past, keep_new, past_state))

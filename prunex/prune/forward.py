@@ -14,17 +14,18 @@ from torch import Tensor
 
 from prunex.models.adapters import DecoderAdapter
 from prunex.prune.decoder import run_decoder
-from prunex.prune.policy import KeepPolicy
+from prunex.prune.policy import PruningPolicy
+from prunex.tensors import repeat_rows
 
 
 @dataclass
 class LayerPrefill:
     """What one layer leaves for the step-wise cache after a prompt."""
 
-    k: Tensor  # (B, KV, T, D) keys, positions applied
+    k: Tensor  # (B, KV, T, D) keys, positions applied ((R, 1, T, D) per head: see `prunex.prune.scorer`)
     v: Tensor  # (B, KV, T, D)
     state: Tensor | None  # (B, T, r) policy state (DCP: k_int)
-    keep_last: Tensor  # (B, T) bool: still cached after each row's last prompt token
+    keep_last: Tensor  # (B, T) bool: still cached after each row's last prompt token ((R, T) per head)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class ForwardResult:
 
 def run_full(
     adapter: DecoderAdapter,
-    policy: KeepPolicy | None,
+    policy: PruningPolicy | None,
     input_ids: Tensor,
     valid: Tensor | None = None,
     alpha: float = math.inf,
@@ -61,12 +62,15 @@ def run_full(
     mean_keep = torch.zeros((), device=device)
     prefill: list[LayerPrefill] = []
     for layer in run.layers:
-        keep = layer.keep_new.to(run.hidden.dtype) * counted  # (B, T, T) pairs between real tokens
-        kept = kept + keep.sum().detach()
-        mean_keep = mean_keep + keep.sum() / counted.sum()
+        heads = layer.keep_new.shape[0] // B  # K/V heads folded into the rows by a per-head policy, else 1
+        pairs = repeat_rows(counted, heads)  # (R, T, T)
+        keep = layer.keep_new.to(run.hidden.dtype) * pairs  # (R, T, T) pairs between real tokens
+        kept = kept + keep.sum().detach() / heads  # a layer's share: the mean over its heads
+        mean_keep = mean_keep + keep.sum() / pairs.sum()
         if collect_prefill:
-            keep_last = layer.keep_new[torch.arange(B, device=device), last] > 0.5  # (B, T)
-            prefill.append(LayerPrefill(layer.k, layer.v, layer.state, keep_last & valid))
+            rows = torch.arange(B * heads, device=device)
+            keep_last = layer.keep_new[rows, repeat_rows(last, heads)] > 0.5  # (R, T)
+            prefill.append(LayerPrefill(layer.k, layer.v, layer.state, keep_last & repeat_rows(valid, heads)))
     return ForwardResult(
         logits=adapter.logits(run.hidden),
         kept_entries=kept,

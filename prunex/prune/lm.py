@@ -16,6 +16,7 @@ from prunex.prune.decoder import run_decoder
 from prunex.prune.forward import ForwardResult, run_full
 from prunex.prune.policy import PruningPolicy
 from prunex.prune.pruned_cache import PrunedKVCache
+from prunex.tensors import repeat_rows
 
 
 @dataclass
@@ -128,5 +129,5 @@ class PrunedLM:
             if step.past_state is not None:  # the policy rescored the cached entries (H2O, TOVA)
                 cache.layers[layer] = replace(cache.layers[layer], state=step.past_state)
             cache.layers[layer] = cache.layers[layer].append(step.keep_past[:, -1], step.k, step.v, step.state,
-                                                             positions)
+                                                             repeat_rows(positions, cache.rows_per_sequence(layer)))
         return self.adapter.logits(run.hidden)[:, 0]

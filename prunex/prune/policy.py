@@ -36,6 +36,17 @@ class PruningPolicy(ABC):  # noqa: B024 (a common type, no common method)
     state_dim: int = 0
 
 
+class HeadPolicy(PruningPolicy):
+    """A policy that decides per K/V head (`prunex.prune.scorer`): the decoder loop folds the K/V heads into
+    the batch axis for it (row b * KV + h is head h of sequence b), so decisions, the pruned cache and its
+    compaction are per head."""
+
+    @abstractmethod
+    def decide_heads(self, layer: int, x: Tensor, positions: Tensor, valid: Tensor, past) -> Decisions:
+        """x (B, S, d) attention input; positions, valid (R, S) per folded row; past: the layer's folded
+        `LayerCache` or None -> folded decisions keep_past (R, S, P), keep_new (R, S, S) and the new state."""
+
+
 class KeepPolicy(PruningPolicy):
     """Base class: a policy scores (query, key) pairs; prunex owns the cumulative decisions and the cache."""
 

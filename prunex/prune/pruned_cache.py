@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prunex.tensors import gather_tokens, kv_entry_bytes, pack_kept
+from prunex.tensors import gather_tokens, kv_entry_bytes, pack_kept, repeat_rows
 
 
 @dataclass
@@ -56,22 +56,29 @@ class LayerCache:
 class PrunedKVCache:
     """All layers' caches, built from a prompt's prefill and grown one token per row per step."""
 
-    def __init__(self, layers: list[LayerCache]) -> None:
+    def __init__(self, layers: list[LayerCache], batch: int) -> None:
         self.layers = layers
+        self.batch = batch  # sequences; a layer of a per-head policy has batch x K/V heads rows, one per head
 
     @classmethod
     def from_prefill(cls, prefill: list, valid: Tensor) -> "PrunedKVCache":
         """Build from `run_full(..., collect_prefill=True).prefill`; valid: (B, T) real prompt tokens."""
         B, T = valid.shape
-        positions = torch.arange(T, device=valid.device).expand(B, T)
-        layers = [
-            LayerCache(p.k, p.v, p.state, positions, valid.bool()).compact(p.keep_last) for p in prefill
-        ]
-        return cls(layers)
+        layers = []
+        for p in prefill:
+            heads = p.k.shape[0] // B  # K/V heads folded into the rows (per-head decisions), else 1
+            positions = torch.arange(T, device=valid.device).expand(B * heads, T)
+            layers.append(LayerCache(p.k, p.v, p.state, positions, repeat_rows(valid.bool(), heads))
+                          .compact(p.keep_last))
+        return cls(layers, B)
+
+    def rows_per_sequence(self, layer: int) -> int:
+        """How many cache rows a sequence has in `layer`: its K/V heads when they decide apart, else 1."""
+        return self.layers[layer].k.shape[0] // self.batch
 
     def held_entries(self) -> Tensor:
-        """(B,) tokens held per row, summed over layers."""
-        return torch.stack([layer.lengths for layer in self.layers]).sum(0)
+        """(B,) tokens held per row, summed over layers (a per-head layer counts its heads' mean)."""
+        return torch.stack([layer.lengths.view(self.batch, -1).float().mean(1) for layer in self.layers]).sum(0)
 
     def nbytes(self) -> int:
         """Bytes of K/V (and policy state) held by the valid entries."""

@@ -1,0 +1,91 @@
+"""A learned K/V scorer: per layer and K/V head, a linear map from a token's attention input to how much
+attention later queries will pay it (KVzap-style, Jegou et al. 2025 in NVIDIA's kvpress); each head keeps, per
+query, the sinks, its most recent tokens and the best-scored older ones, within a budget of `kv_tokens`.
+
+Decisions are per K/V head: a layer's heads keep different tokens (one head may stay local while another
+holds on to names from far back). The decoder loop runs such a policy with the K/V heads folded into the batch
+axis (`fold_heads`): row b * KV + h is head h of sequence b, with one K/V head and its G query heads, so the
+physically pruned cache, its compaction and its byte count work per head unchanged.
+
+The rule is cumulative by construction: an older token is evicted once `kv_tokens - recent - sinks` older
+tokens outscore it, and the set it is compared with only grows, so a dropped token never comes back. The score
+is fixed when the token arrives (one matmul a layer), so a prompt is decided in one pass, with no loop over
+positions. Shapes: B batch, KV K/V heads, R = B * KV folded rows, S new tokens, P past entries, K = P + S keys.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from prunex.config import ScorerConfig
+from prunex.errors import PrunexError
+from prunex.prune.policy import Decisions, HeadPolicy
+from prunex.prune.pruned_cache import LayerCache
+
+
+class ScorerPolicy(nn.Module, HeadPolicy):
+    """Learned per-head scores held to `kv_tokens` cached tokens per head and query."""
+
+    state_dim = 1  # each cached entry keeps its score
+
+    def __init__(self, num_layers: int, hidden_size: int, num_kv_heads: int, config: ScorerConfig | None = None,
+                 kv_tokens: int = 256) -> None:
+        super().__init__()
+        self.config = config or ScorerConfig()
+        self.num_kv_heads = num_kv_heads
+        self.weight = nn.Parameter(torch.zeros(num_layers, hidden_size, num_kv_heads))
+        self.bias = nn.Parameter(torch.zeros(num_layers, num_kv_heads))
+        self.kv_tokens = 0
+        self.set_budget(kv_tokens)
+
+    def set_budget(self, kv_tokens: int) -> ScorerPolicy:
+        """Hold every head to `kv_tokens` cached tokens per query (sinks and recent ones included)."""
+        sinks = self.config.sink_tokens
+        if kv_tokens <= sinks:
+            raise PrunexError(f"the budget ({kv_tokens} tokens) must exceed the sinks ({sinks})")
+        self.kv_tokens = kv_tokens
+        self.recent_tokens = max(1, int((kv_tokens - sinks) * self.config.recent_fraction))
+        return self
+
+    def with_budget(self, kv_tokens: int) -> ScorerPolicy:
+        """The same scorer (parameters shared) held to another budget."""
+        return copy.copy(self).set_budget(kv_tokens)
+
+    def scores(self, layer: int, x: Tensor) -> Tensor:
+        """x (B, S, d) attention input -> (B, KV, S) predicted log-importance of each new token per head."""
+        return (x @ self.weight[layer] + self.bias[layer]).transpose(1, 2)
+
+    def decide_heads(self, layer: int, x: Tensor, positions: Tensor, valid: Tensor,
+                     past: LayerCache | None) -> Decisions:
+        """Folded decisions: x (B, S, d); positions and valid (R, S); past (R rows) holds the entries' scores.
+        Returns keep_past (R, S, P), keep_new (R, S, S) and the new tokens' scores (R, S, 1)."""
+        R, S = positions.shape
+        new_scores = self.scores(layer, x).reshape(R, S)
+        key_scores, key_positions, key_valid = new_scores, positions, valid
+        if past is not None:
+            key_scores = torch.cat([past.state[..., 0], new_scores], 1)  # (R, K)
+            key_positions = torch.cat([past.positions, positions], 1)
+            key_valid = torch.cat([past.valid, valid], 1)
+        K = key_scores.shape[1]
+        sinks = key_positions < self.config.sink_tokens  # (R, K)
+        candidate = key_valid & ~sinks  # keys the learned choice is about
+        index = torch.arange(K, device=x.device)
+        outscores = (key_scores[:, :, None] > key_scores[:, None, :]) | (
+            (key_scores[:, :, None] == key_scores[:, None, :]) & (index[:, None] > index[None, :]))  # (R, i, j)
+        outscored_by = (outscores & candidate[:, :, None]).to(torch.int32).cumsum(1)  # (R, K, K): among keys <= i
+        # The older keys a query compares: valid, at least `recent` positions back; valid keys are in position
+        # order, so they are the candidates up to the last such index.
+        oldest_allowed = positions[:, :, None] - self.recent_tokens  # (R, S, 1)
+        older = key_valid[:, None, :] & (key_positions[:, None, :] <= oldest_allowed)  # (R, S, K)
+        last_older = (older * (index + 1)).amax(-1) - 1  # (R, S); -1: none yet
+        rank = outscored_by.gather(1, last_older.clamp_min(0)[..., None].expand(R, S, K))  # (R, S, K)
+        rank = rank * (last_older >= 0)[..., None]
+        room = self.kv_tokens - self.recent_tokens - self.config.sink_tokens
+        recent = positions[:, :, None] - key_positions[:, None, :] < self.recent_tokens  # (R, S, K)
+        keep = sinks[:, None, :] | recent | (rank < room)
+        P = K - S
+        return Decisions(keep[..., :P] if past is not None else None, keep[..., P:], new_scores[..., None])
+

@@ -1,0 +1,120 @@
+"""The learned K/V scorer: per-K/V-head decisions held to a budget, physically removed per head."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import assert_stepwise_equals_full, run_ok
+
+from prunex.config import ScorerConfig
+from prunex.models.sources import load_model
+from prunex.prune.budget import kept_fraction_for_tokens
+from prunex.prune.decoder import run_decoder
+from prunex.prune.lm import PrunedLM
+from prunex.prune.scorer import ScorerPolicy
+from prunex.train.scorer_trainer import LeastSquares, log_importance
+
+
+def random_scorer(base, kv_tokens: int, seed: int = 0, recent_fraction: float = 0.25) -> ScorerPolicy:
+    """A scorer with random weights: every head ranks tokens its own way."""
+    config = base.model.config
+    torch.manual_seed(seed)
+    policy = ScorerPolicy(config.num_hidden_layers, config.hidden_size, config.num_key_value_heads,
+                          ScorerConfig(sink_tokens=2, recent_fraction=recent_fraction), kv_tokens=kv_tokens)
+    with torch.no_grad():
+        policy.weight.normal_()
+    return policy.eval()
+
+
+def reference_keep(scores: torch.Tensor, kv_tokens: int, recent: int, sinks: int) -> torch.Tensor:
+    """Brute force over queries: (KV, T) scores -> (KV, T, T) keep, evicting one token at a time."""
+    heads, T = scores.shape
+    keep = torch.zeros(heads, T, T, dtype=torch.bool)
+    for h in range(heads):
+        held: list[int] = []
+        for n in range(T):
+            held.append(n)
+            older = [j for j in held if j >= sinks and n - j >= recent]
+            while len(held) > kv_tokens and older:
+                worst = min(older, key=lambda j: (float(scores[h, j]), j))
+                held.remove(worst)
+                older.remove(worst)
+            keep[h, n, held] = True
+    return keep
+
+
+@torch.no_grad()
+def test_decisions_per_head_equal_a_one_at_a_time_eviction():
+    """The folded, vectorised rule == evicting the lowest-scored older token whenever a head is over budget."""
+    base = load_model("tiny-llama")
+    policy = random_scorer(base, kv_tokens=9)
+    adapter = PrunedLM(base, policy).adapter
+    T = 40
+    ids, positions = torch.randint(0, 200, (1, T)), torch.arange(T)[None]
+    layer = run_decoder(adapter, policy, ids, positions, torch.ones(1, T, dtype=torch.bool)).layers[0]
+    scores = policy.scores(0, adapter.attention_input(0, adapter.embed(ids, positions)))[0]  # (KV, T)
+    expected = reference_keep(scores, 9, policy.recent_tokens, sinks=2)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    assert torch.equal(layer.keep_new & causal, expected & causal)
+    assert not torch.equal(expected[0], expected[1])  # the heads really decide apart
+    assert int((layer.keep_new & causal).sum(-1).max()) == 9  # the budget holds per head and query
+
+
+def test_stepwise_generation_removes_tokens_per_head_and_matches_full():
+    """Prefill + step-wise decoding over a cache that loses entries per head == the full-sequence forward."""
+    base = load_model("tiny-llama")
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4]]
+    result = assert_stepwise_equals_full(PrunedLM(base, random_scorer(base, kv_tokens=12)), prompts, 20)
+    dense = PrunedLM(base, None).generate(prompts, 20)
+    # rows end at 26 and 21 tokens, each head holding 12: kept 24 / 47 of the dense entries (+ each score)
+    assert result.kv_kept_fraction == pytest.approx(24 / 47, rel=1e-6)
+    assert result.kv_bytes < dense.kv_bytes * 0.55
+
+
+def test_least_squares_recovers_a_linear_target():
+    """The closed-form fit from accumulated sums finds the weights and bias that made the targets."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(1, 8, 3), torch.randn(1, 3)
+    sums = LeastSquares(layers=1, features=8, heads=3)
+    for _ in range(4):  # window by window, as the trainer adds them
+        x = torch.randn(100, 8)
+        sums.add(0, x, x @ weight[0] + bias[0])
+    fitted_weight, fitted_bias = sums.solve(ridge=0.0)
+    torch.testing.assert_close(fitted_weight, weight, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fitted_bias, bias, atol=1e-4, rtol=0)
+
+
+def test_targets_are_the_most_attention_a_far_query_pays():
+    """log_importance == a loop over keys, query heads of the group and queries at least `window` later."""
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 4, 12, 8), torch.randn(1, 2, 12, 8)
+    targets = log_importance(q, k, scale=8**-0.5, target_window=3)  # (1, 2, 12)
+    probs = (q @ k.repeat_interleave(2, 1).transpose(-1, -2) * 8**-0.5).masked_fill(
+        ~torch.ones(12, 12, dtype=torch.bool).tril(), -float("inf")).softmax(-1)[0]  # (4, 12, 12)
+    for head in range(2):
+        for j in range(12):
+            later = [float(probs[g, n, j]) for g in (2 * head, 2 * head + 1) for n in range(j + 3, 12)]
+            assert float(targets[0, head, j]) == pytest.approx(math.log(max(later, default=0.0) + 1e-6), abs=1e-5)
+
+
+def test_train_scorer_then_compare_and_generate(tmp_path, text_file):
+    """`prunex train scorer` writes a checkpoint that `eval compare` holds to each budget and `eval ppl` runs."""
+    out = tmp_path / "scorer"
+    stdout = run_ok("train", "scorer", "--model", "tiny-llama", "--text", str(text_file), "--context", "64",
+                    "--windows", "2", "--validation-windows", "1", "--target-kv", "0.5", "--threads", "1",
+                    "--out", str(out))
+    assert f"wrote {out}" in stdout and "recent share" in stdout
+    meta = json.loads((out / "pruning.json").read_text())
+    assert meta["method"] == "scorer" and meta["config"]["kv_budget"] == 0.5 and meta["config"]["context"] == 64
+    assert meta["config"]["recent_fraction"] in (0.25, 0.5, 0.75)
+    assert set(meta["training"]["figures"]["validation"]["ppl_ratio_by_recent_fraction"]) == {"0.25", "0.5", "0.75"}
+    report = json.loads(run_ok("eval", "compare", str(out), "--text-file", str(text_file), "--context", "64",
+                               "--windows", "1", "--budgets", "0.25,0.5", "--policies", "tova", "--json"))
+    rows = [(r["policy"], r["kv_budget"]) for r in report["results"]]
+    assert rows == [("scorer", 0.25), ("tova", 0.25), ("scorer", 0.5), ("tova", 0.5)]
+    for row in report["results"]:  # the same budget per head as the rule's per layer
+        assert row["kv_kept"] == pytest.approx(kept_fraction_for_tokens(row["kv_tokens"], 64), abs=1e-6)
+    ppl = json.loads(run_ok("eval", "ppl", str(out), "--text-file", str(text_file), "--context", "64",
+                            "--windows", "1", "--json"))
+    assert ppl["kept_fraction"] == pytest.approx(kept_fraction_for_tokens(19, 64), abs=1e-6)  # 0.5 at 64: 19
