@@ -34,6 +34,7 @@ DECODER_PAST = {  # per layer; W: the layer's slot capacity (each layer has its 
     "kint": "past_kint.%d",  # (B, R, W) interaction keys (DCP only)
     "valid": "past_valid.%d",  # (B, 1, W) bool: slot holds a kept entry or one of the step's new entries
     "guard": "past_guard.%d",  # (B, 1, W) int64: first query position that may drop the entry (DCP only)
+    "positions": "past_positions.%d",  # (B, 1, W) int64: the entry's logical position (sliding-window models)
     "seqlens": "seqlens.%d",  # (B,) int32: slots in use after the step, minus 1; new entries at the end
     "capacity": "capacity.%d",  # () int32: W, the attention's total length
 }
@@ -75,6 +76,7 @@ class DecoderManifest:
     interaction_dim: int = 0  # R: width of past_kint (0 for dense)
     sink_tokens: int = 0  # DCP: the first tokens of a sequence, never dropped
     recent_tokens: int = 0  # DCP: an entry cannot be dropped by the next `recent_tokens` queries
+    windows: list[int] = field(default_factory=list)  # per layer: its sliding window (0: global); []: none
     vocab_size: int = 0
     max_positions: int | None = None
     dtype: str = "float32"
@@ -91,8 +93,9 @@ class DecoderManifest:
         return template % layer
 
     def past_fields(self) -> tuple[str, ...]:
-        """The per-layer cache inputs this graph reads (a dense graph has no kint / guard)."""
-        skip = () if self.interaction_dim else ("kint", "guard")
+        """The per-layer cache inputs this graph reads (a dense graph has no kint / guard; only a model with
+        sliding-window layers reads positions)."""
+        skip = (() if self.interaction_dim else ("kint", "guard")) + (() if any(self.windows) else ("positions",))
         return tuple(f for f in CACHE_FIELDS if f not in skip)
 
     def guard(self, positions):

@@ -23,7 +23,7 @@ from prunex.runtime.engine import DecoderEngine
 from prunex.runtime.runtime import Runtime
 from prunex.runtime.sampling import SamplingParams
 
-FAMILIES = ["tiny-llama3", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-phi3"]
+FAMILIES = ["tiny-llama3", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-phi3", "tiny-gemma3"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -121,6 +121,28 @@ def test_what_a_family_cannot_do_is_a_clear_error():
                                                                 pad_token_id=0, **shape))
     with pytest.raises(PrunexError, match="LongRoPE"):
         decoder_adapter(phi)
-    gemma = AutoModelForCausalLM.from_config(AutoConfig.for_model("gemma3_text", head_dim=16, **shape))
-    with pytest.raises(PrunexError, match="gemma3_text.*not supported.*supported: gpt2, llama, mistral, phi3"):
-        decoder_adapter(gemma)
+    capped = AutoModelForCausalLM.from_config(AutoConfig.for_model("gemma3_text", head_dim=16,
+                                                                   attn_logit_softcapping=50.0, **shape))
+    with pytest.raises(PrunexError, match="gemma3_text with attn_logit_softcapping is not supported"):
+        decoder_adapter(capped)
+    gemma2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gemma2", head_dim=16, **shape))
+    with pytest.raises(PrunexError, match="gemma2.*not supported.*supported: gemma3_text, gpt2, llama"):
+        decoder_adapter(gemma2)
+
+
+def test_a_sliding_window_layer_holds_only_its_window(tmp_path):
+    """Gemma 3's sliding layers (window 8) keep their last 8 entries, in PyTorch and in the runtime; the global
+    layer keeps all; the K/V figures count what is held."""
+    base = load_model("tiny-gemma3")
+    prompt = _prompts(4)[1] * 2  # 26 tokens
+    generated = PrunedLM(base, None).generate([prompt], 5)
+    windows = [8, 8, 0, 8]  # the tiny model's layer types
+    held = 26 + 4  # the prompt and the generated tokens fed back
+    assert generated.kv_kept_fraction == pytest.approx((3 * 8 + held) / (4 * held))
+    export_decoder(PrunedLM(base, None), tmp_path / "dense", source="tiny-gemma3")
+    engine = DecoderEngine(tmp_path / "dense", device="cpu", threads=1)
+    assert engine.manifest.windows == windows
+    engine.prefill([prompt])
+    for _ in range(4):
+        engine.decode(torch.tensor([7]))
+    assert engine.cache.layer_counts()[:, 0].tolist() == [8, 8, held, 8]

@@ -28,6 +28,12 @@ def check_opset(opset: int) -> None:
         raise PrunexError(f"--opset {opset} is not supported: prunex exports with opset {ONNX_OPSET}..{MAX_OPSET}")
 
 
+def _windows(adapter) -> list[int]:
+    """Each layer's sliding window (0: a global layer), or [] for a model without sliding-window layers."""
+    windows = [adapter.attention_window(layer) or 0 for layer in range(adapter.num_layers)]
+    return windows if any(windows) else []
+
+
 def build_manifest(lm: PrunedLM, policy: DCPPolicy | None, opset: int, source: str,
                    attention_scores: bool = False) -> DecoderManifest:
     """The manifest of `lm` exported with `policy` (None: dense), with the attention probabilities as outputs
@@ -41,6 +47,7 @@ def build_manifest(lm: PrunedLM, policy: DCPPolicy | None, opset: int, source: s
         interaction_dim=0 if policy is None else policy.state_dim,
         attention=ATTENTION if attention_scores else "",
         sink_tokens=0 if policy is None else policy.config.sink_tokens,
+        windows=_windows(a),
         recent_tokens=0 if policy is None else policy.config.recent_tokens,
         vocab_size=int(config.vocab_size), max_positions=lm.max_positions, opset=opset,
         eos_token_id=None if tokenizer is None else tokenizer.eos_token_id,

@@ -44,10 +44,11 @@ class _Globals:
         self.seq = g.op("Shape", ids, start=1, end=2)  # (1,) S
         self.batch = g.op("Shape", ids, start=0, end=1)  # (1,) B
         self.query_rows = g.op("Concat", g.const([1, 1]), self.seq, g.const([1]), axis=0)  # [1, 1, S, 1]
+        if any(m.windows) or m.interaction_dim:
+            self.query_positions = g.op("Unsqueeze", positions, g.const([2]))  # (B, S, 1)
         if not m.interaction_dim:
             return
         self.decoding = g.op("Equal", g.op("Squeeze", self.seq), g.const(1))  # () bool: one new token a row
-        self.query_positions = g.op("Unsqueeze", positions, g.const([2]))  # (B, S, 1)
         # The new keys' guards, as the runtime stores them for cached entries (`protection_guard`)
         new_positions = g.op("Unsqueeze", positions, g.const([1]))  # (B, 1, S)
         guard = g.op("Add", new_positions, g.const(max(m.recent_tokens, 1)))
@@ -84,8 +85,8 @@ def _prefill_keep(g: GraphBuilder, glob: _Globals, past: dict[str, str], q_int: 
 
 
 def _dcp_keep(g: GraphBuilder, glob: _Globals, layer: int, m: DecoderManifest, q_int: str, k_int: str,
-              beta: float) -> str:
-    """DCP's keep decisions of the layer's S queries over its slots: the layer's `keep` output, (B, S, W)."""
+              beta: float, output: str) -> str:
+    """DCP's keep decisions of the layer's S queries over its slots, named `output`, (B, S, W)."""
     past = {f: m.name(m.past[f], layer) for f in m.past_fields()}
     threshold = g.const(-beta, np.float32)  # keep iff q.k / sqrt(r) + beta > 0 (1 / sqrt(r) is in q_int)
     scores = g.op("MatMul", q_int, past["kint"])  # (B, S, r) @ (B, r, W) -> (B, S, W)
@@ -94,8 +95,14 @@ def _dcp_keep(g: GraphBuilder, glob: _Globals, layer: int, m: DecoderManifest, q
     decode = g.branch(f"layers.{layer}.decode_keep")
     kept = decode.op("And", past["valid"], step_keep)  # (B, 1, W): one query, nothing to accumulate
     prefill = g.branch(f"layers.{layer}.prefill_keep")
-    return g.op("If", glob.decoding, then_branch=decode.body([kept]), outputs=[m.name(m.keep, layer)],
+    return g.op("If", glob.decoding, then_branch=decode.body([kept]), outputs=[output],
                 else_branch=prefill.body([_prefill_keep(prefill, glob, past, q_int, k_int, threshold, step_keep)]))
+
+
+def _within_window(g: GraphBuilder, glob: _Globals, m: DecoderManifest, layer: int, window: int) -> str:
+    """(B, S, W) bool: slot j holds an entry that query n of a sliding-window layer still sees (n - p_j < W)."""
+    age = g.op("Sub", glob.query_positions, m.name(m.past["positions"], layer))  # (B, S, 1) - (B, 1, W)
+    return g.op("Less", age, g.const(window))
 
 
 class _Blocks:
@@ -138,6 +145,10 @@ class _Blocks:
             normed.append(g.op("Reshape", self._rms(per_head, gamma), g.const([0, 0, count * D])))
         return g.op("Concat", *normed, v, axis=-1)
 
+    def post_norm(self, name: str, norm: Norm | None, x: str) -> str:
+        """A block's output normed before it joins the residual (Gemma 3), or as it is."""
+        return x if norm is None else self._rms(x, self.g.weight(f"{name}.gamma", _np(norm.gamma)))
+
     def skip_norm(self, name: str, norm: Norm, x: str, residual: str) -> tuple[str, str]:
         """(normed residual + x, residual + x): the residual add fused into the next norm."""
         op = "SkipLayerNormalization" if self.spec.norm == "layer" else "SkipSimplifiedLayerNormalization"
@@ -153,10 +164,14 @@ class _Blocks:
     def mlp(self, name: str, x: str, layer) -> str:
         g = self.g
         up = self.linear(f"{name}.up", x, layer.up, layer.up_bias)
-        if self.spec.activation == "silu_gated":
+        if self.spec.activation in ("silu_gated", "gelu_tanh_gated"):
             width = layer.up.shape[1] // 2
             gate, value = g.op("Split", up, g.const([width, width]), axis=-1, outputs=2)
-            hidden = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), value)
+            if self.spec.activation == "silu_gated":
+                activated = g.op("Mul", gate, g.op("Sigmoid", gate))
+            else:
+                activated = g.op("FastGelu", gate, domain=MS_DOMAIN)
+            hidden = g.op("Mul", activated, value)
         else:
             hidden = g.op("FastGelu" if self.spec.activation == "gelu_tanh" else "Gelu", up, domain=MS_DOMAIN)
         return self.linear(f"{name}.down", hidden, layer.down, layer.down_bias)
@@ -169,8 +184,8 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
     ids = g.input(m.inputs["input_ids"], INT64, ["batch", "seq"])
     positions = g.input(m.inputs["position_ids"], INT64, ["batch", "seq"])
     wanted = g.input(m.inputs["logit_index"], INT64, ["batch", "wanted"])
-    types = {"key": FLOAT, "value": FLOAT, "kint": FLOAT, "valid": BOOL, "guard": INT64, "seqlens": INT32,
-             "capacity": INT32}
+    types = {"key": FLOAT, "value": FLOAT, "kint": FLOAT, "valid": BOOL, "guard": INT64, "positions": INT64,
+             "seqlens": INT32, "capacity": INT32}
     shapes = [_buffer_shapes(m, f"capacity.{layer}") for layer in range(m.num_layers)]
     for layer in range(m.num_layers):
         for f in m.past_fields():
@@ -183,6 +198,12 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
         hidden = g.op("Add", hidden, g.op("Gather", g.weight("position_embed", _np(spec.position_embed)), positions))
     rotary = ["", ""] if spec.rotary is None else [g.weight("rope.cos", _np(spec.rotary[0])),
                                                    g.weight("rope.sin", _np(spec.rotary[1]))]
+    tables = {}  # a layer's own rotary tables (another RoPE base), shared by the layers that use them
+    for weights in spec.layers:
+        if weights.rotary is not None and id(weights.rotary) not in tables:
+            tag = f"rope.{len(tables) + 1}"
+            tables[id(weights.rotary)] = [g.weight(f"{tag}.cos", _np(weights.rotary[0])),
+                                          g.weight(f"{tag}.sin", _np(weights.rotary[1]))]
     residual, pending = hidden, None  # pending: the last block's output, added to the residual by the next norm
     for layer, weights in enumerate(spec.layers):
         name, W = f"layers.{layer}", f"capacity.{layer}"
@@ -203,24 +224,33 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
                                      outputs=[f"{name}.qkv", f"{name}.q_int", m.name(m.new_kint, layer)])
         if weights.head_norms is not None:
             qkv = blocks.head_norms(f"{name}.head", qkv, weights.head_norms, H, KV, D)
+        window = weights.window
         if policy is None:  # the valid slots, the same for every query (causality is the attention's)
             keep = m.name(m.past["valid"], layer)  # (B, 1, W)
+            if window is not None:
+                keep = g.op("And", keep, _within_window(g, glob, m, layer, window))  # (B, S, W)
         else:
-            keep = _dcp_keep(g, glob, layer, m, q_int, k_int, float(policy.bias[layer].detach()))  # (B, S, W)
-            g.outputs.append(helper.make_tensor_value_info(m.name(m.keep, layer), BOOL, ["batch", "seq", W]))
+            output = m.name(m.keep, layer)
+            keep = _dcp_keep(g, glob, layer, m, q_int, k_int, float(policy.bias[layer].detach()),
+                             f"{name}.dcp_keep" if window is not None else output)  # (B, S, W)
+            if window is not None:  # what leaves the window leaves the cache
+                keep = g.op("And", keep, _within_window(g, glob, m, layer, window), outputs=[output])
+            g.outputs.append(helper.make_tensor_value_info(output, BOOL, ["batch", "seq", W]))
         masked = g.op("Where", keep, g.const(0.0, np.float32), g.const(-np.inf, np.float32))  # (B, S|1, W)
         attention_bias = g.op("Unsqueeze", masked, g.const([1]))  # (B, 1, S|1, W)
-        if policy is None:  # the attention wants one row a query
+        if policy is None and window is None:  # the attention wants one row a query
             attention_bias = g.op("Expand", attention_bias, glob.query_rows)  # (B, 1, S, W)
         outputs = [f"{name}.attended", m.name(m.present["key"], layer), m.name(m.present["value"], layer)]
         if m.attention:  # each query's attention probabilities (qk_output=2: after the softmax), for H2O / TOVA
             outputs.append(m.name(m.attention, layer))
             g.outputs.append(helper.make_tensor_value_info(outputs[-1], FLOAT, ["batch", H, "seq", W]))
+        layer_rotary = rotary if weights.rotary is None else tables[id(weights.rotary)]
+        rotates = layer_rotary[0] != ""
         attended = g.op(
             "GroupQueryAttention", qkv, "", "", m.name(m.past["key"], layer), m.name(m.past["value"], layer),
-            m.name(m.past["seqlens"], layer), m.name(m.past["capacity"], layer), *rotary,
-            positions if spec.rotary is not None else "", attention_bias, outputs=outputs, domain=MS_DOMAIN,
-            num_heads=H, kv_num_heads=KV, scale=weights.scale, do_rotary=int(spec.rotary is not None),
+            m.name(m.past["seqlens"], layer), m.name(m.past["capacity"], layer), *layer_rotary,
+            positions if rotates else "", attention_bias, outputs=outputs, domain=MS_DOMAIN,
+            num_heads=H, kv_num_heads=KV, scale=weights.scale, do_rotary=int(rotates),
             rotary_interleaved=0, qk_output=2 if m.attention else 0,
         )[0]
         g.outputs += [helper.make_tensor_value_info(m.name(m.present[f], layer), FLOAT, shapes[layer][f])
@@ -228,8 +258,10 @@ def build_decoder_graph(spec: DecoderGraphSpec, m: DecoderManifest, policy: DCPP
         if policy is not None:  # k_int (B, S, r) is the new_kint output itself
             g.output(k_int, m.name(m.new_kint, layer), FLOAT, ["batch", "seq", r])
         out = blocks.linear(f"{name}.out", attended, weights.out, weights.out_bias)
+        out = blocks.post_norm(f"{name}.post_attention_norm", weights.post_attention_norm, out)
         x, residual = blocks.skip_norm(f"{name}.mlp_norm", weights.mlp_norm, out, residual)
-        pending = blocks.mlp(f"{name}.mlp", x, weights)
+        mlp = blocks.mlp(f"{name}.mlp", x, weights)
+        pending = blocks.post_norm(f"{name}.post_mlp_norm", weights.post_mlp_norm, mlp)
     final, _ = blocks.skip_norm("final_norm", spec.final_norm, pending, residual)  # (B, S, d)
     width = g.op("Shape", final, start=2, end=3)
     index = g.op("Expand", g.op("Unsqueeze", wanted, g.const([2])),
@@ -245,7 +277,8 @@ def _buffer_shapes(m: DecoderManifest, capacity: str) -> dict[str, list]:
     """The shapes of one layer's cache inputs, its slot capacity named `capacity`."""
     KV, D, r = m.num_kv_heads, m.head_dim, m.interaction_dim
     return {"key": ["batch", KV, capacity, D], "value": ["batch", KV, capacity, D], "kint": ["batch", r, capacity],
-            "valid": ["batch", 1, capacity], "guard": ["batch", 1, capacity], "seqlens": ["batch"], "capacity": []}
+            "valid": ["batch", 1, capacity], "guard": ["batch", 1, capacity], "positions": ["batch", 1, capacity],
+            "seqlens": ["batch"], "capacity": []}
 
 
 def _order_outputs(g: GraphBuilder, m: DecoderManifest) -> None:

@@ -67,6 +67,11 @@ class DecoderAdapter(ABC):
     def attention_input(self, layer: int, hidden: Tensor) -> Tensor:
         """(B, T, d) residual -> (B, T, d) normalized attention input (also the interaction heads' input)."""
 
+    def attention_window(self, layer: int) -> int | None:
+        """A sliding-window layer's window W (query n sees keys n - W + 1 .. n; older ones leave its cache),
+        or None for a layer that attends to the whole (pruned) past."""
+        return None
+
     @abstractmethod
     def qkv(self, layer: int, x: Tensor, positions: Any) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, d) -> q (B, H, T, D), k (B, KV, T, D), v (B, KV, T, D), positions already applied."""
@@ -92,7 +97,7 @@ class DecoderAdapter(ABC):
         """The weights and block recipe for a fused ONNX graph (`prunex.export.decoder_graph`)."""
 
 
-def _weight(linear: torch.nn.Linear) -> Tensor:
+def linear_weight(linear: torch.nn.Linear) -> Tensor:
     """A Linear's weight as (in, out), for x @ W."""
     return linear.weight.detach().t()
 
@@ -118,11 +123,13 @@ class LlamaAdapter(DecoderAdapter):
     attention with optional q/k/v biases (Qwen2), gated SiLU MLP: SmolLM2, Llama 2/3, Mistral, Qwen2/2.5.
     Families with other projections or extra norms subclass it (`families/`)."""
 
+    sliding_layers = False  # True in a family whose sliding-window layers prunex runs (`attention_window`)
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
         config = model.config
         window = _sliding_window(config)
-        if window is not None:
+        if window is not None and not self.sliding_layers:
             raise PrunexError(f"{config.model_type} with sliding-window attention ({window} tokens) is not supported "
                               "yet: prunex's layer loop and graph attend to the whole (pruned) cache")
         self.layers = model.model.layers
@@ -181,13 +188,14 @@ class LlamaAdapter(DecoderAdapter):
         attn = self.layers[layer].self_attn
         q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
         biases = [_bias(m) for m in (q, k, v)]
-        return torch.cat([_weight(q), _weight(k), _weight(v)], dim=1), None if biases[0] is None else torch.cat(biases)
+        packed = torch.cat([linear_weight(q), linear_weight(k), linear_weight(v)], dim=1)
+        return packed, None if biases[0] is None else torch.cat(biases)
 
     def packed_up(self, layer: int) -> tuple[Tensor, Tensor | None]:
         """The [gate | up] projection as (d, 2I) and its bias."""
         mlp = self.layers[layer].mlp
         bias = None if mlp.up_proj.bias is None else torch.cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)])
-        return torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)], dim=1), bias
+        return torch.cat([linear_weight(mlp.gate_proj), linear_weight(mlp.up_proj)], dim=1), bias
 
     def rotary_tables(self) -> tuple[Tensor, Tensor]:
         """cos, sin (P, D/2) for every position, as the model computes them (rope scaling included)."""
@@ -212,9 +220,9 @@ class LlamaAdapter(DecoderAdapter):
             norms = self.head_norms(layer)
             layers.append(LayerWeights(
                 attention_norm=Norm(block.input_layernorm.weight.detach()),
-                qkv=qkv, qkv_bias=qkv_bias, out=_weight(attn.o_proj), out_bias=_bias(attn.o_proj),
+                qkv=qkv, qkv_bias=qkv_bias, out=linear_weight(attn.o_proj), out_bias=_bias(attn.o_proj),
                 mlp_norm=Norm(block.post_attention_layernorm.weight.detach()),
-                up=up, up_bias=up_bias, down=_weight(mlp.down_proj), down_bias=_bias(mlp.down_proj),
+                up=up, up_bias=up_bias, down=linear_weight(mlp.down_proj), down_bias=_bias(mlp.down_proj),
                 scale=self.attention_scale(layer),
                 head_norms=None if norms is None else (Norm(norms[0].weight.detach()), Norm(norms[1].weight.detach())),
             ))
@@ -222,7 +230,7 @@ class LlamaAdapter(DecoderAdapter):
             norm="rms", norm_eps=float(config.rms_norm_eps), activation="silu_gated",
             embed=inner.embed_tokens.weight.detach(), position_embed=None, rotary=self.rotary_tables(),
             layers=layers, final_norm=Norm(inner.norm.weight.detach()),
-            lm_head=_weight(self.model.lm_head), lm_head_bias=_bias(self.model.lm_head),
+            lm_head=linear_weight(self.model.lm_head), lm_head_bias=_bias(self.model.lm_head),
         )
 
 
@@ -295,5 +303,5 @@ class GPT2Adapter(DecoderAdapter):
             norm="layer", norm_eps=float(self.config.layer_norm_epsilon), activation=activations[name],
             embed=transformer.wte.weight.detach(), position_embed=transformer.wpe.weight.detach(), rotary=None,
             layers=layers, final_norm=norm(transformer.ln_f),
-            lm_head=_weight(self.model.lm_head), lm_head_bias=_bias(self.model.lm_head),
+            lm_head=linear_weight(self.model.lm_head), lm_head_bias=_bias(self.model.lm_head),
         )

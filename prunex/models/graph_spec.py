@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 NORMS = ("rms", "layer")  # RMSNorm (gamma only) | LayerNorm (gamma, beta)
-ACTIVATIONS = ("silu_gated", "gelu_tanh", "gelu")  # gated: up holds [gate | up]
+ACTIVATIONS = ("silu_gated", "gelu_tanh_gated", "gelu_tanh", "gelu")  # gated: up holds [gate | up]
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Norm:
 
 @dataclass
 class LayerWeights:
-    """One pre-norm block: norm -> attention -> residual, norm -> MLP -> residual."""
+    """One pre-norm block: norm -> attention (-> norm) -> residual, norm -> MLP (-> norm) -> residual."""
 
     attention_norm: Norm
     qkv: Tensor  # (d, H*D + 2*KV*D) packed [q | k | v]
@@ -36,6 +36,10 @@ class LayerWeights:
     down_bias: Tensor | None
     scale: float  # the factor on q.k
     head_norms: tuple[Norm, Norm] | None = None  # RMSNorms (D,) over each head's q and k before RoPE (Qwen3)
+    post_attention_norm: Norm | None = None  # a norm on the attention's output before the residual add (Gemma 3)
+    post_mlp_norm: Norm | None = None  # a norm on the MLP's output before the residual add (Gemma 3)
+    window: int | None = None  # a sliding-window layer's W (query n sees keys n - W + 1 .. n), None: global
+    rotary: tuple[Tensor, Tensor] | None = None  # this layer's own cos, sin caches (another RoPE base), or None
 
 
 @dataclass

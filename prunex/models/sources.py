@@ -88,8 +88,10 @@ def _tiny_gpt2() -> torch.nn.Module:
     return GPT2LMHeadModel(config)
 
 
-def _tiny_family(model_type: str, **overrides) -> Callable[[], torch.nn.Module]:
-    """A builder of a tiny random model of another decoder family, the shape of tiny-llama (head dim 16)."""
+def _tiny_family(model_type: str, norm_range: tuple[float, float] = (0.5, 1.5),
+                 **overrides) -> Callable[[], torch.nn.Module]:
+    """A builder of a tiny random model of another decoder family, the shape of tiny-llama (head dim 16); norm
+    weights drawn from `norm_range` (Gemma's norms scale by 1 + weight: around 0)."""
 
     def build() -> torch.nn.Module:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -101,7 +103,7 @@ def _tiny_family(model_type: str, **overrides) -> Callable[[], torch.nn.Module]:
         with torch.no_grad():  # norms start at 1 and biases at 0: random ones, so that a misplaced one shows
             for name, parameter in model.named_parameters():
                 if "norm" in name:
-                    parameter.uniform_(0.5, 1.5)
+                    parameter.uniform_(*norm_range)
                 elif name.endswith("bias"):
                     parameter.normal_(0.0, 0.1)
         return model
@@ -118,6 +120,11 @@ TINY_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "tiny-qwen3": _tiny_family("qwen3"),  # RMSNorm on each head's q and k
     "tiny-mistral": _tiny_family("mistral", sliding_window=None),
     "tiny-phi3": _tiny_family("phi3", original_max_position_embeddings=2048),  # fused q|k|v and gate|up
+    # sliding layers (window 8) beside a global one, q/k norms, pre- and post-norms, GELU-tanh gating, one K/V head
+    "tiny-gemma3": _tiny_family("gemma3_text", norm_range=(-0.5, 0.5), num_hidden_layers=4, num_key_value_heads=1,
+                                sliding_window=8, query_pre_attn_scalar=16,
+                                layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                             "sliding_attention"]),
 }
 PACKAGED = ("smollm2", "minilm")
 

@@ -102,6 +102,13 @@ def run_decoder(
             keep_new, state = _restrict(decisions.keep_new, allowed), decisions.state
             if cached is not None:
                 keep_past = _restrict(decisions.keep_past, cached.valid[:, None, :])
+        window = adapter.attention_window(layer)
+        if window is not None:  # a sliding-window layer: keys W or more positions back leave its cache
+            rows = keep_new.shape[0] // B  # K/V heads folded into the rows by a per-head policy, else 1
+            query_positions = repeat_rows(position_ids, rows)[:, :, None]  # (R, S, 1)
+            keep_new = _restrict(keep_new, query_positions - repeat_rows(position_ids, rows)[:, None, :] < window)
+            if cached is not None:
+                keep_past = _restrict(keep_past, query_positions - cached.positions[:, None, :] < window)
         if keep_new.dtype == torch.bool:
             mask_new, mask_past = keep_new | itself, keep_past  # (B, S, S), (B, S, P)
         else:  # soft decisions (training): log(keep) is added to the attention logits

@@ -24,6 +24,7 @@ from prunex.prune.policy_spec import PolicySpec
 from prunex.runtime.policy_hook import (
     check_runtime_policy,
     evict_over_budget,
+    expire_windows,
     observe_attention,
     policy_fields,
     restrict_to_policy,
@@ -63,7 +64,7 @@ class DecoderEngine:
         m = self.manifest
         return KVCacheManager(m.num_layers, m.num_kv_heads, m.head_dim, m.interaction_dim, self.device, limits,
                               guard=m.guard if m.interaction_dim else None, max_width=m.max_positions,
-                              policy_fields=policy_fields(self.policy))
+                              policy_fields=policy_fields(self.policy) + (("positions",) if any(m.windows) else ()))
 
     def _run(self, cache: KVCacheManager, io: StepIO, token_ids: Tensor, positions: Tensor) -> None:
         """One graph run of io.rows x io.seq tokens over `cache`, which takes the new entries."""
@@ -79,6 +80,8 @@ class DecoderEngine:
             torch.cuda.synchronize(self.device)  # torch's writes to the buffers land before ORT's stream reads them
         self.session.run_with_iobinding(io.binder.binding)
         cache.end_step(io.keep, io.new_kint)
+        if any(self.manifest.windows):
+            expire_windows(self.manifest.windows, cache, io.positions[:, -1])
         if attention_policy is not None:
             observe_attention(attention_policy, cache, io.attention)
 

@@ -63,6 +63,18 @@ def restrict_to_policy(policy: KeepPolicy, cache: KVCacheManager, query_position
         cache.layer_view("valid", layer).logical_and_(keep[:, 0])
 
 
+def expire_windows(windows: list[int], cache: KVCacheManager, last_positions: Tensor) -> None:
+    """After a run whose rows' last query was at `last_positions` (B,): in each sliding-window layer (W > 0 in
+    `windows`), the entries that query no longer saw (position <= last - W) leave the cache (holes that the
+    manager compacts), so such a layer holds its window, as the PyTorch cache does; the next query's graph masks
+    the oldest of them."""
+    too_old = last_positions.to(cache.device)[:, None] - torch.tensor(windows, device=cache.device)  # (B, L)
+    for layer, window in enumerate(windows):
+        if window:
+            cache.layer_view("valid", layer).logical_and_(cache.layer_view("positions", layer)
+                                                          > too_old[:, layer:layer + 1])
+
+
 def evict_over_budget(policy: AttentionPolicy, cache: KVCacheManager, query_positions: Tensor) -> None:
     """After a decode step's new entries joined (`begin_step`), before the query attends: in every layer and
     row holding more than `policy.kv_tokens` entries, the excess leaves, lowest-scored unprotected first

@@ -132,7 +132,7 @@ class KVCacheManager:
     def graph_inputs(self, layer: int) -> dict[str, Tensor]:
         """A layer's buffers by manifest field (`prunex.format.DECODER_PAST`), shaped as the graph reads them."""
         views = {field: self._views[field][layer] for field in ("key", "value", "kint") if field in self._views}
-        views.update({field: self._views[field][layer][:, None] for field in ("valid", "guard")
+        views.update({field: self._views[field][layer][:, None] for field in ("valid", "guard", "positions")
                       if field in self._views})  # (B, 1, W_l)
         views.update(seqlens=self.seqlens[layer], capacity=self._capacity[layer])
         return views

@@ -4,4 +4,4 @@ A new family: a file here with a `LlamaAdapter` (or `DecoderAdapter`) subclass u
 overriding only what differs (`projections`, `head_norms`, `packed_qkv`, `packed_up`, ...), and its import below.
 """
 
-from prunex.models.families import phi3, qwen3  # noqa: F401
+from prunex.models.families import gemma3, phi3, qwen3  # noqa: F401
