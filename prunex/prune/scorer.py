@@ -35,7 +35,6 @@ class ScorerPolicy(nn.Module, HeadPolicy):
                  kv_tokens: int = 256) -> None:
         super().__init__()
         self.config = config or ScorerConfig()
-        self.num_kv_heads = num_kv_heads
         self.weight = nn.Parameter(torch.zeros(num_layers, hidden_size, num_kv_heads))
         self.bias = nn.Parameter(torch.zeros(num_layers, num_kv_heads))
         self.kv_tokens = 0
