@@ -44,11 +44,12 @@ class _Globals:
         self.seq = g.op("Shape", ids, start=1, end=2)  # (1,) S
         self.batch = g.op("Shape", ids, start=0, end=1)  # (1,) B
         self.query_rows = g.op("Concat", g.const([1, 1]), self.seq, g.const([1]), axis=0)  # [1, 1, S, 1]
-        if any(m.windows) or m.interaction_dim:
-            self.query_positions = g.op("Unsqueeze", positions, g.const([2]))  # (B, S, 1)
         if not m.interaction_dim:
+            if any(m.windows):  # a dense graph with sliding-window layers
+                self.query_positions = g.op("Unsqueeze", positions, g.const([2]))  # (B, S, 1)
             return
         self.decoding = g.op("Equal", g.op("Squeeze", self.seq), g.const(1))  # () bool: one new token a row
+        self.query_positions = g.op("Unsqueeze", positions, g.const([2]))  # (B, S, 1)
         # The new keys' guards, as the runtime stores them for cached entries (`protection_guard`)
         new_positions = g.op("Unsqueeze", positions, g.const([1]))  # (B, 1, S)
         guard = g.op("Add", new_positions, g.const(max(m.recent_tokens, 1)))
