@@ -68,11 +68,10 @@ def expire_windows(windows: list[int], cache: KVCacheManager, last_positions: Te
     `windows`), the entries that query no longer saw (position <= last - W) leave the cache (holes that the
     manager compacts), so such a layer holds its window, as the PyTorch cache does; the next query's graph masks
     the oldest of them."""
-    too_old = last_positions.to(cache.device)[:, None] - torch.tensor(windows, device=cache.device)  # (B, L)
+    last = last_positions.to(cache.device)[:, None]  # (B, 1)
     for layer, window in enumerate(windows):
         if window:
-            cache.layer_view("valid", layer).logical_and_(cache.layer_view("positions", layer)
-                                                          > too_old[:, layer:layer + 1])
+            cache.layer_view("valid", layer).logical_and_(cache.layer_view("positions", layer) > last - window)
 
 
 def evict_over_budget(policy: AttentionPolicy, cache: KVCacheManager, query_positions: Tensor) -> None:
