@@ -122,7 +122,7 @@ class ScorerTrainConfig:
     ridge: float = 1e-2  # L2 weight of the least-squares fit, relative to the features' mean square
     recent_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5, 0.75])
     sink_tokens: int = 4
-    seed: int = 0
+    seed: int = 0  # how the sources' documents are shuffled into train / validation / test
     threads: int = 0  # torch threads; 0 = torch's default
     save_every: float = 300.0  # seconds between saves of the resume state
 

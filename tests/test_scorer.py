@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from conftest import assert_stepwise_equals_full, run_ok
+from safetensors.torch import load_file
 
 from prunex.config import ScorerConfig
 from prunex.models.sources import load_model
@@ -118,3 +119,32 @@ def test_train_scorer_then_compare_and_generate(tmp_path, text_file):
     ppl = json.loads(run_ok("eval", "ppl", str(out), "--text-file", str(text_file), "--context", "64",
                             "--windows", "1", "--json"))
     assert ppl["kept_fraction"] == pytest.approx(kept_fraction_for_tokens(19, 64), abs=1e-6)  # 0.5 at 64: 19
+
+
+def test_an_interrupted_fit_resumes_to_the_uninterrupted_scorer(tmp_path, text_file, monkeypatch):
+    """A fit stopped after its first window (its state saved) goes on with resume=True to the same weights."""
+    from prunex.config import ScorerTrainConfig
+    from prunex.train import scorer_trainer
+
+    config = ScorerTrainConfig(model="tiny-llama", texts=[str(text_file)], context=64, windows=3,
+                               validation_windows=1, target_kv=0.5, recent_fractions=[0.5], save_every=0.0)
+    whole = scorer_trainer.train_scorer(config, tmp_path / "whole", show_progress=False)
+    calls = []
+
+    def stop_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # the session ends during the second window
+        return run_decoder(*args, **kwargs)
+
+    monkeypatch.setattr(scorer_trainer, "run_decoder", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        scorer_trainer.train_scorer(config, tmp_path / "cut", show_progress=False)
+    assert (tmp_path / "cut" / "train-state.pt").is_file()
+    monkeypatch.setattr(scorer_trainer, "run_decoder", run_decoder)
+    resumed = scorer_trainer.train_scorer(config, tmp_path / "cut", show_progress=False, resume=True)
+    assert resumed.training["figures"]["validation"] == whole.training["figures"]["validation"]
+    weights = [load_file(str(tmp_path / run / "pruning.safetensors")) for run in ("whole", "cut")]
+    for name in ("weight", "bias"):
+        assert torch.equal(weights[0][name], weights[1][name])
+    assert not (tmp_path / "cut" / "train-state.pt").exists()

@@ -72,9 +72,10 @@ class LeastSquares:
         return solved[:, :-1], solved[:, -1]
 
 
-def source_windows(tokenizer, texts: list[str], split: str, context: int, per_source: int) -> Tensor:
-    """(N, context) windows, `per_source` (or all there are) from each source's `split`, sources interleaved."""
-    parts = [token_windows(tokenizer, split_text(text, split), context, per_source) for text in texts]
+def source_windows(tokenizer, texts: list[str], split: str, context: int, per_source: int, seed: int) -> Tensor:
+    """(N, context) windows, `per_source` (or all there are) from each source's `split` (documents shuffled into
+    the splits with `seed`), one source after the other."""
+    parts = [token_windows(tokenizer, split_text(text, split, seed), context, per_source) for text in texts]
     return torch.cat(parts)
 
 
@@ -102,7 +103,8 @@ def train_scorer(config: ScorerTrainConfig, out_dir: str | Path, show_progress: 
     lm.check_length(config.context)
     adapter = lm.adapter
     per_source = math.ceil(config.windows / len(config.texts))
-    windows = source_windows(lm.tokenizer, config.texts, "train", config.context, per_source)[: config.windows]
+    windows = source_windows(lm.tokenizer, config.texts, "train", config.context, per_source,
+                             config.seed)[: config.windows]
     sums = LeastSquares(adapter.num_layers, adapter.hidden_size, adapter.num_kv_heads)
     saver = TrainState(out_dir, to_dict(config), every_s=config.save_every)
     state = (saver.load() if resume else None) or {"done": 0, "seconds": 0.0}
@@ -135,7 +137,8 @@ def train_scorer(config: ScorerTrainConfig, out_dir: str | Path, show_progress: 
                                        context=config.context))
     policy.weight.copy_(weight.half().float())  # as the checkpoint stores them
     policy.bias.copy_(bias.half().float())
-    validation = source_windows(lm.tokenizer, config.texts, "validation", config.context, config.validation_windows)
+    validation = source_windows(lm.tokenizer, config.texts, "validation", config.context, config.validation_windows,
+                                config.seed)
     kv_tokens = tokens_for_kept_fraction(config.target_kv, config.context)
     chosen = {}
     for fraction in config.recent_fractions:
