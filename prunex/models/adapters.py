@@ -120,18 +120,16 @@ def _sliding_window(config) -> int | None:
 @register_decoder("llama", "mistral", "qwen2")
 class LlamaAdapter(DecoderAdapter):
     """Llama-like: RMSNorm, RoPE (any scaling transformers computes ahead, Llama 3's included), grouped-query
-    attention with optional q/k/v biases (Qwen2), gated SiLU MLP: SmolLM2, Llama 2/3, Mistral, Qwen2/2.5.
+    attention with optional q/k/v biases (Qwen2), gated SiLU MLP, sliding-window layers where the config has
+    them: SmolLM2, Llama 2/3, Mistral (v0.1's window included), Qwen2/2.5.
     Families with other projections or extra norms subclass it (`families/`)."""
-
-    sliding_layers = False  # True in a family whose sliding-window layers prunex runs (`attention_window`)
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
         config = model.config
-        window = _sliding_window(config)
-        if window is not None and not self.sliding_layers:
-            raise PrunexError(f"{config.model_type} with sliding-window attention ({window} tokens) is not supported "
-                              "yet: prunex's layer loop and graph attend to the whole (pruned) cache")
+        window = _sliding_window(config)  # Mistral v0.1: every layer; Qwen2, Gemma 3: the `layer_types` that say so
+        types = getattr(config, "layer_types", None) or ["sliding_attention"] * config.num_hidden_layers
+        self.windows = [window if kind == "sliding_attention" else None for kind in types]
         self.layers = model.model.layers
         self.num_layers = config.num_hidden_layers
         self.num_heads = config.num_attention_heads
@@ -169,6 +167,9 @@ class LlamaAdapter(DecoderAdapter):
         cos, sin = positions
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         return q, k, v
+
+    def attention_window(self, layer: int) -> int | None:
+        return self.windows[layer]
 
     def attention_scale(self, layer: int) -> float:
         return self.layers[layer].self_attn.scaling
@@ -223,7 +224,7 @@ class LlamaAdapter(DecoderAdapter):
                 qkv=qkv, qkv_bias=qkv_bias, out=linear_weight(attn.o_proj), out_bias=_bias(attn.o_proj),
                 mlp_norm=Norm(block.post_attention_layernorm.weight.detach()),
                 up=up, up_bias=up_bias, down=linear_weight(mlp.down_proj), down_bias=_bias(mlp.down_proj),
-                scale=self.attention_scale(layer),
+                scale=self.attention_scale(layer), window=self.attention_window(layer),
                 head_norms=None if norms is None else (Norm(norms[0].weight.detach()), Norm(norms[1].weight.detach())),
             ))
         return DecoderGraphSpec(

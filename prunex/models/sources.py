@@ -118,9 +118,10 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "lo
 TINY_MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "tiny-llama": _tiny_llama, "tiny-gpt2": _tiny_gpt2,
     "tiny-llama3": _tiny_family("llama", rope_parameters=LLAMA3_ROPE, tie_word_embeddings=False),
-    "tiny-qwen2": _tiny_family("qwen2"),  # biases on q, k, v
+    # biases on q, k, v; the last two layers attend to a sliding window of 8
+    "tiny-qwen2": _tiny_family("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=1),
     "tiny-qwen3": _tiny_family("qwen3"),  # RMSNorm on each head's q and k
-    "tiny-mistral": _tiny_family("mistral", sliding_window=None),
+    "tiny-mistral": _tiny_family("mistral", sliding_window=8),  # Mistral v0.1: every layer a window of 8
     "tiny-phi3": _tiny_family("phi3", original_max_position_embeddings=2048),  # fused q|k|v and gate|up
     # sliding layers (window 8) beside a global one, q/k norms, pre- and post-norms, GELU-tanh gating, one K/V head
     "tiny-gemma3": _tiny_family("gemma3_text", norm_range=(-0.5, 0.5), num_hidden_layers=4, num_key_value_heads=1,

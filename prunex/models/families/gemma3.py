@@ -2,7 +2,7 @@
 the MLP besides the ones before, GELU-tanh gating, embeddings scaled by sqrt(d) (inside the embedding module),
 attention scaled by query_pre_attn_scalar^-1/2, and sliding-window layers (5 of every 6 in the released models,
 each with its own RoPE base) beside global ones. A sliding layer keeps only its window: older entries leave
-its cache (`attention_window`); learned and run-time pruning decide over what is left."""
+its cache (`LlamaAdapter.attention_window`); learned and run-time pruning decide over what is left."""
 
 from __future__ import annotations
 
@@ -15,13 +15,9 @@ from prunex.errors import PrunexError
 from prunex.models.adapters import LlamaAdapter, linear_weight, register_decoder
 from prunex.models.graph_spec import DecoderGraphSpec, LayerWeights, Norm
 
-SLIDING = "sliding_attention"
-
 
 @register_decoder("gemma3_text")
 class Gemma3Adapter(LlamaAdapter):
-    sliding_layers = True
-
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
         config = model.config
@@ -29,10 +25,6 @@ class Gemma3Adapter(LlamaAdapter):
             if getattr(config, name, None) is not None:
                 raise PrunexError(f"gemma3_text with {name} is not supported: prunex's attention has no soft cap")
         self.layer_types = list(config.layer_types)
-        self.window = int(config.sliding_window)
-
-    def attention_window(self, layer: int) -> int | None:
-        return self.window if self.layer_types[layer] == SLIDING else None
 
     def position_context(self, hidden: Tensor, position_ids: Tensor) -> dict[str, Any]:
         rotary = self.model.model.rotary_emb
