@@ -44,6 +44,7 @@ KEEP = "keep.%d"  # (B, S, W) bool: validity after each query of the step, the l
 NEW_KINT = "new_kint.%d"  # (B, S, R) the new entries' interaction keys (DCP only), for the runtime to store
 ATTENTION = "attention.%d"  # (B, H, S, W) each query's attention probabilities (exported with attention scores)
 CACHE_FIELDS = tuple(DECODER_PAST)
+KV_CACHE_TYPES = ("float32", "int8")  # the K/V slot buffers' types (int8: GroupQueryAttention's quantized cache)
 
 # Graph io of the encoder (see prunex.export.encoder): input_ids, attention_mask (B, T) int64 ->
 # logits (B, C), kept (B, L) tokens present after each layer, positions (B, W) original positions left (-1: pad).
@@ -80,6 +81,7 @@ class DecoderManifest:
     vocab_size: int = 0
     max_positions: int | None = None
     dtype: str = "float32"
+    kv_cache: str = "float32"  # the K/V slot buffers' type: float32 or int8 (`prunex quantize --kv`)
     quantization: dict[str, Any] = field(default_factory=dict)  # empty: fp32; else mode, source, figures
     opset: int = 17
     eos_token_id: int | None = None
@@ -155,7 +157,11 @@ def read_manifest(directory: str | Path) -> DecoderManifest:
             f"{directory} holds a decoder graph of layout {version}; this prunex runs layout "
             f"{DECODER_GRAPH_VERSION}: export it again with `prunex export`"
         )
-    return _read(directory, "decoder", DecoderManifest)
+    manifest = _read(directory, "decoder", DecoderManifest)
+    if manifest.kv_cache not in KV_CACHE_TYPES:
+        raise PrunexError(f"{directory} keeps its K/V cache as {manifest.kv_cache!r}; this prunex runs "
+                          f"{' or '.join(KV_CACHE_TYPES)}: upgrade prunex")
+    return manifest
 
 
 def read_encoder_manifest(directory: str | Path) -> "EncoderManifest":

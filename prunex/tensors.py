@@ -45,9 +45,10 @@ def _gather_rows(tensor: Tensor, index: Tensor) -> Tensor:
     return tensor.reshape(-1, D).index_select(0, rows).view(B, *middle, index.shape[1], D)
 
 
-def kv_entry_bytes(num_kv_heads: int, head_dim: int, state_dim: int = 0, dtype: torch.dtype = torch.float32) -> int:
+def kv_entry_bytes(num_kv_heads: int, head_dim: int, state_dim: int = 0, kv_dtype: torch.dtype = torch.float32,
+                   state_dtype: torch.dtype = torch.float32) -> int:
     """Bytes one token holds in one layer's cache: its key and value over the KV heads, plus a policy's state."""
-    return (2 * num_kv_heads * head_dim + state_dim) * torch.finfo(dtype).bits // 8
+    return 2 * num_kv_heads * head_dim * kv_dtype.itemsize + state_dim * state_dtype.itemsize
 
 
 def fold_heads(t: Tensor, heads: int) -> Tensor:

@@ -152,6 +152,87 @@ def test_quantize_refuses_bad_input(decoder, tmp_path):
         quantize_dir(root / "fp32", tmp_path / "o", _config(text, bits=4, mode="static"))
 
 
+def _valid_entries(cache, field: str, layer: int) -> torch.Tensor:
+    """(KV, kept, D) the valid entries of row 0 of a layer, in slot order."""
+    return cache.layer_view(field, layer)[0][:, cache.layer_view("valid", layer)[0]]
+
+
+def test_int8_kv_cache_holds_the_quantized_entries_and_stays_close(decoder):
+    """--mode none --kv int8: fp32 weights, an int8 cache. The graph's cache io is int8 and its attention reads
+    per-channel scales; the runtime's buffers are int8 (a quarter of the K/V bytes), and after a prompt (chunks,
+    pruning, compaction between them) every kept entry is the fp32 run's entry rounded to its channel's scale."""
+    lm, root, text = decoder
+    report = _quantize_with_text(root, text, root / "kv8", mode="none", kv="int8")
+    manifest = read_manifest(root / "kv8")
+    assert manifest.kv_cache == "int8" and manifest.quantization["weights"] == "float32"
+    assert report["kv_bytes_per_token"]["fp32"] == 4 * report["kv_bytes_per_token"]["quantized"]
+    model = onnx.load(str(root / "kv8" / "model.onnx"))
+    cache_io = [t for t in [*model.graph.input, *model.graph.output] if t.name.split(".")[0] in
+                ("past_key", "past_value", "present_key", "present_value")]
+    assert len(cache_io) == 4 * manifest.num_layers
+    assert {t.type.tensor_type.elem_type for t in cache_io} == {TensorProto.INT8}
+    scales = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("_scale")}
+    assert len(scales) == 2 * manifest.num_layers
+
+    prompt = lm.tokenizer(TEXT[:300])["input_ids"]
+    fp32, quantized = (DecoderEngine(root / d, device="cpu", threads=1) for d in ("fp32", "kv8"))
+    for engine in (fp32, quantized):
+        engine.prefill_chunk = 64  # several chunks, compacted between them
+    fp32_logits, (fp32_cache,) = fp32.run_prompts([prompt], True)
+    int8_logits, (int8_cache,) = quantized.run_prompts([prompt], True)
+    assert int8_cache.layer_view("key", 0).dtype == torch.int8
+    R = manifest.interaction_dim
+    assert int8_cache.bytes_per_entry == 2 * manifest.num_kv_heads * manifest.head_dim + 4 * R
+    assert np.abs(int8_logits - fp32_logits).mean() <= 0.05 * np.abs(fp32_logits).mean()
+    assert (int8_logits.argmax(-1) == fp32_logits.argmax(-1)).mean() >= 0.95
+    compared = 0
+    for layer in range(manifest.num_layers):
+        if not torch.equal(fp32_cache.layer_view("valid", layer)[0], int8_cache.layer_view("valid", layer)[0]):
+            continue  # a decision flipped by the rounding: the layers' entries differ
+        for field in ("key", "value"):
+            scale = torch.tensor(scales[f"layers.{layer}.{field}_scale"][0])  # (KV, 1, D)
+            expected = (_valid_entries(fp32_cache, field, layer) / scale).round().clamp(-127, 127)
+            stored = _valid_entries(int8_cache, field, layer).float()
+            assert (stored - expected).abs().max() <= 2  # the earlier layers' rounding moves a value a level
+            compared += 1
+    assert compared >= manifest.num_layers  # at least half the layers kept the same entries
+
+
+def test_int8_kv_cache_decodes_a_batch(decoder):
+    """Step-wise decoding of ragged rows over the int8 cache (decode steps run the op's int8 kernel, prefill the
+    fp32 one between a dequantization and a quantization), compacted on the way: the logits stay near the fp32
+    cache's, fed the same tokens. (The tiny random model's decode values leave the range calibrated on text, and
+    clipped values move single steps by up to ~5% of the logits.)"""
+    lm, root, text = decoder
+    if not (root / "kv8").exists():
+        _quantize_with_text(root, text, root / "kv8", mode="none", kv="int8")
+    prompts = [lm.tokenizer(TEXT[:n])["input_ids"] for n in (90, 140)]
+    fp32, quantized = (DecoderEngine(root / d, device="cpu", threads=1) for d in ("fp32", "kv8"))
+    expected, logits = fp32.prefill(prompts), quantized.prefill(prompts)  # (B, vocab)
+    assert torch.allclose(logits, expected, atol=1e-4)  # one prefill chunk: nothing read back from the cache yet
+    errors = []
+    for _ in range(16):
+        token = expected.argmax(-1)
+        expected, logits = fp32.decode(token), quantized.decode(token)
+        errors.append(float((logits - expected).abs().mean() / expected.abs().mean()))
+    assert max(errors) <= 0.1 and np.mean(errors) <= 0.04, errors
+    assert quantized.cache.compactions > 0 and quantized.cache.layer_view("key", 0).dtype == torch.int8
+
+
+def test_kv_quantization_refuses_what_it_cannot_do(decoder, tmp_path):
+    _, root, text = decoder
+    with pytest.raises(PrunexError, match="--kv must be one of"):
+        quantize_dir(root / "fp32", tmp_path / "o", _config(text, kv="int4"))
+    with pytest.raises(PrunexError, match="add --kv int8"):
+        quantize_dir(root / "fp32", tmp_path / "o", _config(text, mode="none"))
+    manifest = json.loads((root / "fp32" / "prunex.json").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "prunex.json").write_text(json.dumps({**manifest, "kv_cache": "fp8"}))
+    with pytest.raises(PrunexError, match="upgrade prunex"):
+        read_manifest(other)
+
+
 def test_untie_gives_the_output_projection_its_own_table():
     table = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
     graph = helper.make_graph(

@@ -232,9 +232,10 @@ def eval_ppl_exported(source: str, text: str, split: str, context: int, windows:
     report = exported_perplexity(source, token_ids, show_progress=not as_json)
     quantization = manifest.quantization.get("mode", "none")
     result = {"source": source, "text": text, "split": split, "method": manifest.method,
-              "quantization": quantization, **report.to_dict()}
-    _echo(result, as_json, f"perplexity {report.perplexity:.3f} (onnx, {quantization} quantization), kv kept at "
-          f"the end {report.kv_kept_at_end:.3f}, {report.tokens} tokens in {report.windows} windows of {context}")
+              "quantization": quantization, "kv_cache": manifest.kv_cache, **report.to_dict()}
+    _echo(result, as_json, f"perplexity {report.perplexity:.3f} (onnx, {quantization} quantization, "
+          f"{manifest.kv_cache} K/V cache), kv kept at the end {report.kv_kept_at_end:.3f}, {report.tokens} tokens "
+          f"in {report.windows} windows of {context}")
 
 def eval_accuracy_exported(source: str, task: str, split: str, limit: int | None, as_json: bool) -> None:
     """`prunex eval accuracy DIR`: accuracy of an exported encoder (fp32 or int8) on ONNX Runtime."""

@@ -15,8 +15,12 @@ def quantize(
     source: Path = typer.Argument(..., help="An exported dir (prunex export), fp32."),
     out: Path = typer.Option(..., "--out", help="Folder for the quantized model, its manifest and tokenizer."),
     mode: str = typer.Option("dynamic", help="dynamic: int8 (or --bits 4) weights, int8 activations at run "
-                             "time (CPU); static: QDQ int8 calibrated on real text (CUDA / TensorRT)."),
-    calibration_text: str = typer.Option("wikipedia", help="static, decoders: wikipedia, bbc or a UTF-8 file."),
+                             "time (CPU); static: QDQ int8 calibrated on real text (CUDA / TensorRT); none: "
+                             "weights stay fp32 (with --kv int8: the cache alone)."),
+    kv: str = typer.Option("float32", help="Decoders: the K/V cache's type. int8: a quarter of the bytes per "
+                           "held token, per-channel scales calibrated on --calibration-text (CPU)."),
+    calibration_text: str = typer.Option("wikipedia", help="static or --kv int8, decoders: a packaged text "
+                                         "(wikipedia, bbc, ...) or a UTF-8 file; its training split is read."),
     bits: int = typer.Option(8, help="dynamic: weight bits of the MatMuls, 8 or 4 (4: half the bytes a step "
                              "reads, a larger perplexity cost; embedding tables stay int8)."),
     block_size: Optional[int] = typer.Option(None, help="dynamic: input channels per scale (16..256; smaller is "
@@ -26,7 +30,8 @@ def quantize(
     max_ppl_increase: float = typer.Option(0.03, min=0.0, help="Refuse when perplexity rises more (0.03 = 3%)."),
     max_accuracy_drop: float = typer.Option(0.01, min=0.0, help="Refuse when accuracy drops more (0.01 = 1 pt)."),
     eval_windows: int = typer.Option(8, min=1, help="Decoders: held-out Wikipedia windows for the check."),
-    eval_context: int = typer.Option(512, min=8, help="Decoders: tokens per window."),
+    eval_context: Optional[int] = typer.Option(None, min=8, help="Decoders: tokens per window (default 512; 2048 "
+                                               "with --kv int8, so later prefill chunks read the int8 cache)."),
     eval_limit: Optional[int] = typer.Option(None, min=1, help="Encoders: test examples (default: all)."),
     per_channel: bool = typer.Option(True, help="static: one weight scale per output channel."),
     keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="Leave in fp32 the MatMuls / Gathers whose node "
@@ -36,11 +41,12 @@ def quantize(
     threads: int = typer.Option(0, min=0, help="ONNX Runtime threads for the checks (0: as torch)."),
     as_json: Json = False,
 ) -> None:
-    """int8 (or 4-bit) quantization of an exported dir, with its cost measured against the fp32 source
-    (perplexity or accuracy on held-out data, size on disk); refused past the bounds unless --accept-cost."""
+    """int8 (or 4-bit) weights and an int8 K/V cache for an exported dir, with the cost measured against the
+    fp32 source (perplexity or accuracy on held-out data, size on disk, K/V bytes per token); refused past the
+    bounds unless --accept-cost."""
     from prunex.quantize.int8 import QuantizeConfig
 
-    config = QuantizeConfig(mode=mode, bits=bits, block_size=block_size, per_channel=per_channel,
+    config = QuantizeConfig(mode=mode, kv=kv, bits=bits, block_size=block_size, per_channel=per_channel,
                             keep_fp32=list(keep_fp32), calibration_text=calibration_text, task=task,
                             eval_windows=eval_windows, eval_context=eval_context, eval_limit=eval_limit,
                             max_ppl_increase=max_ppl_increase, max_accuracy_drop=max_accuracy_drop,
@@ -71,4 +77,7 @@ def _describe(report: dict) -> str:
     else:
         cost = (f"accuracy {report['fp32']['accuracy']:.4f} -> {report['quantized']['accuracy']:.4f} "
                 f"({-100 * report['accuracy_drop']:+.2f} pt)")
-    return f"{report['mode']} {report['weights']}: {size}; {cost}"
+    kv = report.get("kv_bytes_per_token")
+    cache = (f"; K/V cache {report['kv']}: {kv['fp32']} -> {kv['quantized']} bytes per token"
+             if kv and report["kv"] != "float32" else "")
+    return f"{report['mode']} {report['weights']}: {size}{cache}; {cost}"

@@ -85,6 +85,7 @@ class PrunedKVCache:
         total = 0
         for layer in self.layers:
             per_token = kv_entry_bytes(layer.k.shape[1], layer.k.shape[3],
-                                       0 if layer.state is None else layer.state.shape[-1], layer.k.dtype)
+                                       0 if layer.state is None else layer.state.shape[-1], layer.k.dtype,
+                                       layer.k.dtype)
             total += int(layer.lengths.sum()) * per_token
         return total

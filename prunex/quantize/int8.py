@@ -1,9 +1,13 @@
-"""`prunex quantize`: int8 (or 4-bit) weights for an exported dir, its cost measured against fp32, bounded.
+"""`prunex quantize`: int8 (or 4-bit) weights and an int8 K/V cache for an exported dir, the cost measured
+against fp32, bounded.
 
 - dynamic: MatMul weights int8 (or 4-bit, `bits=4`) and embedding tables int8, activations quantized to int8
   at run time (ONNX Runtime's CPU int8 kernels). The MatMuls between activations (attention) stay fp32.
 - static: QDQ int8 for weights and activations with ranges calibrated on real text / examples, the format
   CUDA / TensorRT backends take.
+- none: the weights stay fp32 (with `kv` int8: the cache alone, its cost measured on its own).
+- kv int8 (decoders, any mode): the slot buffers stored as int8, per-channel scales calibrated on real text
+  (`prunex.quantize.kv_cache`); a held token takes a quarter of its fp32 bytes.
 
 The prunex ops (functions in the `prunex` domain) are not quantized and survive. Before writing, the pass
 measures perplexity (decoder, held-out Wikipedia) or accuracy (encoder, the task's test split) of both the
@@ -23,14 +27,25 @@ import onnx
 
 from prunex.errors import PrunexError
 from prunex.export.folder import prepare_out, write_atomically
-from prunex.format import DOMAIN, MANIFEST_FILE, manifest_kind, read_encoder_manifest, read_manifest, write_manifest
+from prunex.format import (
+    DOMAIN,
+    KV_CACHE_TYPES,
+    MANIFEST_FILE,
+    manifest_kind,
+    read_encoder_manifest,
+    read_manifest,
+    write_manifest,
+)
+from prunex.quantize.kv_cache import calibrate_kv_scales, int8_kv_graph, kv_bytes_per_token
 from prunex.quantize.passes import untie_shared_weights
 
-MODES = ("dynamic", "static")
+MODES = ("dynamic", "static", "none")
 WEIGHT_BITS = (8, 4)  # dynamic: MatMulNBits' weight widths
 QUANTIZED_OPS = ["MatMul", "Gather"]
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits accepts
+ACTIVATIONS = {"dynamic": "int8 dynamic", "static": "int8 static (QDQ)", "none": "float32"}
 MIN_TABLE = 4096  # dynamic: embedding tables smaller than this stay fp32
+KV_CALIBRATION_CONTEXT = 512  # tokens per calibration window of the K/V scales
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +54,8 @@ logger = logging.getLogger(__name__)
 class QuantizeConfig:
     """Settings of one quantization pass."""
 
-    mode: str = "dynamic"  # dynamic | static
+    mode: str = "dynamic"  # dynamic | static | none (weights stay fp32)
+    kv: str = "float32"  # decoders: the K/V cache's type, float32 or int8
     bits: int = 8  # dynamic: weight bits of the MatMuls, 8 or 4 (static is int8)
     block_size: int | None = None  # dynamic: input channels per weight / activation scale (None: `block`)
     per_channel: bool = True  # static: one weight scale per output column (better accuracy, same speed)
@@ -49,7 +65,7 @@ class QuantizeConfig:
     calibration_samples: int = 8  # static: windows (decoder) or batches of 8 texts (encoder)
     task: str | None = None  # encoders: the labelled task to measure accuracy on (bbc, rotten-tomatoes, file)
     eval_windows: int = 8  # decoders: held-out windows for the perplexity check
-    eval_context: int = 512  # decoders: tokens per window
+    eval_context: int | None = None  # decoders: tokens per window (None: `context`)
     eval_limit: int | None = None  # encoders: examples of the test split (None: all)
     max_ppl_increase: float = 0.03  # refuse when the quantized perplexity > fp32 x (1 + this)
     max_accuracy_drop: float = 0.01  # refuse when the quantized accuracy < fp32 accuracy - this
@@ -66,6 +82,10 @@ class QuantizeConfig:
             raise PrunexError(f"--bits must be 8 or 4, not {self.bits}")
         if self.bits != 8 and self.mode != "dynamic":
             raise PrunexError("--bits 4 needs --mode dynamic (static quantization is int8)")
+        if self.kv not in KV_CACHE_TYPES:
+            raise PrunexError(f"--kv must be one of {', '.join(KV_CACHE_TYPES)}, not {self.kv!r}")
+        if self.mode == "none" and self.kv == "float32":
+            raise PrunexError("--mode none quantizes nothing: add --kv int8 (the K/V cache alone)")
 
     @property
     def block(self) -> int:
@@ -75,9 +95,22 @@ class QuantizeConfig:
         return self.block_size or (128 if self.bits == 8 else 32)
 
     @property
+    def context(self) -> int:
+        """Tokens per window of the perplexity check: `eval_context`, else 512, or 2048 with an int8 cache. The
+        runtime prefills 512-token chunks with fp32 attention inside each chunk (`kv_cache`), so the cache's
+        int8 entries are read only by later chunks (and decode steps): a one-chunk check would not see them."""
+        return self.eval_context or (2048 if self.kv == "int8" else 512)
+
+    def describe(self) -> str:
+        """What the pass quantizes, in words: "int8 weights", "an int8 K/V cache", or both."""
+        parts = ([] if self.mode == "none" else [f"{self.weights} weights"]) + (
+            [f"an {self.kv} K/V cache"] if self.kv != "float32" else [])
+        return " and ".join(parts)
+
+    @property
     def weights(self) -> str:
-        """The weights' type as the manifest records it: int8 or int4."""
-        return f"int{self.bits}"
+        """The weights' type as the manifest records it: int8, int4 or float32 (mode none)."""
+        return "float32" if self.mode == "none" else f"int{self.bits}"
 
 
 def _size(directory: Path) -> int:
@@ -99,7 +132,10 @@ def block_size_for(model: onnx.ModelProto, requested: int) -> int:
 
 def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, kind: str) -> tuple[list[str], int | None]:
     """Write the quantized graph of `source` (a model.onnx) to `target`; returns the tables untied first and
-    the block size used (dynamic; None for static)."""
+    the block size used (dynamic; None for static and none)."""
+    if config.mode == "none":
+        shutil.copy2(source, target)
+        return [], None
     model = onnx.load(str(source))
     untied = untie_shared_weights(model)
     prepared = target.with_name("fp32-prepared.onnx")
@@ -204,6 +240,21 @@ def _task(directory: Path, config: QuantizeConfig) -> str:
     raise PrunexError("give --task: the labelled set to measure the int8 accuracy on (bbc, rotten-tomatoes, file)")
 
 
+def _int8_cache(source: Path, graph_file: Path, manifest, config: QuantizeConfig) -> None:
+    """Rewrite `graph_file` for an int8 K/V cache, its scales calibrated by the fp32 graph of `source` on
+    the training split of the calibration text; `manifest` then says so."""
+    from prunex.data.text import split_text, token_windows
+    from prunex.runtime.runtime import load_tokenizer
+
+    windows = token_windows(load_tokenizer(source), split_text(config.calibration_text, "train"),
+                            KV_CALIBRATION_CONTEXT, config.calibration_samples)
+    scales = calibrate_kv_scales(source, windows, config.threads)
+    model = onnx.load(str(graph_file))
+    int8_kv_graph(model, manifest, scales)
+    onnx.save(model, str(graph_file))
+    manifest.kv_cache = "int8"
+
+
 def _measure(directory: Path, kind: str, config: QuantizeConfig, windows) -> dict:
     """Perplexity (decoder) or accuracy (encoder) of an exported dir."""
     from prunex.eval.exported import exported_accuracy, exported_perplexity
@@ -223,13 +274,15 @@ def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, pr
     manifest = read_manifest(source) if kind == "decoder" else read_encoder_manifest(source)
     if manifest.quantization:
         raise PrunexError(f"{source} is already quantized ({manifest.quantization.get('mode')}): start from fp32")
+    if config.kv != "float32" and kind != "decoder":
+        raise PrunexError("--kv quantizes a decoder's K/V cache; an encoder has none")
     prepare_out(out, config.overwrite)
     windows = None
     if kind == "decoder":
         from prunex.data.text import split_text, token_windows
         from prunex.runtime.runtime import load_tokenizer
 
-        windows = token_windows(load_tokenizer(source), split_text("wikipedia", "test"), config.eval_context,
+        windows = token_windows(load_tokenizer(source), split_text("wikipedia", "test"), config.context,
                                 config.eval_windows)
 
     def fill(tmp: Path) -> dict:
@@ -238,18 +291,26 @@ def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, pr
         untied, block = _quantize_graph(source / manifest.model_file, tmp / manifest.model_file, config, kind)
         if block is not None and block != config.block:
             progress(f"block size {block}, not {config.block}: the model has weights with fewer input channels")
+        if config.kv == "int8":
+            progress(f"calibrating the int8 K/V cache on {config.calibration_samples} windows of "
+                     f"{config.calibration_text} ...")
+            _int8_cache(source, tmp / manifest.model_file, manifest, config)
         for file in source.iterdir():
             if file.is_file() and file.name not in (manifest.model_file, MANIFEST_FILE):
                 shutil.copy2(file, tmp / file.name)
         manifest.quantization = {"mode": config.mode, "weights": config.weights, "kept_fp32": config.keep_fp32,
-                                 "activations": "int8 dynamic" if config.mode == "dynamic" else "int8 static (QDQ)",
+                                 "activations": ACTIVATIONS[config.mode], "kv": config.kv,
                                  "per_channel": config.per_channel, "ops": QUANTIZED_OPS, "source": str(source),
                                  "untied": untied, "block_size": block}
         write_manifest(tmp, manifest)
-        progress(f"measuring the fp32 source and the {config.weights} result on the same data ...")
+        progress(f"measuring the fp32 source and the result ({config.weights} weights, {config.kv} K/V) "
+                 "on the same data ...")
         before, after = _measure(source, kind, config, windows), _measure(tmp, kind, config, windows)
-        report = {"kind": kind, "mode": config.mode, "weights": config.weights, "fp32": before, "quantized": after,
-                  "fp32_bytes": _size(source), "quantized_bytes": _size(tmp), "seconds": 0.0}
+        report = {"kind": kind, "mode": config.mode, "weights": config.weights, "kv": config.kv, "fp32": before,
+                  "quantized": after, "fp32_bytes": _size(source), "quantized_bytes": _size(tmp), "seconds": 0.0}
+        if kind == "decoder":  # what one held token costs, all layers
+            report["kv_bytes_per_token"] = {"fp32": kv_bytes_per_token(manifest, "float32"),
+                                            "quantized": kv_bytes_per_token(manifest, config.kv)}
         report["size_ratio"] = report["fp32_bytes"] / report["quantized_bytes"]
         if kind == "decoder":
             report["ppl_increase"] = after["perplexity"] / before["perplexity"] - 1
@@ -262,7 +323,7 @@ def quantize_dir(source: str | Path, out: str | Path, config: QuantizeConfig, pr
         report["seconds"] = time.perf_counter() - started
         report["bound_exceeded"] = exceeded
         if exceeded and not config.accept_cost:
-            message = f"{config.weights} costs too much: {bound}; nothing written (--accept-cost writes anyway)"
+            message = f"{config.describe()} cost too much: {bound}; nothing written (--accept-cost writes anyway)"
             raise QuantizationRefused(message, report)
         manifest.quantization["cost"] = {k: v for k, v in report.items() if k not in ("kind", "mode", "weights")}
         write_manifest(tmp, manifest)

@@ -63,7 +63,8 @@ class DecoderEngine:
         """An empty cache shaped for this graph."""
         m = self.manifest
         return KVCacheManager(m.num_layers, m.num_kv_heads, m.head_dim, m.interaction_dim, self.device, limits,
-                              guard=m.guard if m.interaction_dim else None, max_width=m.max_positions,
+                              kv_dtype=getattr(torch, m.kv_cache), guard=m.guard if m.interaction_dim else None,
+                              max_width=m.max_positions,
                               policy_fields=policy_fields(self.policy) + (("positions",) if any(m.windows) else ()))
 
     def _run(self, cache: KVCacheManager, io: StepIO, token_ids: Tensor, positions: Tensor) -> None:

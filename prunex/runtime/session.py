@@ -19,7 +19,7 @@ from prunex.devices import check_device_name
 from prunex.errors import PrunexError
 
 _NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32,
-                torch.bool: np.bool_}
+                torch.int8: np.int8, torch.bool: np.bool_}
 
 
 @dataclass

@@ -12,11 +12,11 @@ themselves need more room, and shrinks when its fullest row no longer needs half
 
 Storage, on the session's device: key and value (the bulk of the bytes) a tensor per layer, so growing one layer
 copies only that layer; every other field one flat buffer, the layers' blocks one after the other.
-`layer_view(field, l)` is layer l's part: key / value (B, KV, W_l, D), kint (B, R, W_l), valid (B, W_l) bool,
-positions and guard (B, W_l) int64 (guard: the first query position that may drop the entry), score (B, W_l)
-float (a run-time attention policy's per-entry state: H2O's accumulated mass, TOVA's last). A cache keeps only
-the fields someone reads: kint and guard for a DCP graph, positions and score for a run-time policy
-(`policy_fields`). Slot s of row b in
+`layer_view(field, l)` is layer l's part: key / value (B, KV, W_l, D) float32 or int8, kint (B, R, W_l), valid
+(B, W_l) bool, positions and guard (B, W_l) int64 (guard: the first query position that may drop the entry),
+score (B, W_l) float (a run-time attention policy's per-entry state: H2O's accumulated mass, TOVA's last). A
+cache keeps only the fields someone reads: kint and guard for a DCP graph, positions and score for a run-time
+policy (`policy_fields`). Slot s of row b in
 layer l is element `row_start[l, b] + s` of a per-slot field (valid, positions, guard, score), so a step's
 bookkeeping is a few indexed writes over all layers at once. fill and seqlens are (L, B) int32 (seqlens =
 fill - 1 after `begin_step`: what the attention reads). Memory is accounted in bytes of K, V and interaction
@@ -63,7 +63,7 @@ class KVCacheManager:
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, interaction_dim: int,
                  device: torch.device, limits: CacheLimits | None = None,
-                 dtype: torch.dtype = torch.float32, guard: Callable[[Tensor], Tensor] | None = None,
+                 kv_dtype: torch.dtype = torch.float32, guard: Callable[[Tensor], Tensor] | None = None,
                  max_width: int | None = None, policy_fields: tuple[str, ...] = ()) -> None:
         self.num_layers, self.kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
         read = {"key", "value", "valid", *policy_fields} | ({"kint"} if interaction_dim else set()) | (
@@ -75,7 +75,7 @@ class KVCacheManager:
         self.kint_dim = interaction_dim
         self.guard_of = guard  # positions (…) -> guards (`DecoderManifest.guard`); None: the graph reads none
         self._step_tokens: int | None = None  # S of the step under way (between begin_step and end_step)
-        self.device, self.dtype = device, dtype
+        self.device, self.kv_dtype = device, kv_dtype  # key / value: float32, or int8 (the graph's scales)
         self.limits = limits or CacheLimits()
         self.tokens_seen = torch.zeros(0, dtype=torch.int64)  # (B,) tokens fed per row (dense-equivalent)
         self.widths = [0] * num_layers  # W_l: each layer's slot capacity
@@ -99,7 +99,7 @@ class KVCacheManager:
     @property
     def bytes_per_entry(self) -> int:
         """Bytes of one token's K, V and interaction key in one layer."""
-        return kv_entry_bytes(self.kv_heads, self.head_dim, self.kint_dim, self.dtype)
+        return kv_entry_bytes(self.kv_heads, self.head_dim, self.kint_dim, self.kv_dtype)
 
     def layer_counts(self) -> Tensor:
         """(L, B) valid entries per layer and row."""
@@ -152,9 +152,9 @@ class KVCacheManager:
     def _layout(self, field: str) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
         """(axes before the slot axis, axes after it, dtype) of a field's per-layer block, rows first."""
         if field in ("key", "value"):
-            return (self.kv_heads,), (self.head_dim,), self.dtype
+            return (self.kv_heads,), (self.head_dim,), self.kv_dtype
         if field == "kint":
-            return (self.kint_dim,), (), self.dtype
+            return (self.kint_dim,), (), torch.float32
         dtypes = {"valid": torch.bool, "positions": torch.int64, "guard": torch.int64, "score": torch.float32}
         return (), (), dtypes[field]
 
