@@ -69,6 +69,64 @@ def test_bench_decode_runs_the_onnxruntime_genai_peer_on_the_same_prompts(tiny_l
     assert row["ortgenai"]["first_tokens"] == row["prunex"]["first_tokens"]
 
 
+FAKE_PEER = """
+import json, sys
+from pathlib import Path
+
+args = dict(zip(sys.argv[2::2], sys.argv[3::2]))  # argv[1]: the worker's path
+prompts = json.loads(Path(args["--prompts"]).read_text())
+print("converting ...")  # a worker's chatter before its JSON line is ignored
+print(json.dumps({"time_to_first_token_s": 0.5, "decode_tokens_per_s": 10.0 + int(args["--max-cache"]),
+                  "first_tokens": [len(prompts), len(prompts[0])], "worker": Path(sys.argv[1]).name,
+                  "weights": args["--weights"], "max_cache": int(args["--max-cache"])}))
+"""
+
+
+def test_bench_decode_runs_the_openvino_peer_from_its_own_environment(tiny_llama, tmp_path):
+    """`--openvino-python PY`: the OpenVINO worker runs by path under that Python on the same prompts, once dense
+    and once with its eviction held to the tokens prunex's row kept in the same round (a stand-in Python here:
+    OpenVINO's environment pins transformers < 5.6)."""
+    import sys
+
+    lm = PrunedLM(tiny_llama, dropping_policy(tiny_llama))
+    export_decoder(lm, tmp_path / "pruned", source="tiny-llama")
+    (tmp_path / "fake_peer.py").write_text(FAKE_PEER)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {tmp_path / "fake_peer.py"} "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, [
+        "bench", "decode", str(tmp_path / "pruned"), "--baseline", str(tmp_path / "pruned"), "--batch", "2",
+        "--context", "32", "--new-tokens", "4", "--threads", "1", "--no-torch", "--openvino-python", str(python),
+        "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(out.read_text())["results"]
+    dense, evicting = row["openvino"], row["openvino_evict"]
+    assert dense["worker"] == "openvino_peer.py" and dense["weights"] == "fp32" and dense["max_cache"] == 0
+    assert dense["first_tokens"] == [2, 32]  # the bench's prompts: 2 rows of 32 tokens
+    kept = round(row["prunex"]["kv_kept_fraction"] * (32 + 4))
+    assert 0 < kept < 36 and evicting["max_cache"] == kept
+    assert row["speedup_vs_openvino"] == row["prunex_tokens_per_s"] / 10.0
+    assert row["openvino_evict_tokens_per_s"] == 10.0 + kept
+
+
+@pytest.mark.parametrize("worker", ["openvino_peer.py", "optimum_peer.py"])
+def test_the_workers_run_by_path_import_their_helpers(worker):
+    """The workers run by path under another environment's Python: their folder is then on sys.path, so their
+    own names must not shadow the packages they drive, and the helper they share must import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import prunex.bench
+
+    path = Path(prunex.bench.__file__).parent / "workers" / worker
+    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "--prompts" in done.stdout
+
+
 def test_bench_decode_refuses_an_unknown_peer(tmp_path):
     result = CliRunner().invoke(app, ["bench", "decode", str(tmp_path), "--peer", "vllm"])
     assert result.exit_code != 0 and "not available" in str(result.exception)

@@ -9,6 +9,9 @@ Engines, each measured in a process of its own (`prunex.bench.workers.decode`) o
   `prunex.bench.workers.ortgenai`);
   llamacpp, llama.cpp on the packaged SmolLM2 GGUF (Q8_0 beside int8, else the packaged Q4_1;
   `prunex.bench.workers.llamacpp`).
+- from environments of their own (run by path under another Python): `--optimum-python`, Optimum's ORT model;
+  `--openvino-python`, OpenVINO GenAI (`prunex.bench.workers.openvino_peer`) dense (`openvino`) and with its own
+  K/V eviction held to the share of the K/V prunex kept in the same round (`openvino_evict`).
 The memory-bandwidth floor of a decode step (read the weights a step uses and the K/V held, once: the token
 embedding's table is not read, only B of its rows) is measured in the same run, so the distance to the limit is
 visible.
@@ -44,6 +47,7 @@ class DecodeBenchConfig:
     device: str = "cpu"
     torch_peer: bool = True
     optimum_python: str | None = None  # python of an env with optimum-onnx (transformers<4.58): adds that peer
+    openvino_python: str | None = None  # python of an env with openvino-genai + optimum-intel: adds those peers
     repeats: int = 1  # rounds of every engine in turn; figures are medians, ratios the median of each round's
     peers: list[str] = field(default_factory=list)  # dense engines of other projects to run beside: "ortgenai"
     policy: str | None = None  # a run-time keep policy (window, sinks, h2o, tova) for the prunex engine only
@@ -71,7 +75,13 @@ def resolve_dirs(source: str | None, baseline: str | None) -> tuple[Path, Path]:
 
 
 PEERS = ("ortgenai", "llamacpp")  # --peer choices
-ENGINES = ("prunex", "baseline", "torch", "optimum", *PEERS)  # every engine label, in report order
+ENGINES = ("prunex", "baseline", "torch", "optimum", "openvino", "openvino_evict", *PEERS)  # in report order
+
+
+def weights_of(manifest) -> str:
+    """An exported dir's weight type for a peer at the same precision: fp32, int8 or int4."""
+    weights = manifest.quantization.get("weights", "fp32")
+    return "fp32" if weights == "float32" else weights  # float32: `prunex quantize --mode none` (a K/V cache alone)
 
 
 def _run_worker(engine: str, directory: Path, batch: int, context: int, config: DecodeBenchConfig,
@@ -80,7 +90,7 @@ def _run_worker(engine: str, directory: Path, batch: int, context: int, config: 
     if engine in PEERS:
         from prunex.format import read_manifest
 
-        weights = read_manifest(directory).quantization.get("weights", "fp32")  # fp32 | int8 | int4
+        weights = weights_of(read_manifest(directory))
         args = (["prunex.bench.workers.ortgenai", "--precision", weights] if engine == "ortgenai"
                 else ["prunex.bench.workers.llamacpp", "--precision", "q8_0" if weights == "int8" else "q4_1"])
     else:
@@ -96,28 +106,42 @@ def _run_worker(engine: str, directory: Path, batch: int, context: int, config: 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _run_optimum(main_dir: Path, batch: int, context: int, config: DecodeBenchConfig) -> dict:
-    """Optimum's ORTModelForCausalLM on the same prompts, in its own environment (see workers/optimum.py)."""
+def _run_in_env(engine: str, main_dir: Path, batch: int, context: int, config: DecodeBenchConfig,
+                max_cache: int = 0) -> dict:
+    """A peer from an environment of its own (`optimum`, `openvino`, `openvino_evict` with `max_cache` tokens a
+    row), its worker run by path under that environment's Python on the same prompts."""
     import tempfile
 
     from prunex.bench.workers.decode import bench_prompts
     from prunex.format import read_manifest
-    from prunex.models.sources import resolve_model_dir
+    from prunex.models.sources import hf_model_dir
     from prunex.runtime.runtime import load_tokenizer
 
-    base = read_manifest(main_dir).base_model
-    model_dir = resolve_model_dir(base)
+    manifest = read_manifest(main_dir)
+    base = manifest.base_model
+    model_dir = hf_model_dir(base)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(bench_prompts(load_tokenizer(main_dir), batch, context), f)
-    worker = Path(__file__).parent / "workers" / "optimum.py"
-    command = [config.optimum_python, str(worker), "--model", str(model_dir), "--export",
-               str(cache_dir("optimum") / base), "--prompts", f.name, "--new-tokens", str(config.new_tokens),
-               "--threads", str(config.threads)]
+    workers = Path(__file__).parent / "workers"
+    if engine == "optimum":
+        command = [config.optimum_python, str(workers / "optimum_peer.py"), "--export",
+                   str(cache_dir("optimum") / base)]
+    else:  # at prunex's weight precision (int8 beside int8 or int4 weights)
+        weights = "fp32" if weights_of(manifest) == "fp32" else "int8"
+        command = [config.openvino_python, str(workers / "openvino_peer.py"), "--weights", weights, "--export",
+                   str(cache_dir("openvino") / f"{Path(base).name}-{weights}"), "--max-cache", str(max_cache)]
+    command += ["--model", str(model_dir), "--prompts", f.name, "--new-tokens", str(config.new_tokens),
+                "--threads", str(config.threads)]
     done = subprocess.run(command, capture_output=True, text=True)
     Path(f.name).unlink()
     if done.returncode != 0:
         return {"error": " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _kept_tokens(prunex_run: dict, context: int, new_tokens: int) -> int:
+    """Tokens a row of prunex's run held at the end (its kept share of context + new tokens), at least 1."""
+    return max(1, round(prunex_run.get("kv_kept_fraction", 1.0) * (context + new_tokens)))
 
 
 def memory_bandwidth(size_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
@@ -184,14 +208,18 @@ def bench_decode(source: str | None, baseline: str | None, config: DecodeBenchCo
                 engines.append(("torch", "torch", main_dir))
             if config.optimum_python:
                 engines.append(("optimum", "optimum", main_dir))
+            if config.openvino_python:
+                engines += [("openvino", "openvino", main_dir), ("openvino_evict", "openvino", main_dir)]
             engines += [(peer, peer, main_dir) for peer in config.peers]  # at prunex's precision
             rounds: dict[str, list[dict]] = {label: [] for label, _, _ in engines}
             for round_index in range(config.repeats):
                 for label, engine, directory in engines:
                     tag = f" (round {round_index + 1}/{config.repeats})" if config.repeats > 1 else ""
                     progress(f"b{batch} ctx{context}: {label}{tag} ...")
-                    if engine == "optimum":
-                        rounds[label].append(_run_optimum(main_dir, batch, context, config))
+                    if engine in ("optimum", "openvino"):
+                        kept = (_kept_tokens(rounds["prunex"][-1], context, config.new_tokens)
+                                if label == "openvino_evict" else 0)
+                        rounds[label].append(_run_in_env(engine, main_dir, batch, context, config, kept))
                     else:
                         rounds[label].append(_run_worker(engine, directory, batch, context, config,
                                                          with_policy=label == "prunex"))

@@ -34,6 +34,10 @@ def bench_decode_command(
     optimum_python: Optional[str] = typer.Option(
         None, help="Python of an environment with optimum-onnx (transformers<4.58): adds Optimum's ORT model."
     ),
+    openvino_python: Optional[str] = typer.Option(
+        None, help="Python of an environment with openvino-genai (scripts/openvino_env.sh): adds OpenVINO GenAI "
+        "dense and with its K/V eviction held to the share prunex kept (figures under openvino_*)."
+    ),
     peer: list[str] = typer.Option([], "--peer", help="Also run a dense peer of another project (repeatable): "
                                    "ortgenai (onnxruntime-genai, at prunex's precision), llamacpp (llama.cpp: "
                                    "Q8_0 beside int8, else the packaged Q4_1; CMAKE_ARGS=-DGGML_NATIVE=ON pip "
@@ -60,6 +64,7 @@ def bench_decode_command(
     tokens = None if spec is None else spec.kv_tokens
     config = DecodeBenchConfig(batches=list(batch), contexts=list(context), new_tokens=new_tokens,
                                threads=threads, device=device, torch_peer=torch_peer, optimum_python=optimum_python,
+                               openvino_python=openvino_python,
                                repeats=repeats, peers=list(peer), policy=policy, kv_tokens=tokens)
     report = bench_decode(source, baseline, config, progress=lambda line: typer.echo(line, err=True))
     if out is not None:

@@ -1,7 +1,7 @@
 """The Optimum peer: one decode measurement with Optimum's ONNX Runtime model (ORTModelForCausalLM).
 
 optimum-onnx pins transformers<4.58, so this file runs under the Python of an environment of its own and
-imports nothing from prunex (it is run by path): `OPTIMUM_PYTHON workers/optimum.py --model HF_DIR --export DIR
+imports nothing from prunex (it is run by path): `OPTIMUM_PYTHON workers/optimum_peer.py --model HF_DIR --export DIR
 --prompts prompts.json --new-tokens N --threads T` prints one JSON line like `workers.decode`.
 """
 
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from rss import peak_rss_bytes  # beside this file: run by path, its folder is on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # prunex/bench: rss.py, standard library only
+from rss import peak_rss_bytes  # noqa: E402
 
 
 def main() -> None:
