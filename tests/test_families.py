@@ -95,6 +95,26 @@ def test_the_int8_exports_run_and_the_dense_one_stays_close(family, tmp_path):
     assert np.abs(int8 - fp32).max() < 0.2 * np.abs(fp32).max()
 
 
+def test_an_int8_kv_cache_reads_back_close_to_the_fp32_one(family, tmp_path):
+    """--mode none --kv int8 for every family (sliding windows, Q/K norms, biases, fused projections): int8 slot
+    buffers, logits of a prompt prefilled in chunks (later chunks read the int8 cache) near the fp32 cache's,
+    and a generation over it."""
+    _, _, root = family
+    config = QuantizeConfig(mode="none", kv="int8", accept_cost=True, eval_windows=2, eval_context=64,
+                            calibration_samples=2)
+    quantize_dir(root / "dense", tmp_path / "kv8", config, progress=lambda _: None)
+    prompt = [_prompts(3)[1]]
+    engines = [DecoderEngine(d, device="cpu", threads=1) for d in (root / "dense", tmp_path / "kv8")]
+    for engine in engines:
+        engine.prefill_chunk = 8
+    (fp32, _), (int8, (cache,)) = (engine.run_prompts(prompt, True) for engine in engines)
+    assert cache.layer_view("key", 0).dtype == torch.int8
+    assert np.abs(int8 - fp32).max() < 0.2 * np.abs(fp32).max()
+    [done] = Runtime(tmp_path / "kv8", device="cpu", threads=1).generate(
+        prompt, SamplingParams(max_new_tokens=6, ignore_eos=True))
+    assert len(done.token_ids) == 6
+
+
 def test_serve_answers_a_completion(family):
     _, _, root = family
     with running_server(tiny_loader(str(root / "pruned"))) as (url, _):

@@ -246,8 +246,9 @@ def _int8_cache(source: Path, graph_file: Path, manifest, config: QuantizeConfig
     from prunex.data.text import split_text, token_windows
     from prunex.runtime.runtime import load_tokenizer
 
-    windows = token_windows(load_tokenizer(source), split_text(config.calibration_text, "train"),
-                            KV_CALIBRATION_CONTEXT, config.calibration_samples)
+    length = min(KV_CALIBRATION_CONTEXT, (manifest.max_positions or KV_CALIBRATION_CONTEXT + 1) - 1)
+    windows = token_windows(load_tokenizer(source), split_text(config.calibration_text, "train"), length,
+                            config.calibration_samples)
     scales = calibrate_kv_scales(source, windows, config.threads)
     model = onnx.load(str(graph_file))
     int8_kv_graph(model, manifest, scales)
