@@ -31,7 +31,9 @@ class ScorerConfig:
     """A learned K/V scorer (`prunex.prune.scorer`): what it keeps around its learned choice, and its budget."""
 
     sink_tokens: int = 4  # the first tokens of a sequence are always kept
-    recent_fraction: float = 0.5  # share of each head's budget held by the most recent tokens
+    recent_fraction: float = 0.5  # ranked rule: share of each head's budget held by the most recent tokens
+    rule: str = "ranked"  # ranked (sinks + recent + best-scored older) | attention (latest attention + prior)
+    prior_weight: float = 1.0  # attention rule: the learned score's weight beside log(latest attention)
     kv_budget: float = 0.125  # default kept fraction of the causal K/V entries (--target-kv), over `context`
     context: int = 2048  # the context the default budget is stated at
 
@@ -120,7 +122,8 @@ class ScorerTrainConfig:
     target_kv: float = 0.125  # the kept fraction the recent share is chosen at, recorded as the default budget
     target_window: int = 16  # a token's target: the most attention a query at least this far ahead pays it
     ridge: float = 1e-2  # L2 weight of the least-squares fit, relative to the features' mean square
-    recent_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5, 0.75])
+    recent_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5, 0.75])  # ranked rule
+    prior_weights: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])  # attention rule
     sink_tokens: int = 4
     seed: int = 0  # how the sources' documents are shuffled into train / validation / test
     threads: int = 0  # torch threads; 0 = torch's default

@@ -14,15 +14,17 @@ from prunex.prune.budget import kept_fraction_for_tokens
 from prunex.prune.decoder import run_decoder
 from prunex.prune.lm import PrunedLM
 from prunex.prune.scorer import ScorerPolicy
-from prunex.train.scorer_trainer import LeastSquares, log_importance
+from prunex.train.scorer_trainer import LeastSquares, describe_rule, log_importance
 
 
-def random_scorer(base, kv_tokens: int, seed: int = 0, recent_fraction: float = 0.25) -> ScorerPolicy:
+def random_scorer(base, kv_tokens: int, seed: int = 0, recent_fraction: float = 0.25,
+                  rule: str = "ranked") -> ScorerPolicy:
     """A scorer with random weights: every head ranks tokens its own way."""
     config = base.model.config
     torch.manual_seed(seed)
     policy = ScorerPolicy(config.num_hidden_layers, config.hidden_size, config.num_key_value_heads,
-                          ScorerConfig(sink_tokens=2, recent_fraction=recent_fraction), kv_tokens=kv_tokens)
+                          ScorerConfig(sink_tokens=2, recent_fraction=recent_fraction, rule=rule),
+                          kv_tokens=kv_tokens)
     with torch.no_grad():
         policy.weight.normal_()
     return policy.eval()
@@ -73,6 +75,61 @@ def test_stepwise_generation_removes_tokens_per_head_and_matches_full():
     assert result.kv_bytes < dense.kv_bytes * 0.55
 
 
+def reference_attention_keep(logits: torch.Tensor, prior: torch.Tensor, kv_tokens: int, sinks: int,
+                             weight: float) -> torch.Tensor:
+    """Brute force: (KV, G, T, T) attention logits and (KV, T) priors -> (KV, T, T) keep. Each query joins, the
+    head evicts (while over budget) the unprotected token with the lowest log(attention the previous query
+    paid it) + weight x prior, then the query attends over what is held."""
+    heads, _, T, _ = logits.shape
+    keep = torch.zeros(heads, T, T, dtype=torch.bool)
+    for h in range(heads):
+        held: list[int] = []
+        last = torch.zeros(T)
+        for n in range(T):
+            held.append(n)
+            if len(held) > kv_tokens:
+                candidates = [j for j in held if j >= sinks and j != n]
+                value = {j: math.log(max(float(last[j]), 1e-12)) + weight * float(prior[h, j]) for j in candidates}
+                worst = min(candidates, key=lambda j: (value[j], j))
+                held.remove(worst)
+            keep[h, n, held] = True
+            mask = torch.full((T,), -math.inf)
+            mask[held] = 0
+            last = (logits[h, :, n] + mask).softmax(-1).mean(0)
+    return keep
+
+
+@torch.no_grad()
+def test_the_attention_rule_equals_a_one_at_a_time_eviction():
+    """rule "attention": per head, the lowest log(latest attention) + prior_weight x learned score leaves."""
+    base = load_model("tiny-llama")
+    policy = random_scorer(base, kv_tokens=9, rule="attention")
+    adapter = PrunedLM(base, policy).adapter
+    T = 40
+    ids, positions = torch.randint(0, 200, (1, T)), torch.arange(T)[None]
+    captured = {}
+    run = run_decoder(adapter, policy, ids, positions, torch.ones(1, T, dtype=torch.bool),
+                      observe=lambda layer, x, q, k: captured.setdefault(layer, (x, q, k)))
+    x, q, k = captured[0]
+    KV = k.shape[1]
+    logits = q.reshape(KV, -1, T, q.shape[-1]) @ k[0].transpose(-1, -2)[:, None] * adapter.attention_scale(0)
+    expected = reference_attention_keep(logits, policy.scores(0, x)[0], 9, sinks=2, weight=1.0)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    assert torch.equal(run.layers[0].keep_new & causal, expected & causal)
+    assert not torch.equal(expected[0], expected[1])  # the heads decide apart
+    assert int((run.layers[0].keep_new & causal).sum(-1).max()) == 9
+
+
+def test_the_attention_rule_steps_like_the_full_sequence():
+    """Prefill + step-wise decoding with the attention rule (each cached entry keeps its latest attention and
+    its prior, rescored every step) == the full-sequence forward, per head."""
+    base = load_model("tiny-llama")
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4]]
+    result = assert_stepwise_equals_full(PrunedLM(base, random_scorer(base, kv_tokens=12, rule="attention")),
+                                         prompts, 20)
+    assert result.kv_kept_fraction == pytest.approx(24 / 47, rel=1e-6)
+
+
 def test_least_squares_recovers_a_linear_target():
     """The closed-form fit from accumulated sums finds the weights and bias that made the targets."""
     torch.manual_seed(0)
@@ -105,11 +162,13 @@ def test_train_scorer_then_compare_and_generate(tmp_path, text_file):
     stdout = run_ok("train", "scorer", "--model", "tiny-llama", "--text", str(text_file), "--context", "64",
                     "--windows", "2", "--validation-windows", "1", "--target-kv", "0.5", "--threads", "1",
                     "--out", str(out))
-    assert f"wrote {out}" in stdout and "recent share" in stdout
     meta = json.loads((out / "pruning.json").read_text())
     assert meta["method"] == "scorer" and meta["config"]["kv_budget"] == 0.5 and meta["config"]["context"] == 64
-    assert meta["config"]["recent_fraction"] in (0.25, 0.5, 0.75)
-    assert set(meta["training"]["figures"]["validation"]["ppl_ratio_by_recent_fraction"]) == {"0.25", "0.5", "0.75"}
+    ratios = meta["training"]["figures"]["validation"]["ppl_ratio_by_rule"]
+    assert set(ratios) == {"ranked, recent 0.25", "ranked, recent 0.5", "ranked, recent 0.75",
+                           "attention, prior x0.5", "attention, prior x1", "attention, prior x2"}
+    chosen = describe_rule(ScorerConfig(**meta["config"]))  # the rule that did best on validation, recorded
+    assert ratios[chosen] == min(ratios.values()) and f"wrote {out}" in stdout and f"({chosen})" in stdout
     report = json.loads(run_ok("eval", "compare", str(out), "--text-file", str(text_file), "--context", "64",
                                "--windows", "1", "--budgets", "0.25,0.5", "--policies", "tova", "--json"))
     rows = [(r["policy"], r["kv_budget"]) for r in report["results"]]

@@ -122,10 +122,11 @@ def scorer(
     save_every: SaveEvery = 300.0,
 ) -> None:
     """A learned K/V scorer for a decoder: per layer and K/V head, a linear map from a token's hidden state to the
-    attention later queries will pay it, fitted from forward passes only (no backward); each head keeps its
-    best-scored tokens, its most recent ones and the sinks within the budget."""
-    from prunex.config import ScorerTrainConfig
-    from prunex.train.scorer_trainer import train_scorer
+    attention later queries will pay it, fitted from forward passes only (no backward); held to the budget by the
+    rule that does best on validation: each head keeps its best-scored tokens beside its most recent ones and the
+    sinks (ranked), or evicts by the latest query's attention weighed with the learned score (attention)."""
+    from prunex.config import ScorerConfig, ScorerTrainConfig
+    from prunex.train.scorer_trainer import describe_rule, train_scorer
 
     _clear_out(out, force, resume)
     config = ScorerTrainConfig(model=model, texts=list(texts), context=context, windows=windows,
@@ -133,10 +134,10 @@ def scorer(
                                target_window=target_window, seed=seed, threads=threads, save_every=save_every)
     meta = train_scorer(config, out, resume=resume)
     figures = meta.training["figures"]
-    ratios = figures["validation"]["ppl_ratio_by_recent_fraction"]
+    ratios = figures["validation"]["ppl_ratio_by_rule"]
+    rule = describe_rule(ScorerConfig(**meta.config))
     typer.echo(f"wrote {out}: fitted at {figures['tokens_per_s']:.0f} tokens/s; validation perplexity "
-               f"x{min(ratios.values()):.4f} of dense at kept {target_kv} (recent share "
-               f"{meta.config['recent_fraction']})")
+               f"x{min(ratios.values()):.4f} of dense at kept {target_kv} ({rule})")
 
 
 @app.command("ltp")

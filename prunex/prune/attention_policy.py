@@ -8,6 +8,9 @@ tokens and, for H2O, the recent window. The score of each cached token is the po
 beside K/V like DCP's k_int, so a prefill followed by step-wise decoding makes the same decisions as one
 full-sequence run.
 
+A policy may also rank tokens by a learned prior fixed when the token arrives (`rank`, the prior kept as a second
+state column): `prunex.prune.scorer`'s attention rule weighs the latest query's attention with it.
+
 The choice is sequential by nature (each eviction depends on the attention under the previous ones), so
 `decide_attention` loops over the new tokens of a layer: a (B, H, S, P+S) score matrix is computed once, and
 each step is a handful of small ops on (B, P+S) rows. Shapes: B batch, S new tokens, P past entries, H query
@@ -27,13 +30,6 @@ from prunex.prune.policy import Decisions, PruningPolicy, sink_mask
 from prunex.prune.pruned_cache import LayerCache
 
 
-@dataclass
-class AttentionDecisions(Decisions):
-    """Decisions plus the past entries' updated scores (B, P, 1) to write back into the cache."""
-
-    past_state: Tensor | None = None
-
-
 class AttentionPolicy(PruningPolicy):
     """Base class: evict the lowest-scored unprotected token whenever the cache exceeds `kv_tokens`."""
 
@@ -44,6 +40,10 @@ class AttentionPolicy(PruningPolicy):
     def _check(self, protected: int) -> None:
         if self.kv_tokens <= protected:
             raise PrunexError(f"the budget ({self.kv_tokens} tokens) must exceed the protected tokens ({protected})")
+
+    def rank(self, scores: Tensor, prior: Tensor | None) -> Tensor:
+        """(B, K) scores and the keys' prior (or None) -> (B, K): the lowest unprotected key is evicted."""
+        return scores
 
     @abstractmethod
     def observe(self, scores: Tensor, probs: Tensor) -> Tensor:
@@ -56,9 +56,10 @@ class AttentionPolicy(PruningPolicy):
 
     @torch.no_grad()
     def decide_attention(self, q: Tensor, k: Tensor, positions: Tensor, valid: Tensor, past: LayerCache | None,
-                         scale: float) -> AttentionDecisions:
+                         scale: float, prior: Tensor | None = None) -> Decisions:
         """q (B, H, S, D), k (B, KV, S, D) of S new tokens at `positions` (B, S), `valid` (B, S), over `past`
-        (its state holds the past entries' scores) -> cumulative decisions and the updated scores."""
+        (its state holds the past entries' scores, and their prior when `prior` (B, S) is given for the new
+        tokens) -> cumulative decisions and the updated state (B, K, 1), or (B, K, 2) with the prior."""
         B, H, S, _ = q.shape
         keys, key_positions = k, positions
         kept = torch.zeros(B, S, dtype=torch.bool, device=q.device)  # (B, P+S): in the cache now
@@ -68,6 +69,8 @@ class AttentionPolicy(PruningPolicy):
             key_positions = torch.cat([past.positions, positions], dim=1)
             kept = torch.cat([past.valid, kept], dim=1)
             scores = torch.cat([past.state[..., 0] * past.valid, scores], dim=1)
+            if prior is not None:
+                prior = torch.cat([past.state[..., 1], prior], dim=1)  # (B, P+S)
         P = keys.shape[2] - S
         groups = H // keys.shape[1]
         logits = q @ keys.repeat_interleave(groups, dim=1).transpose(-1, -2) * scale  # (B, H, S, P+S)
@@ -78,18 +81,19 @@ class AttentionPolicy(PruningPolicy):
             kept[:, P + n] = joining
             candidates = kept & ~self.protected(positions[:, n:n + 1], key_positions)  # (B, P+S)
             over = joining & (kept.sum(-1) > self.kv_tokens)  # (B,)
-            lowest = scores.masked_fill(~candidates, torch.inf).argmin(-1)  # (B,)
+            lowest = self.rank(scores, prior).masked_fill(~candidates, torch.inf).argmin(-1)  # (B,)
             kept[rows, lowest] &= ~over
             decided[:, n] = kept
             probs = logits[:, :, n].masked_fill(~kept[:, None], -torch.inf).softmax(-1).mean(1)  # (B, P+S)
             scores = torch.where(joining[:, None], self.observe(scores, probs[:, None]), scores)
         index = torch.arange(S, device=q.device)
         later = index[None, None, :] >= index[None, :, None]  # (1, S, S): not yet joined
-        return AttentionDecisions(
+        state = scores[..., None] if prior is None else torch.stack([scores, prior], -1)  # (B, P+S, 1 | 2)
+        return Decisions(
             keep_past=decided[..., :P] if past is not None else None,
             keep_new=decided[..., P:] | later,
-            state=scores[:, P:, None],
-            past_state=scores[:, :P, None] if past is not None else None,
+            state=state[:, P:],
+            past_state=state[:, :P] if past is not None else None,
         )
 
 

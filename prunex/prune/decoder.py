@@ -83,9 +83,10 @@ def run_decoder(
             heads = k.shape[1]
             q = q.reshape(B * heads, -1, S, q.shape[-1])  # (R, G, S, D): query head i reads K/V head i // G
             k, v = fold_heads(k, heads), fold_heads(v, heads)  # (R, 1, S, D)
-            decisions = policy.decide_heads(layer, x, repeat_rows(position_ids, heads), repeat_rows(valid, heads),
-                                            cached)
+            decisions = policy.decide_heads(layer, x, q, k, repeat_rows(position_ids, heads),
+                                            repeat_rows(valid, heads), cached, adapter.attention_scale(layer))
             keep_new, state = _restrict(decisions.keep_new, repeat_rows(allowed, heads)), decisions.state
+            past_state = decisions.past_state  # an attention rule rescores its cached entries
             if cached is not None:
                 keep_past = _restrict(decisions.keep_past, cached.valid[:, None, :])
         elif policy is None:

@@ -24,6 +24,7 @@ class Decisions:
     keep_past: Tensor | None  # (B, S, P): past entry j still cached when query n attends (None: no past)
     keep_new: Tensor  # (B, S, S): new key j still cached when query n attends (1 for j >= n)
     state: Tensor | None  # (B, S, r) the new tokens' state to cache beside K/V, or None
+    past_state: Tensor | None = None  # (B, P, r) the past entries' state rescored by the queries (H2O, TOVA)
 
 
 class PruningPolicy(ABC):  # noqa: B024 (a common type, no common method)
@@ -42,9 +43,12 @@ class HeadPolicy(PruningPolicy):
     compaction are per head."""
 
     @abstractmethod
-    def decide_heads(self, layer: int, x: Tensor, positions: Tensor, valid: Tensor, past) -> Decisions:
-        """x (B, S, d) attention input; positions, valid (R, S) per folded row; past: the layer's folded
-        `LayerCache` or None -> folded decisions keep_past (R, S, P), keep_new (R, S, S) and the new state."""
+    def decide_heads(self, layer: int, x: Tensor, q: Tensor, k: Tensor, positions: Tensor, valid: Tensor, past,
+                     scale: float) -> Decisions:
+        """x (B, S, d) attention input; q (R, G, S, D) and k (R, 1, S, D) the folded queries and keys (G query
+        heads a K/V head), `scale` the attention's; positions, valid (R, S) per folded row; past: the layer's
+        folded `LayerCache` or None -> folded decisions keep_past (R, S, P), keep_new (R, S, S), the new state
+        and, for a policy that updates its cached entries' state, `past_state` (R, P, r)."""
 
 
 class KeepPolicy(PruningPolicy):

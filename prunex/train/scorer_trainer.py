@@ -4,8 +4,9 @@ For every training window, each layer's attention probabilities give each token'
 attention any query at least `target_window` tokens later pays it, over the query heads that read its K/V head
 (log, per K/V head). A ridge regression from the layer's attention input to those targets is fitted in closed
 form from sums (X^T X, X^T Y) accumulated window by window, so a run can stop and `--resume` at any window.
-Then the share of the budget held by the most recent tokens is chosen on validation windows of the same sources
-at `target_kv`, and the scorer is saved as a checkpoint with that budget as its default.
+Then the rule that holds it to a budget is chosen on validation windows of the same sources at `target_kv`: the
+ranked rule at each recent share of the budget, or the attention rule at each weight of the prior (see
+`prunex.prune.scorer`); the scorer is saved as a checkpoint with that rule and that budget as its default.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -79,6 +81,13 @@ def source_windows(tokenizer, texts: list[str], split: str, context: int, per_so
     return torch.cat(parts)
 
 
+def describe_rule(config: ScorerConfig) -> str:
+    """A scorer's rule in words: "ranked, recent 0.5" or "attention, prior x1.0"."""
+    if config.rule == "attention":
+        return f"attention, prior x{config.prior_weight:g}"
+    return f"ranked, recent {config.recent_fraction:g}"
+
+
 def _check(config: ScorerTrainConfig) -> None:
     if not config.texts:
         raise PrunexError("give at least one --text to fit the scorer on")
@@ -86,8 +95,10 @@ def _check(config: ScorerTrainConfig) -> None:
         raise PrunexError(f"--target-kv is a kept fraction in (0, 1), got {config.target_kv}")
     if config.target_window < 1 or config.target_window >= config.context:
         raise PrunexError(f"--target-window must be in [1, context), got {config.target_window}")
-    if not config.recent_fractions or not all(0 <= f < 1 for f in config.recent_fractions):
+    if not all(0 <= f < 1 for f in config.recent_fractions):
         raise PrunexError("the recent shares of the budget must be in [0, 1)")
+    if not config.recent_fractions and not config.prior_weights:
+        raise PrunexError("give at least one recent share (ranked rule) or prior weight (attention rule)")
 
 
 @torch.no_grad()
@@ -140,20 +151,25 @@ def train_scorer(config: ScorerTrainConfig, out_dir: str | Path, show_progress: 
     validation = source_windows(lm.tokenizer, config.texts, "validation", config.context, config.validation_windows,
                                 config.seed)
     kv_tokens = tokens_for_kept_fraction(config.target_kv, config.context)
-    chosen = {}
-    for fraction in config.recent_fractions:
-        policy.config.recent_fraction = fraction
+    candidates = ([{"rule": "ranked", "recent_fraction": f} for f in config.recent_fractions]
+                  + [{"rule": "attention", "prior_weight": w} for w in config.prior_weights])
+    ratios = []
+    for candidate in candidates:
+        candidate_config = replace(policy.config, **candidate)
+        policy.config = candidate_config
         report = evaluate_perplexity(PrunedLM(lm.base, policy.set_budget(kv_tokens)), validation,
                                      show_progress=False)
-        chosen[fraction] = report.ppl_ratio
-        logger.info("recent share %.2f: perplexity x%.4f of dense at kept %.3f", fraction, report.ppl_ratio,
-                    report.kept_fraction)
-    policy.config.recent_fraction = min(chosen, key=chosen.get)
+        ratios.append(report.ppl_ratio)
+        logger.info("%s: perplexity x%.4f of dense at kept %.3f", describe_rule(candidate_config),
+                    report.ppl_ratio, report.kept_fraction)
+    best = min(range(len(candidates)), key=ratios.__getitem__)
+    policy.config = replace(policy.config, **candidates[best])
     figures = {
         "fit_seconds": round(seconds, 1),
         "tokens_per_s": round(fitted * config.context / max(elapsed, 1e-9), 1),
         "validation": {"windows": len(validation), "kv_tokens": kv_tokens,
-                       "ppl_ratio_by_recent_fraction": {str(f): round(r, 5) for f, r in chosen.items()}},
+                       "ppl_ratio_by_rule": {describe_rule(replace(policy.config, **c)): round(r, 5)
+                                             for c, r in zip(candidates, ratios)}},
     }
     meta = CheckpointMeta(method="scorer", base_model=lm.base.model_id, base_model_hash=lm.base.weights_hash,
                           config=to_dict(policy.config), training={"config": to_dict(config), "figures": figures})
