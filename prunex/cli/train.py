@@ -134,10 +134,10 @@ def scorer(
                                target_window=target_window, seed=seed, threads=threads, save_every=save_every)
     meta = train_scorer(config, out, resume=resume)
     figures = meta.training["figures"]
-    ratios = figures["validation"]["ppl_ratio_by_rule"]
     rule = describe_rule(ScorerConfig(**meta.config))
-    typer.echo(f"wrote {out}: fitted at {figures['tokens_per_s']:.0f} tokens/s; validation perplexity "
-               f"x{min(ratios.values()):.4f} of dense at kept {target_kv} ({rule})")
+    chosen = figures["validation"]["ppl_ratio_by_rule"][rule]
+    typer.echo(f"wrote {out}: fitted at {figures['tokens_per_s']:.0f} tokens/s; rule chosen on validation: {rule} "
+               f"(perplexity {', '.join(f'x{r:.4f} at kept {b}' for b, r in chosen.items())} of dense)")
 
 
 @app.command("ltp")

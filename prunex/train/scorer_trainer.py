@@ -4,9 +4,10 @@ For every training window, each layer's attention probabilities give each token'
 attention any query at least `target_window` tokens later pays it, over the query heads that read its K/V head
 (log, per K/V head). A ridge regression from the layer's attention input to those targets is fitted in closed
 form from sums (X^T X, X^T Y) accumulated window by window, so a run can stop and `--resume` at any window.
-Then the rule that holds it to a budget is chosen on validation windows of the same sources at `target_kv`: the
-ranked rule at each recent share of the budget, or the attention rule at each weight of the prior (see
-`prunex.prune.scorer`); the scorer is saved as a checkpoint with that rule and that budget as its default.
+Then the rule that holds it to a budget is chosen on validation windows of the same sources: the ranked rule at
+each recent share of the budget, or the attention rule at each weight of the prior (see `prunex.prune.scorer`),
+by the mean perplexity ratio at `target_kv` and at twice it, so the rule holds across budgets rather than at one
+point; the scorer is saved as a checkpoint with that rule and `target_kv` as its default budget.
 """
 
 from __future__ import annotations
@@ -150,26 +151,26 @@ def train_scorer(config: ScorerTrainConfig, out_dir: str | Path, show_progress: 
     policy.bias.copy_(bias.half().float())
     validation = source_windows(lm.tokenizer, config.texts, "validation", config.context, config.validation_windows,
                                 config.seed)
-    kv_tokens = tokens_for_kept_fraction(config.target_kv, config.context)
+    budgets = sorted({config.target_kv, min(1.0, 2 * config.target_kv)})
     candidates = ([{"rule": "ranked", "recent_fraction": f} for f in config.recent_fractions]
                   + [{"rule": "attention", "prior_weight": w} for w in config.prior_weights])
-    ratios = []
+    ratios: dict[str, dict[str, float]] = {}  # rule -> budget -> perplexity ratio
     for candidate in candidates:
-        candidate_config = replace(policy.config, **candidate)
-        policy.config = candidate_config
-        report = evaluate_perplexity(PrunedLM(lm.base, policy.set_budget(kv_tokens)), validation,
-                                     show_progress=False)
-        ratios.append(report.ppl_ratio)
-        logger.info("%s: perplexity x%.4f of dense at kept %.3f", describe_rule(candidate_config),
-                    report.ppl_ratio, report.kept_fraction)
-    best = min(range(len(candidates)), key=ratios.__getitem__)
-    policy.config = replace(policy.config, **candidates[best])
+        policy.config = replace(policy.config, **candidate)
+        rule = describe_rule(policy.config)
+        for budget in budgets:
+            kv_tokens = tokens_for_kept_fraction(budget, config.context)
+            report = evaluate_perplexity(PrunedLM(lm.base, policy.set_budget(kv_tokens)), validation,
+                                         show_progress=False)
+            ratios.setdefault(rule, {})[str(budget)] = round(report.ppl_ratio, 5)
+            logger.info("%s at %.3f: perplexity x%.4f of dense", rule, budget, report.ppl_ratio)
+    means = [sum(by_budget.values()) / len(by_budget) for by_budget in ratios.values()]
+    policy.config = replace(policy.config, **candidates[means.index(min(means))])
+    policy.set_budget(tokens_for_kept_fraction(config.target_kv, config.context))
     figures = {
         "fit_seconds": round(seconds, 1),
         "tokens_per_s": round(fitted * config.context / max(elapsed, 1e-9), 1),
-        "validation": {"windows": len(validation), "kv_tokens": kv_tokens,
-                       "ppl_ratio_by_rule": {describe_rule(replace(policy.config, **c)): round(r, 5)
-                                             for c, r in zip(candidates, ratios)}},
+        "validation": {"windows": len(validation), "budgets": budgets, "ppl_ratio_by_rule": ratios},
     }
     meta = CheckpointMeta(method="scorer", base_model=lm.base.model_id, base_model_hash=lm.base.weights_hash,
                           config=to_dict(policy.config), training={"config": to_dict(config), "figures": figures})
