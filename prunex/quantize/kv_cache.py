@@ -17,7 +17,6 @@ buffers when the manifest says `kv_cache: int8`, and compaction moves the int8 b
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,6 @@ from prunex.format import DecoderManifest
 
 _SCALE_INPUTS = 12  # GroupQueryAttention's k_scale, v_scale are inputs 12 and 13 (11 is head_sink)
 INT8_MAX = 127
-
-logger = logging.getLogger(__name__)
 
 
 def calibrate_kv_scales(directory: Path, windows: torch.Tensor, threads: int | None = None) -> dict[str, np.ndarray]:
