@@ -21,28 +21,25 @@ positions. Shapes: B batch, KV K/V heads, R = B * KV folded rows, S new tokens, 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from prunex.config import ScorerConfig
 from prunex.errors import PrunexError
-from prunex.prune.attention_policy import AttentionPolicy
+from prunex.prune.attention_policy import TOVAPolicy
 from prunex.prune.policy import Decisions, HeadPolicy
 from prunex.prune.pruned_cache import LayerCache
 
 RULES = ("ranked", "attention")
 
 
-class LatestAttentionWithPrior(AttentionPolicy):
-    """The attention rule's eviction (over folded rows): lowest log(latest attention) + weight x prior."""
+@dataclass
+class LatestAttentionWithPrior(TOVAPolicy):
+    """The attention rule's eviction (over folded rows): TOVA's, ranked by log(latest attention) + weight x prior."""
 
-    def __init__(self, kv_tokens: int, sink_tokens: int, prior_weight: float) -> None:
-        self.kv_tokens, self.sink_tokens, self.prior_weight = kv_tokens, sink_tokens, prior_weight
-        self._check(1 + sink_tokens)
-
-    def observe(self, scores: Tensor, probs: Tensor) -> Tensor:
-        return probs[..., -1, :]  # the latest query's attention
+    prior_weight: float = 1.0
 
     def rank(self, scores: Tensor, prior: Tensor | None) -> Tensor:
         return scores.clamp_min(1e-12).log() + self.prior_weight * prior
@@ -69,7 +66,7 @@ class ScorerPolicy(nn.Module, HeadPolicy):
             raise PrunexError(f"unknown scorer rule {self.config.rule!r}; rules: {', '.join(RULES)}")
         self.kv_tokens = kv_tokens
         self.recent_tokens = max(1, int((kv_tokens - sinks) * self.config.recent_fraction))
-        self.evictor = LatestAttentionWithPrior(kv_tokens, sinks, self.config.prior_weight)
+        self.evictor = LatestAttentionWithPrior(kv_tokens, sinks, self.config.prior_weight)  # the attention rule
         return self
 
     @property
